@@ -1,0 +1,1 @@
+"""The RabbitMQ consumer and the submission processors (built in a later issue)."""

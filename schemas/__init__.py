@@ -1,0 +1,1 @@
+"""Every marshmallow schema of the service: HTTP responses, message bodies, entity payloads."""

@@ -1,0 +1,65 @@
+"""The `data` + `meta` envelope every response is wrapped in, and the request-error variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, fields
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """What `meta` says of a response: `code` is always the HTTP status."""
+
+    code: int
+    url: str
+    request_id: str
+
+
+class UtcDateTime(fields.Field):
+    """ISO 8601 in UTC with milliseconds and `Z`, as the seed shows: `2018-08-02T10:45:16.000Z`."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:  # the driver was not asked for aware datetimes: BSON is UTC
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+class MetaSchema(Schema):
+    code = fields.Integer(required=True)
+    url = fields.String(required=True)
+    type = fields.Constant("object")
+    request_id = fields.String(required=True)
+
+
+def envelope_schema(data_schema: type[Schema], name: str) -> Schema:
+    """An instance of `{"data": <data_schema>, "meta": MetaSchema}`, built once at import."""
+    envelope = Schema.from_dict(
+        {"data": fields.Nested(data_schema, required=True), "meta": fields.Nested(MetaSchema)},
+        name=name,
+    )
+    return envelope()
+
+
+class RequestErrorSchema(Schema):
+    """An error of the request itself (401, 403, 404, 405, 413, 500, 503)."""
+
+    type = fields.String(required=True)
+    message = fields.String(required=True)
+
+
+class ErrorEnvelopeSchema(Schema):
+    error = fields.Nested(RequestErrorSchema, required=True)
+    meta = fields.Nested(MetaSchema, required=True)
+
+
+ERROR_ENVELOPE = ErrorEnvelopeSchema()
+
+
+def dump_error(meta: Meta, error_type: str, message: str) -> dict[str, Any]:
+    return ERROR_ENVELOPE.dump({"error": {"type": error_type, "message": message}, "meta": meta})

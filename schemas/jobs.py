@@ -1,0 +1,133 @@
+"""Job documents turned into the response variants of `GET /api/jobs/{id}`.
+
+A stored error always has the shape `{"type", "message"[, "invalid"]}`. How it renders depends
+on the status code, as in the published examples:
+
+| job                       | HTTP | `error`                                   |
+|---------------------------|------|-------------------------------------------|
+| failed 403, 404           | 200  | the message, a string                     |
+| failed 422                | 200  | `{type, message, invalid: [...]}`         |
+| failed (any other code)   | 200  | `{message, type}` (409: request_conflict) |
+| failed_with_error (500)   | 200  | `{message, type: internal_error}`         |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields
+
+from schemas.envelope import Meta, UtcDateTime, envelope_schema
+from service.jobs import JobStatus, job_href
+
+MESSAGE_ONLY_STATUS_CODES = frozenset({403, 404})
+
+
+class StatusCode(fields.Field):
+    """Stored as an integer, published as a string (`"422"`), as in the seed's examples."""
+
+    def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else str(value)
+
+
+class StatusLabel(fields.Field):
+    """Stored as the original's integer, published as its name: `pending`, `processed`, ..."""
+
+    def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return None if value is None else JobStatus(value).label
+
+
+class LinkSchema(Schema):
+    entity = fields.String(required=True)
+    href = fields.String(required=True)
+
+
+class ValidationRuleSchema(Schema):
+    rule = fields.String(required=True)
+    params = fields.Raw(dump_default=list)
+    description = fields.String(required=True)
+
+
+class InvalidEntrySchema(Schema):
+    entry_type = fields.String(dump_default="json_data_property")
+    entry = fields.String(required=True)
+    rules = fields.List(fields.Nested(ValidationRuleSchema), required=True)
+
+
+class ValidationErrorSchema(Schema):
+    type = fields.String(required=True)
+    message = fields.String(required=True)
+    invalid = fields.List(fields.Nested(InvalidEntrySchema), required=True)
+    # Present only when the list was trimmed to the 10,000-byte cap.
+    invalid_total = fields.Integer()
+
+
+class TypedErrorSchema(Schema):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+
+
+class _JobSchema(Schema):
+    status = StatusLabel(required=True)
+    eta = UtcDateTime(required=True)
+
+
+class PendingJobSchema(_JobSchema):
+    links = fields.Method("job_links")
+
+    def job_links(self, job: dict[str, Any]) -> list[dict[str, Any]]:
+        return LINKS.dump([{"entity": "job", "href": job_href(job["_id"])}])
+
+
+class ProcessedJobSchema(_JobSchema):
+    links = fields.List(fields.Nested(LinkSchema), attribute="response", dump_default=list)
+    status_code = StatusCode(required=True)
+
+
+class _FailedJobSchema(_JobSchema):
+    status_code = StatusCode(required=True)
+
+
+class FailedWithMessageJobSchema(_FailedJobSchema):
+    error = fields.String(attribute="error.message")
+
+
+class FailedWithTypedErrorJobSchema(_FailedJobSchema):
+    error = fields.Nested(TypedErrorSchema)
+
+
+class FailedValidationJobSchema(_FailedJobSchema):
+    error = fields.Nested(ValidationErrorSchema)
+
+
+LINKS = LinkSchema(many=True)
+
+PENDING = envelope_schema(PendingJobSchema, "PendingJobEnvelope")
+PROCESSED = envelope_schema(ProcessedJobSchema, "ProcessedJobEnvelope")
+FAILED_WITH_MESSAGE = envelope_schema(FailedWithMessageJobSchema, "FailedWithMessageJobEnvelope")
+FAILED_WITH_TYPED_ERROR = envelope_schema(
+    FailedWithTypedErrorJobSchema, "FailedWithTypedErrorJobEnvelope"
+)
+FAILED_VALIDATION = envelope_schema(FailedValidationJobSchema, "FailedValidationJobEnvelope")
+
+
+def job_response_schema(job: dict[str, Any]) -> tuple[int, Schema]:
+    """The HTTP status and the envelope schema for a stored job."""
+    status = JobStatus(job["status"])
+    if status is JobStatus.PENDING:
+        return 200, PENDING
+    if status is JobStatus.PROCESSED:
+        # 303 with no Location header, as the original did: the links are in the body.
+        return 303, PROCESSED
+    status_code = job.get("status_code")
+    if status_code == 422:
+        return 200, FAILED_VALIDATION
+    if status_code in MESSAGE_ONLY_STATUS_CODES:
+        return 200, FAILED_WITH_MESSAGE
+    return 200, FAILED_WITH_TYPED_ERROR
+
+
+def dump_job(job: dict[str, Any], url: str, request_id: str) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the body of the response for a stored job."""
+    http_status, schema = job_response_schema(job)
+    return http_status, schema.dump({"data": job, "meta": Meta(http_status, url, request_id)})

@@ -1,0 +1,164 @@
+"""Who is calling, and what they may do.
+
+Two modes (`AUTH_MODE`):
+- `jwt`: `Authorization: Bearer <JWT>` carrying `sub`, `client_id`, `scope` and `exp`, checked
+  with `JWT_SECRET` (HS256) or the public key in `JWT_PUBLIC_KEY` (RS256 or ES256).
+- `gateway`: an API gateway has checked the caller and set `x-consumer-id` (the user),
+  `x-consumer-metadata` (JSON with `client_id`) and `x-consumer-scope` (space separated), as
+  the original deployment did; the service trusts those headers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import jwt
+import orjson
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from multidict import CIMultiDictProxy
+
+from service.config import Settings
+from service.errors import Forbidden, Unauthorized
+
+log = structlog.get_logger("medevents.auth")
+
+SECRET_FILE_NAME = "jwt_secret"
+# Clocks of the token issuer and of this service may differ a little.
+CLOCK_LEEWAY_SECONDS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    user_id: str
+    client_id: str
+    scopes: frozenset[str]
+
+    def require(self, *scopes: str) -> None:
+        missing = [scope for scope in scopes if scope not in self.scopes]
+        if missing:
+            raise Forbidden(
+                "Your scope does not allow to access this resource. "
+                f"Missing allowances: {', '.join(missing)}"
+            )
+
+
+class Authenticator(Protocol):
+    def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal: ...
+
+
+class JwtAuthenticator:
+    def __init__(self, key: object, algorithms: list[str]) -> None:
+        self._key = key
+        self._algorithms = algorithms
+
+    def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
+        token = bearer_token(headers.get("Authorization"))
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                options={"require": ["exp", "sub", "client_id"]},
+                leeway=CLOCK_LEEWAY_SECONDS,
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The access token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("The access token is not yet valid") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("The access token is invalid") from None
+        user_id, client_id, scope = claims["sub"], claims["client_id"], claims.get("scope", "")
+        if (
+            not all(isinstance(value, str) for value in (user_id, client_id, scope))
+            or not client_id
+        ):
+            raise Unauthorized("The access token is invalid")
+        return Principal(user_id, client_id, frozenset(scope.split()))
+
+
+class GatewayAuthenticator:
+    def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
+        user_id = headers.get("x-consumer-id", "").strip()
+        try:
+            metadata = orjson.loads(headers.get("x-consumer-metadata", ""))
+        except orjson.JSONDecodeError:
+            metadata = None
+        client_id = metadata.get("client_id") if isinstance(metadata, dict) else None
+        if not user_id or not isinstance(client_id, str) or not client_id:
+            raise Unauthorized("The gateway did not identify the consumer")
+        scope = headers.get("x-consumer-scope")
+        if scope is None and isinstance(metadata.get("scope"), str):
+            scope = metadata["scope"]
+        return Principal(user_id, client_id, frozenset((scope or "").split()))
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise Unauthorized("Missing header Authorization")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("The Authorization header must be: Bearer <token>")
+    return token.strip()
+
+
+def local_secret(data_dir: Path) -> str:
+    """The development secret kept in `DATA_DIR/jwt_secret`, generated on first use."""
+    path = data_dir / SECRET_FILE_NAME
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        with path.open("x") as file:  # exclusive: two processes starting at once agree
+            path.chmod(0o600)
+            file.write(secret)
+    except FileExistsError:
+        return path.read_text().strip()
+    log.warning("jwt_secret_generated", path=str(path))
+    return secret
+
+
+def signing_secret(settings: Settings) -> str:
+    """The HS256 secret: `JWT_SECRET`, or the local development one."""
+    return settings.jwt_secret or local_secret(settings.data_dir)
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    if settings.auth_mode == "gateway":
+        return GatewayAuthenticator()
+    if settings.jwt_public_key is not None:
+        key = load_pem_public_key(settings.jwt_public_key.read_bytes())
+        if isinstance(key, rsa.RSAPublicKey):
+            return JwtAuthenticator(key, ["RS256"])
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return JwtAuthenticator(key, ["ES256"])
+        raise ValueError("JWT_PUBLIC_KEY must hold an RSA or EC public key")
+    return JwtAuthenticator(signing_secret(settings), ["HS256"])
+
+
+def mint_token(
+    secret_or_key: object,
+    client_id: str,
+    scopes: list[str],
+    user_id: str,
+    expires_in: int,
+    algorithm: str = "HS256",
+) -> str:
+    """A token as the service expects it; used by `medevents token` and the tests."""
+    now = int(time.time())
+    claims = {
+        "sub": user_id,
+        "client_id": client_id,
+        "scope": " ".join(scopes),
+        "iat": now,
+        "exp": now + expires_in,
+    }
+    return jwt.encode(claims, secret_or_key, algorithm=algorithm)

@@ -1,0 +1,105 @@
+"""Configuration, read once from the environment.
+
+Every variable has a default that works for local use; the README's configuration table
+lists them all. `Settings.from_env` is the only place that reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Self
+
+AUTH_MODES = ("jwt", "gateway")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A variable holds a value the service cannot use; the message names it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    mongodb_url: str | None = None
+    mongodb_db: str = "medical_events"
+    mongodb_timeout_ms: int = 2000
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    auth_mode: str = "jwt"
+    jwt_secret: str | None = None
+    jwt_public_key: Path | None = None
+    log_format: str = "auto"
+    log_level: str = "info"
+    job_ttl_days: int = 7
+    consumer_prefetch: int = 16
+    max_request_bytes: int = 1024 * 1024
+    data_dir: Path = Path(".data")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        defaults = cls()
+        public_key = reader.text("JWT_PUBLIC_KEY")
+        settings = cls(
+            mongodb_url=reader.text("MONGODB_URL"),
+            mongodb_db=reader.text("MONGODB_DB") or defaults.mongodb_db,
+            mongodb_timeout_ms=reader.integer("MONGODB_TIMEOUT_MS", defaults.mongodb_timeout_ms, 1),
+            amqp_url=reader.text("AMQP_URL") or defaults.amqp_url,
+            http_host=reader.text("HTTP_HOST") or defaults.http_host,
+            http_port=reader.integer("HTTP_PORT", defaults.http_port, 0, 65535),
+            auth_mode=reader.choice("AUTH_MODE", defaults.auth_mode, AUTH_MODES),
+            jwt_secret=reader.text("JWT_SECRET"),
+            jwt_public_key=Path(public_key) if public_key else None,
+            log_format=reader.choice("LOG_FORMAT", defaults.log_format, LOG_FORMATS),
+            log_level=reader.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS),
+            job_ttl_days=reader.integer("JOB_TTL_DAYS", defaults.job_ttl_days, 1),
+            consumer_prefetch=reader.integer(
+                "CONSUMER_PREFETCH", defaults.consumer_prefetch, 1, 65535
+            ),
+            max_request_bytes=reader.integer("MAX_REQUEST_BYTES", defaults.max_request_bytes, 1024),
+            data_dir=Path(reader.text("DATA_DIR") or defaults.data_dir),
+        )
+        if settings.jwt_secret and settings.jwt_public_key:
+            raise ConfigError("set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
+        if settings.jwt_public_key and not settings.jwt_public_key.is_file():
+            raise ConfigError(f"JWT_PUBLIC_KEY: no such file: {settings.jwt_public_key}")
+        return settings
+
+    def with_changes(self, **changes: object) -> Self:
+        return replace(self, **changes)
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str) -> str | None:
+        value = self._env.get(name, "").strip()
+        return value or None
+
+    def integer(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" if high is None else f"between {low} and {high}"
+            raise ConfigError(f"{name} must be {bounds}, got {value}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value

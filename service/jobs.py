@@ -1,0 +1,137 @@
+"""The job: its statuses, ids, and the outcomes that end it.
+
+This module is pure logic shared by the HTTP side and the consumer; it knows nothing about
+MongoDB or the network.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Self
+
+import orjson
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The original system capped a stored error at 10,000 bytes by trimming `invalid`.
+MAX_ERROR_BYTES = 10_000
+
+
+class JobStatus(IntEnum):
+    """Stored as integers, as the original system did."""
+
+    PENDING = 0
+    PROCESSED = 1
+    FAILED = 2
+    FAILED_WITH_ERROR = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def is_terminal(self) -> bool:
+        return self is not JobStatus.PENDING
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    return JOB_ID_PATTERN.fullmatch(job_id) is not None
+
+
+def new_job_id() -> str:
+    """A URL-safe random id of 22 characters, shaped like the seed's `NBXk9EyErUZv1RhXgyvgg`."""
+    return secrets.token_urlsafe(16)
+
+
+def job_href(job_id: str) -> str:
+    return f"/api/jobs/{job_id}"
+
+
+def entity_href(patient_id: str, collection: str, entity_id: str) -> str:
+    return f"/api/patients/{patient_id}/{collection}/{entity_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    entity: str
+    href: str
+
+    def to_document(self) -> dict[str, str]:
+        return {"entity": self.entity, "href": self.href}
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """How a job ended: what the store writes when it leaves `pending`.
+
+    `error` is stored in one shape whatever the status code, `{"type", "message"}` plus
+    `invalid` for validation failures; the response schemas decide how each code renders it.
+    """
+
+    status: JobStatus
+    status_code: int
+    links: tuple[Link, ...] = ()
+    error: dict[str, Any] | None = field(default=None)
+
+    @classmethod
+    def processed(cls, links: list[Link] | tuple[Link, ...]) -> Self:
+        return cls(JobStatus.PROCESSED, 200, links=tuple(links))
+
+    @classmethod
+    def failed(cls, status_code: int, error_type: str, message: str) -> Self:
+        return cls(JobStatus.FAILED, status_code, error={"type": error_type, "message": message})
+
+    @classmethod
+    def validation_failed(cls, invalid: list[dict[str, Any]], message: str | None = None) -> Self:
+        error = {
+            "type": "validation_failed",
+            "message": message or VALIDATION_FAILED_MESSAGE,
+            "invalid": invalid,
+        }
+        return cls(JobStatus.FAILED, 422, error=cap_error(error))
+
+    @classmethod
+    def failed_with_error(cls, message: str) -> Self:
+        return cls(
+            JobStatus.FAILED_WITH_ERROR,
+            500,
+            error={"type": "internal_error", "message": message},
+        )
+
+    def to_update(self) -> dict[str, Any]:
+        """The `$set` part of the update that ends the job."""
+        update: dict[str, Any] = {"status": int(self.status), "status_code": self.status_code}
+        if self.status is JobStatus.PROCESSED:
+            update["response"] = [link.to_document() for link in self.links]
+        else:
+            update["error"] = self.error
+        return update
+
+
+VALIDATION_FAILED_MESSAGE = (
+    "Validation failed. You can find validators description at our API Manifest: "
+    "http://docs.apimanifest.apiary.io/#introduction/interacting"
+)
+
+
+def cap_error(error: dict[str, Any], limit: int = MAX_ERROR_BYTES) -> dict[str, Any]:
+    """Trim `invalid` from the end until the error encodes to at most `limit` bytes.
+
+    The first entries are kept: they are the ones a client fixes first. When entries were
+    dropped, `invalid_total` tells the client how many there were in all.
+    """
+    invalid = error.get("invalid") or []
+    if len(orjson.dumps(error)) <= limit:
+        return error
+    total = len(invalid)
+    low, high = 0, total
+    while low < high:  # the largest prefix that fits
+        middle = (low + high + 1) // 2
+        candidate = {**error, "invalid": invalid[:middle], "invalid_total": total}
+        if len(orjson.dumps(candidate)) <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return {**error, "invalid": invalid[:low], "invalid_total": total}

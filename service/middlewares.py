@@ -1,0 +1,127 @@
+"""Cross-cutting work for every request, outermost first:
+
+1. `request_context`: the request id (bound into every log line, echoed in `x-request-id`)
+   and one `request_finished` event per request.
+2. `error_envelope`: every error, raised by us or by aiohttp, becomes the error envelope;
+   an unexpected exception is logged with its traceback and answered 500 without it.
+3. `body_limit`: a declared body over `MAX_REQUEST_BYTES` is refused before anything reads it.
+4. `authorization`: for handlers marked with `requires_scope`, who is calling and whether
+   their scope allows it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
+from service.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, SETTINGS
+from service.responses import error_response
+from service.store import StoreUnavailable
+
+log = structlog.get_logger("medevents.http")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller's request id is kept when it is sane: short, and nothing a log reader would trip on.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+RETRY_AFTER_OUTAGE_SECONDS = "5"
+_SCOPE_ATTRIBUTE = "_medevents_required_scope"
+
+HandlerFunction = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def requires_scope(scope: str) -> Callable[[HandlerFunction], HandlerFunction]:
+    """Mark a handler as needing an authenticated caller whose scope holds `scope`."""
+
+    def mark(handler: HandlerFunction) -> HandlerFunction:
+        setattr(handler, _SCOPE_ATTRIBUTE, scope)
+        return handler
+
+    return mark
+
+
+def request_id_from(request: web.Request) -> str:
+    candidate = request.headers.get(REQUEST_ID_HEADER, "")
+    if SANE_REQUEST_ID.fullmatch(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request_id_from(request)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        response = await handler(request)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        log.info(
+            "request_finished",
+            method=request.method,
+            path=request.path,
+            status=response.status,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+    return response
+
+
+@web.middleware
+async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(request, exc.status, exc.error_type, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
+        return _error(request, exc.status, error_type_for(exc.status), exc.reason, headers)
+    except StoreUnavailable:
+        log.warning("mongodb_unavailable", exc_info=True)
+        outage = ServiceUnavailable(
+            "The job store is unavailable, retry later",
+            headers={"Retry-After": RETRY_AFTER_OUTAGE_SECONDS},
+        )
+        return _error(request, outage.status, outage.error_type, outage.message, outage.headers)
+    except Exception:
+        log.exception("request_failed")
+        return _error(request, 500, "internal_error", "Internal server error")
+
+
+def _error(
+    request: web.Request,
+    status: int,
+    error_type: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return error_response(
+        str(request.url), request[REQUEST_ID], status, error_type, message, headers
+    )
+
+
+@web.middleware
+async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    limit = request.app[SETTINGS].max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLarge(f"The request body is larger than the limit of {limit} bytes")
+    return await handler(request)
+
+
+@web.middleware
+async def authorization(request: web.Request, handler: Handler) -> web.StreamResponse:
+    scope = getattr(request.match_info.handler, _SCOPE_ATTRIBUTE, None)
+    if scope is not None:
+        principal = request.app[AUTHENTICATOR].authenticate(request.headers)
+        principal.require(scope)
+        request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+MIDDLEWARES = (request_context, error_envelope, body_limit, authorization)

@@ -1,0 +1,156 @@
+"""The job repository over PyMongo's async API.
+
+Every driver error that means "the database cannot be reached right now" leaves this module
+as `StoreUnavailable`, so callers (the HTTP error middleware, later the consumer) decide what
+an outage means for them without knowing the driver.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from service.config import Settings
+from service.jobs import JobOutcome, JobStatus
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# What a job response needs, and nothing else: one `find_one` with this projection per poll.
+JOB_RESPONSE_FIELDS = {"status": 1, "status_code": 1, "eta": 1, "response": 1, "error": 1}
+
+
+class StoreUnavailable(Exception):
+    """MongoDB could not be reached or did not answer in time."""
+
+
+def open_mongo_client(settings: Settings, url: str) -> AsyncMongoClient:
+    timeout = settings.mongodb_timeout_ms
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        appname="medevents",
+        serverSelectionTimeoutMS=timeout,
+        connectTimeoutMS=timeout,
+        # One operation may take longer than finding a server, but never hang a request.
+        socketTimeoutMS=5 * timeout,
+    )
+
+
+def _unavailable_on_outage(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except ConnectionFailure as exc:  # includes server selection and network timeouts
+            raise StoreUnavailable(str(exc)) from exc
+        except PyMongoError as exc:
+            if exc.timeout:
+                raise StoreUnavailable(str(exc)) from exc
+            raise
+
+    return wrapper
+
+
+def utcnow() -> datetime:
+    """Now, at the millisecond precision BSON keeps, so what is written is what is read."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    job_id: str
+    type: str
+    hash: str
+    client_id: str
+    user_id: str
+    request_id: str
+    eta: datetime
+
+    def to_document(self, now: datetime) -> dict[str, Any]:
+        return {
+            "_id": self.job_id,
+            "type": self.type,
+            "status": int(JobStatus.PENDING),
+            "status_code": 202,
+            "hash": self.hash,
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "request_id": self.request_id,
+            "eta": self.eta,
+            "inserted_at": now,
+            "updated_at": now,
+            "attempts": 0,
+        }
+
+
+class JobStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._jobs: AsyncCollection = db["jobs"]
+
+    @_unavailable_on_outage
+    async def ensure_indexes(self) -> None:
+        """Create the indexes the queries need; a no-op when they exist."""
+        # Finding an identical pending submission (deduplication, as the original did).
+        await self._jobs.create_index([("hash", ASCENDING), ("status", ASCENDING)])
+        # Finding finished jobs past their retention period.
+        await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
+
+    @_unavailable_on_outage
+    async def get_for_client(self, job_id: str, client_id: str) -> dict[str, Any] | None:
+        """The fields a response needs, or None when the job does not exist or is another
+        client's: the caller cannot tell the two apart, by design."""
+        return await self._jobs.find_one(
+            {"_id": job_id, "client_id": client_id}, JOB_RESPONSE_FIELDS
+        )
+
+    @_unavailable_on_outage
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        return await self._jobs.find_one({"_id": job_id})
+
+    @_unavailable_on_outage
+    async def create_pending(self, job: NewJob) -> tuple[dict[str, Any], bool]:
+        """Insert a pending job; returns it and whether it is new.
+
+        An identical pending submission (same hash) is returned instead of a new job, and so
+        is the job already stored under the same id (a producer's retry).
+        """
+        existing = await self._jobs.find_one({"hash": job.hash, "status": int(JobStatus.PENDING)})
+        if existing is not None:
+            return existing, False
+        document = job.to_document(utcnow())
+        try:
+            await self._jobs.insert_one(document)
+        except DuplicateKeyError:
+            stored = await self._jobs.find_one({"_id": job.job_id})
+            if stored is None:  # removed between the two calls: try once more
+                await self._jobs.insert_one(document)
+                return document, True
+            return stored, False
+        return document, True
+
+    @_unavailable_on_outage
+    async def finish(self, job_id: str, outcome: JobOutcome) -> dict[str, Any] | None:
+        """Move a pending job to its terminal state, atomically.
+
+        Returns the finished job, or None when it was not pending (already terminal, or
+        missing): a terminal job is never changed again. `updated_at` is set by the server
+        with `$currentDate`, which every MongoDB-compatible server stores as a date.
+        """
+        return await self._jobs.find_one_and_update(
+            {"_id": job_id, "status": int(JobStatus.PENDING)},
+            {
+                "$set": outcome.to_update(),
+                "$currentDate": {"updated_at": True},
+            },
+            return_document=ReturnDocument.AFTER,
+        )
