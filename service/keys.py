@@ -12,9 +12,8 @@ SETTINGS = web.AppKey("settings", Settings)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 
-# Request keys (aiohttp has no typed request keys; these names are the one place they live).
-REQUEST_ID = "medevents.request_id"
-PRINCIPAL = "medevents.principal"
+REQUEST_ID = web.RequestKey("request_id", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 def principal_of(request: web.Request) -> Principal:

@@ -1,0 +1,114 @@
+"""Fixtures: a real MongoDB wire-protocol server per test session, a database per test.
+
+With `MONGODB_URL` set, the same suite runs against that server instead of starting the
+embedded one (each test still gets its own database, dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from service.app import create_app
+from service.auth import mint_token
+from service.config import Settings
+from service.embedded_mongo import EmbeddedMongo
+from service.jobs import new_job_id
+from service.logs import configure_logging
+from service.store import JobStore, NewJob
+
+TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+CLIENT_ID = "mis-client-1"
+OTHER_CLIENT_ID = "mis-client-2"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _logging() -> None:
+    configure_logging("console", "info")
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("MONGODB_URL")
+    if configured:
+        yield configured
+        return
+    with EmbeddedMongo(tmp_path_factory.mktemp("embedded-mongo")) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(mongodb_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        mongodb_url=mongodb_url,
+        mongodb_db=f"test_{uuid.uuid4().hex[:16]}",
+        jwt_secret=TEST_SECRET,
+        data_dir=tmp_path / "data",
+        max_request_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[AsyncDatabase]:
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True)
+    yield client[settings.mongodb_db]
+    await client.drop_database(settings.mongodb_db)
+    await client.close()
+
+
+@pytest.fixture
+def store(db: AsyncDatabase) -> JobStore:
+    return JobStore(db)
+
+
+@pytest.fixture
+async def api(aiohttp_client, settings: Settings, db: AsyncDatabase):
+    """A test client of the real app, on the test database (dropped by `db` afterwards)."""
+    return await aiohttp_client(create_app(settings))
+
+
+class CapturedLogs:
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines() if line.strip()]
+
+    def events(self, name: str) -> list[dict]:
+        return [line for line in self.lines() if line.get("event") == name]
+
+
+@pytest.fixture
+def captured_logs() -> CapturedLogs:
+    """The service's log output while the test runs, as JSON lines."""
+    logs = CapturedLogs()
+    configure_logging("json", "debug", logs.stream)
+    return logs
+
+
+def bearer(client_id: str = CLIENT_ID, scopes: tuple[str, ...] = ("job:read",), **claims) -> dict:
+    token = mint_token(TEST_SECRET, client_id, list(scopes), claims.pop("user_id", "user-1"), 3600)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def new_job(client_id: str = CLIENT_ID, **overrides) -> NewJob:
+    values = {
+        "job_id": new_job_id(),
+        "type": "encounter_package.create",
+        "hash": uuid.uuid4().hex,
+        "client_id": client_id,
+        "user_id": "user-1",
+        "request_id": "req-test",
+        "eta": datetime.now(UTC) + timedelta(seconds=30),
+    }
+    values.update(overrides)
+    return NewJob(**values)

@@ -1,0 +1,235 @@
+"""Errors of the request itself: authorization, unknown and hostile ids, wrong method, body
+limit, unexpected exceptions. Each in the error envelope, with a request id."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+
+import jwt
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from service.app import create_app
+from service.auth import mint_token
+from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, TEST_SECRET, bearer, new_job
+
+SCOPE_MESSAGE = "Your scope does not allow to access this resource. Missing allowances: job:read"
+
+
+def assert_error_envelope(response, body: dict, status: int, error_type: str) -> None:
+    assert response.status == status
+    assert response.content_type == "application/json"
+    assert set(body) == {"error", "meta"}
+    assert body["error"]["type"] == error_type
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["meta"]["code"] == status
+    assert body["meta"]["type"] == "object"
+    assert body["meta"]["request_id"] == response.headers["x-request-id"]
+    assert "Traceback" not in str(body)
+
+
+def token_with(claims: dict, key: object = TEST_SECRET, algorithm: str = "HS256") -> dict:
+    return {"Authorization": f"Bearer {jwt.encode(claims, key, algorithm=algorithm)}"}
+
+
+def claims(**overrides) -> dict:
+    now = int(time.time())
+    values = {"sub": "user-1", "client_id": CLIENT_ID, "scope": "job:read", "exp": now + 600}
+    values.update(overrides)
+    return {key: value for key, value in values.items() if value is not None}
+
+
+UNAUTHORIZED_HEADERS = {
+    "no token": {},
+    "empty bearer": {"Authorization": "Bearer "},
+    "basic scheme": {"Authorization": "Basic dXNlcjpwYXNz"},
+    "malformed": {"Authorization": "Bearer not.a.jwt"},
+    "garbage": {"Authorization": "Bearer ÿÿÿ"},
+    "bad signature": token_with(claims(), key="another-secret-of-sufficient-length-000000"),
+    "alg none": token_with(claims(), key=None, algorithm="none"),
+    "expired": token_with(claims(exp=int(time.time()) - 3600)),
+    "not yet valid": token_with(claims(nbf=int(time.time()) + 3600)),
+    "no exp": token_with(claims(exp=None)),
+    "no client_id": token_with(claims(client_id=None)),
+    "client_id not a string": token_with(claims(client_id=42)),
+}
+
+
+@pytest.mark.parametrize("headers", UNAUTHORIZED_HEADERS.values(), ids=UNAUTHORIZED_HEADERS)
+async def test_unauthorized(api, headers) -> None:
+    response = await api.get("/api/jobs/some-job", headers=headers)
+    assert_error_envelope(response, await response.json(), 401, "access_denied")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_missing_scope_is_forbidden_with_the_documented_message(api) -> None:
+    response = await api.get("/api/jobs/some-job", headers=bearer(scopes=("encounter:write",)))
+    body = await response.json()
+    assert_error_envelope(response, body, 403, "forbidden")
+    assert body["error"]["message"] == SCOPE_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/jobs/unknown-job",
+        "/api/jobs/..%2Fx",
+        "/api/jobs/%2E%2E%2Fx",
+        "/api/jobs/%24ne",
+        "/api/jobs/%7B%22%24gt%22%3A%22%22%7D",
+        "/api/jobs/" + "a" * 65,
+        "/api/jobs/a%00b",
+        "/api/jobs/job%20id",
+        "/api/jobs/",
+        "/api/x",
+    ],
+)
+async def test_unknown_or_hostile_ids_are_not_found(api, path) -> None:
+    response = await api.get(path, headers=bearer())
+    assert_error_envelope(response, await response.json(), 404, "not_found")
+
+
+async def test_a_job_of_another_client_is_not_found(api, store) -> None:
+    job, _ = await store.create_pending(new_job(client_id=OTHER_CLIENT_ID))
+    response = await api.get(f"/api/jobs/{job['_id']}", headers=bearer(client_id=CLIENT_ID))
+    body = await response.json()
+    assert_error_envelope(response, body, 404, "not_found")
+    unknown = await api.get("/api/jobs/no-such-job", headers=bearer(client_id=CLIENT_ID))
+    assert body["error"] == (await unknown.json())["error"]
+    mine = await api.get(f"/api/jobs/{job['_id']}", headers=bearer(client_id=OTHER_CLIENT_ID))
+    assert mine.status == 200
+
+
+async def test_a_64_character_id_is_looked_up(api, store) -> None:
+    job, _ = await store.create_pending(new_job(job_id="a" * 64))
+    response = await api.get(f"/api/jobs/{job['_id']}", headers=bearer())
+    assert response.status == 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
+async def test_other_methods_on_a_job_are_not_allowed(api, method) -> None:
+    response = await api.request(method, "/api/jobs/some-job", headers=bearer())
+    assert_error_envelope(response, await response.json(), 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
+async def test_a_body_over_the_limit_is_refused(api, settings) -> None:
+    body = b"x" * (settings.max_request_bytes + 1)
+    response = await api.post("/api/jobs/some-job", data=body, headers=bearer())
+    assert_error_envelope(response, await response.json(), 413, "request_entity_too_large")
+
+
+async def test_unexpected_exception_is_500_without_traceback(
+    aiohttp_client, settings, captured_logs
+):
+    app = create_app(settings)
+
+    async def broken(request: web.Request) -> web.Response:
+        raise RuntimeError("secret internals")
+
+    app.router.add_get("/api/broken", broken)
+    client = await aiohttp_client(app)
+    response = await client.get("/api/broken")
+    body = await response.json()
+    assert_error_envelope(response, body, 500, "internal_error")
+    assert "secret internals" not in str(body)
+    failures = captured_logs.events("request_failed")
+    assert failures and failures[0]["request_id"] == response.headers["x-request-id"]
+    assert "RuntimeError" in failures[0]["exception"]
+
+
+async def test_request_id_is_taken_when_sane_and_bound_into_log_lines(api, captured_logs):
+    response = await api.get(
+        "/api/jobs/unknown", headers={**bearer(), "x-request-id": "req-abc.123"}
+    )
+    assert response.headers["x-request-id"] == "req-abc.123"
+    assert (await response.json())["meta"]["request_id"] == "req-abc.123"
+    finished = captured_logs.events("request_finished")
+    assert [line["request_id"] for line in finished] == ["req-abc.123"]
+    assert finished[0]["status"] == 404
+
+
+@pytest.mark.parametrize("given", ["has space", "x" * 129, "a\\b", "<script>", "ключ"])
+async def test_an_insane_request_id_is_replaced(api, given) -> None:
+    response = await api.get("/api/jobs/unknown", headers={**bearer(), "x-request-id": given})
+    assert response.headers["x-request-id"] != given
+    assert (await response.json())["meta"]["request_id"] == response.headers["x-request-id"]
+
+
+def hs256_signed_with(secret: bytes, payload: dict) -> str:
+    """An HS256 token signed with arbitrary bytes, which PyJWT's encoder refuses to do."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(json.dumps(payload).encode())}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(signature)}"
+
+
+def _pem_keys(private_key) -> tuple[bytes, bytes]:
+    private = private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "private_key"),
+    [
+        ("RS256", lambda: rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+        ("ES256", lambda: ec.generate_private_key(ec.SECP256R1())),
+    ],
+)
+async def test_public_key_tokens(aiohttp_client, settings, store, tmp_path, algorithm, private_key):
+    private, public = _pem_keys(private_key())
+    key_file = tmp_path / "public.pem"
+    key_file.write_bytes(public)
+    client = await aiohttp_client(
+        create_app(settings.with_changes(jwt_secret=None, jwt_public_key=key_file))
+    )
+    job, _ = await store.create_pending(new_job())
+    signed = mint_token(private, CLIENT_ID, ["job:read"], "user-1", 600, algorithm)
+    ok = await client.get(f"/api/jobs/{job['_id']}", headers={"Authorization": f"Bearer {signed}"})
+    assert ok.status == 200
+    # The public key used as an HS256 secret (algorithm confusion) must not pass.
+    forged = hs256_signed_with(public, claims())
+    for token in (forged, mint_token(TEST_SECRET, CLIENT_ID, ["job:read"], "u", 600)):
+        denied = await client.get(
+            f"/api/jobs/{job['_id']}", headers={"Authorization": f"Bearer {token}"}
+        )
+        assert denied.status == 401
+
+
+async def test_gateway_mode_trusts_the_gateway_headers(aiohttp_client, settings, store) -> None:
+    client = await aiohttp_client(create_app(settings.with_changes(auth_mode="gateway")))
+    job, _ = await store.create_pending(new_job())
+    consumer = {
+        "x-consumer-id": "user-1",
+        "x-consumer-metadata": f'{{"client_id": "{CLIENT_ID}"}}',
+        "x-consumer-scope": "job:read encounter:write",
+    }
+    assert (await client.get(f"/api/jobs/{job['_id']}", headers=consumer)).status == 200
+
+    other = {**consumer, "x-consumer-metadata": f'{{"client_id": "{OTHER_CLIENT_ID}"}}'}
+    assert (await client.get(f"/api/jobs/{job['_id']}", headers=other)).status == 404
+
+    no_scope = {**consumer, "x-consumer-scope": "encounter:write"}
+    response = await client.get(f"/api/jobs/{job['_id']}", headers=no_scope)
+    assert (await response.json())["error"]["message"] == SCOPE_MESSAGE
+
+    for broken in ({}, {"x-consumer-id": "user-1"}, {**consumer, "x-consumer-metadata": "{"}):
+        response = await client.get(f"/api/jobs/{job['_id']}", headers=broken)
+        assert_error_envelope(response, await response.json(), 401, "access_denied")
