@@ -82,8 +82,8 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
             raise
         headers = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
         return _error(request, exc.status, error_type_for(exc.status), exc.reason, headers)
-    except StoreUnavailable:
-        log.warning("mongodb_unavailable", exc_info=True)
+    except StoreUnavailable as exc:
+        log.warning("mongodb_unavailable", error=str(exc))
         outage = ServiceUnavailable(
             "The job store is unavailable, retry later",
             headers={"Retry-After": RETRY_AFTER_OUTAGE_SECONDS},

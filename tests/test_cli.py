@@ -1,0 +1,121 @@
+"""`medevents`: the development token, and the new user's first session (`medevents run` with
+the embedded MongoDB, a minted token, a poll of an unknown job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jwt
+import pytest
+
+from service.cli import main
+from service.embedded_mongo import free_port
+
+
+def test_token_is_signed_with_a_secret_generated_once_under_data_dir(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.delenv("JWT_PUBLIC_KEY", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+    assert main(["token", "--client-id", "mis-1", "--scope", "job:read encounter:write"]) == 0
+    first = capsys.readouterr().out.strip()
+    secret_file = tmp_path / "data" / "jwt_secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text()
+
+    claims = jwt.decode(first, secret, algorithms=["HS256"])
+    assert claims["client_id"] == "mis-1"
+    assert claims["scope"] == "job:read encounter:write"
+    assert claims["exp"] > time.time()
+
+    assert main(["token", "--client-id", "mis-2", "--scope", "job:read"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert secret_file.read_text() == secret
+    assert jwt.decode(second, secret, algorithms=["HS256"])["client_id"] == "mis-2"
+
+
+def test_token_uses_the_configured_secret(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("JWT_SECRET", "configured-secret-configured-secret-0123")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert main(["token", "--client-id", "c", "--scope", "job:read"]) == 0
+    token = capsys.readouterr().out.strip()
+    jwt.decode(token, "configured-secret-configured-secret-0123", algorithms=["HS256"])
+    assert not (tmp_path / "data" / "jwt_secret").exists()
+
+
+def test_a_bad_configuration_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HTTP_PORT", "eighty")
+    assert main(["token", "--client-id", "c"]) == 2
+    assert "HTTP_PORT must be an integer" in capsys.readouterr().err
+
+
+def _get(url: str, token: str) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.mark.timeout(90)
+def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"MONGODB_URL", "JWT_SECRET", "JWT_PUBLIC_KEY"}
+    }
+    env.update(DATA_DIR=str(tmp_path / ".data"), HTTP_PORT=str(port), LOG_FORMAT="json")
+    medevents = [str(Path(sys.executable).parent / "medevents")]  # the installed console script
+    server = subprocess.Popen(
+        [*medevents, "run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        token = subprocess.run(
+            [*medevents, "token", "--client-id", "demo-mis", "--scope", "job:read"],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, headers, body = _get(f"http://127.0.0.1:{port}/api/jobs/unknown", token)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                assert time.monotonic() < deadline, "the API did not come up"
+                time.sleep(0.2)
+        assert status == 404
+        assert body["error"]["type"] == "not_found"
+        assert body["meta"]["request_id"] == headers["x-request-id"]
+
+        mongo_dir = tmp_path / ".data" / "mongo"
+        nx_pid = int((mongo_dir / "nx-27017.pid").read_text())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, output
+    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
+    assert "embedded_mongo_started" in events and "embedded_mongo_stopped" in events
+    assert not (mongo_dir / "nx-27017.pid").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(nx_pid, 0)

@@ -1,0 +1,64 @@
+"""MongoDB unreachable: the API answers 503 in the envelope within a bounded time, never 500,
+and comes back by itself when the server does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from pymongo import AsyncMongoClient
+
+from service.app import create_app
+from service.embedded_mongo import EmbeddedMongo, free_port
+from service.store import JobStore
+from tests.conftest import bearer, new_job
+
+# Far above what the timeouts below allow, far below a hanging request.
+BOUND_SECONDS = 15
+
+
+async def test_store_outage_answers_503_then_recovers(aiohttp_client, settings, tmp_path) -> None:
+    server = EmbeddedMongo(tmp_path / "own-server", port=free_port())
+    url = server.start()
+    try:
+        fast = settings.with_changes(mongodb_url=url, mongodb_timeout_ms=500)
+        client = await aiohttp_client(create_app(fast))
+        direct = AsyncMongoClient(url, tz_aware=True)
+        job, _ = await JobStore(direct[fast.mongodb_db]).create_pending(new_job())
+        await direct.close()
+        assert (await client.get(f"/api/jobs/{job['_id']}", headers=bearer())).status == 200
+
+        server.stop()
+        started = time.monotonic()
+        response = await client.get(f"/api/jobs/{job['_id']}", headers=bearer())
+        elapsed = time.monotonic() - started
+        body = await response.json()
+        assert response.status == 503
+        assert body["error"]["type"] == "service_unavailable"
+        assert body["meta"]["code"] == 503
+        assert body["meta"]["request_id"] == response.headers["x-request-id"]
+        assert response.headers["Retry-After"].isdigit()
+        assert elapsed < BOUND_SECONDS
+
+        server.start()  # the same port and data directory
+        deadline = time.monotonic() + BOUND_SECONDS
+        while True:  # the driver finds the server again at its next heartbeat
+            response = await client.get(f"/api/jobs/{job['_id']}", headers=bearer())
+            if response.status != 503 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert response.status == 200
+    finally:
+        server.stop()
+
+
+async def test_api_starts_and_answers_503_while_mongodb_is_down(aiohttp_client, settings) -> None:
+    nowhere = settings.with_changes(
+        mongodb_url=f"mongodb://127.0.0.1:{free_port()}/", mongodb_timeout_ms=300
+    )
+    client = await aiohttp_client(create_app(nowhere))
+    started = time.monotonic()
+    response = await client.get("/api/jobs/some-job", headers=bearer())
+    assert response.status == 503
+    assert (await response.json())["error"]["type"] == "service_unavailable"
+    assert time.monotonic() - started < BOUND_SECONDS

@@ -1,0 +1,114 @@
+"""Pure logic: configuration parsing, job ids, the error cap, date rendering."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import orjson
+import pytest
+
+from schemas.envelope import UtcDateTime
+from service.config import ConfigError, Settings
+from service.jobs import MAX_ERROR_BYTES, cap_error, is_valid_job_id, new_job_id
+
+
+def test_defaults_work_for_local_use() -> None:
+    settings = Settings.from_env({})
+    assert settings.mongodb_url is None
+    assert settings.http_port == 8080
+    assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
+    assert settings.auth_mode == "jwt"
+    assert settings.job_ttl_days == 7
+
+
+def test_every_variable_is_read() -> None:
+    settings = Settings.from_env(
+        {
+            "MONGODB_URL": "mongodb://db:27017/?replicaSet=rs0",
+            "MONGODB_DB": "events",
+            "MONGODB_TIMEOUT_MS": "700",
+            "AMQP_URL": "amqp://u:p@mq:5672/v",
+            "HTTP_HOST": "0.0.0.0",
+            "HTTP_PORT": "9000",
+            "AUTH_MODE": "GATEWAY",
+            "JWT_SECRET": "s",
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "warning",
+            "JOB_TTL_DAYS": "3",
+            "CONSUMER_PREFETCH": "32",
+            "MAX_REQUEST_BYTES": "2048",
+            "DATA_DIR": "/var/lib/medevents",
+        }
+    )
+    assert settings.mongodb_url == "mongodb://db:27017/?replicaSet=rs0"
+    assert (settings.mongodb_db, settings.mongodb_timeout_ms) == ("events", 700)
+    assert settings.amqp_url == "amqp://u:p@mq:5672/v"
+    assert (settings.http_host, settings.http_port) == ("0.0.0.0", 9000)
+    assert (settings.auth_mode, settings.jwt_secret) == ("gateway", "s")
+    assert (settings.log_format, settings.log_level) == ("json", "warning")
+    assert (settings.job_ttl_days, settings.consumer_prefetch) == (3, 32)
+    assert settings.max_request_bytes == 2048
+    assert str(settings.data_dir) == "/var/lib/medevents"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HTTP_PORT": "x"}, "HTTP_PORT must be an integer"),
+        ({"HTTP_PORT": "70000"}, "HTTP_PORT must be between 0 and 65535"),
+        ({"JOB_TTL_DAYS": "0"}, "JOB_TTL_DAYS must be >= 1"),
+        ({"AUTH_MODE": "basic"}, "AUTH_MODE must be one of jwt, gateway"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of"),
+        ({"JWT_SECRET": "s", "JWT_PUBLIC_KEY": "/k.pem"}, "not both"),
+        ({"JWT_PUBLIC_KEY": "/no/such/key.pem"}, "no such file"),
+    ],
+)
+def test_bad_values_are_named(env, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize("job_id", ["a", "NBXk9EyErUZv1RhXgyvgg", "a-b_c", "9" * 64, new_job_id()])
+def test_valid_job_ids(job_id) -> None:
+    assert is_valid_job_id(job_id)
+
+
+@pytest.mark.parametrize("job_id", ["", "a" * 65, "../x", "$ne", '{"$gt":""}', "a b", "a\n", "ä"])
+def test_invalid_job_ids(job_id) -> None:
+    assert not is_valid_job_id(job_id)
+
+
+def test_an_error_under_the_cap_is_kept_whole() -> None:
+    error = {"type": "validation_failed", "message": "m", "invalid": [{"entry": "$.a"}]}
+    assert cap_error(error) is error
+
+
+def test_an_error_over_the_cap_keeps_the_longest_prefix_that_fits() -> None:
+    invalid = [
+        {"entry": f"$.data.items[{i}]", "rules": [{"rule": "required"}]} for i in range(1000)
+    ]
+    error = {"type": "validation_failed", "message": "m", "invalid": invalid}
+    capped = cap_error(error)
+    size = len(orjson.dumps(capped))
+    assert size <= MAX_ERROR_BYTES
+    kept = len(capped["invalid"])
+    assert capped["invalid"] == invalid[:kept]
+    assert capped["invalid_total"] == 1000
+    one_more = {**capped, "invalid": invalid[: kept + 1]}
+    assert len(orjson.dumps(one_more)) > MAX_ERROR_BYTES
+
+
+@pytest.mark.parametrize(
+    ("value", "rendered"),
+    [
+        (datetime(2018, 8, 2, 10, 45, 16, tzinfo=UTC), "2018-08-02T10:45:16.000Z"),
+        (datetime(2018, 8, 2, 10, 45, 16, 936999, tzinfo=UTC), "2018-08-02T10:45:16.936Z"),
+        (
+            datetime(2018, 8, 2, 13, 45, 16, tzinfo=timezone(timedelta(hours=3))),
+            "2018-08-02T10:45:16.000Z",
+        ),
+        (datetime(2018, 8, 2, 10, 45, 16), "2018-08-02T10:45:16.000Z"),
+    ],
+)
+def test_dates_render_in_utc_with_milliseconds(value, rendered) -> None:
+    assert UtcDateTime().serialize("eta", {"eta": value}) == rendered
