@@ -8,6 +8,8 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
+from schemas.validation import InvalidEntrySchema
+
 
 @dataclass(frozen=True, slots=True)
 class Meta:
@@ -47,10 +49,12 @@ def envelope_schema(data_schema: type[Schema], name: str) -> Schema:
 
 
 class RequestErrorSchema(Schema):
-    """An error of the request itself (401, 403, 404, 405, 413, 500, 503)."""
+    """An error of the request itself (401, 403, 404, 405, 413, 422, 500, 503)."""
 
     type = fields.String(required=True)
     message = fields.String(required=True)
+    # Only for 422: where the body is unusable, in the shape of a job's 422.
+    invalid = fields.List(fields.Nested(InvalidEntrySchema))
 
 
 class ErrorEnvelopeSchema(Schema):
@@ -61,5 +65,10 @@ class ErrorEnvelopeSchema(Schema):
 ERROR_ENVELOPE = ErrorEnvelopeSchema()
 
 
-def dump_error(meta: Meta, error_type: str, message: str) -> dict[str, Any]:
-    return ERROR_ENVELOPE.dump({"error": {"type": error_type, "message": message}, "meta": meta})
+def dump_error(
+    meta: Meta, error_type: str, message: str, invalid: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    error: dict[str, Any] = {"type": error_type, "message": message}
+    if invalid is not None:
+        error["invalid"] = invalid
+    return ERROR_ENVELOPE.dump({"error": error, "meta": meta})

@@ -18,6 +18,7 @@ from typing import Any
 from marshmallow import Schema, fields
 
 from schemas.envelope import Meta, UtcDateTime, envelope_schema
+from schemas.validation import InvalidEntrySchema
 from service.jobs import JobStatus, job_href
 
 MESSAGE_ONLY_STATUS_CODES = frozenset({403, 404})
@@ -40,18 +41,6 @@ class StatusLabel(fields.Field):
 class LinkSchema(Schema):
     entity = fields.String(required=True)
     href = fields.String(required=True)
-
-
-class ValidationRuleSchema(Schema):
-    rule = fields.String(required=True)
-    params = fields.Raw(dump_default=list)
-    description = fields.String(required=True)
-
-
-class InvalidEntrySchema(Schema):
-    entry_type = fields.String(dump_default="json_data_property")
-    entry = fields.String(required=True)
-    rules = fields.List(fields.Nested(ValidationRuleSchema), required=True)
 
 
 class ValidationErrorSchema(Schema):
@@ -131,3 +120,8 @@ def dump_job(job: dict[str, Any], url: str, request_id: str) -> tuple[int, dict[
     """The HTTP status and the body of the response for a stored job."""
     http_status, schema = job_response_schema(job)
     return http_status, schema.dump({"data": job, "meta": Meta(http_status, url, request_id)})
+
+
+def dump_accepted(job: dict[str, Any], url: str, request_id: str) -> dict[str, Any]:
+    """The body of `202 Accepted` for a submission: the pending job, `meta.code` 202."""
+    return PENDING.dump({"data": job, "meta": Meta(202, url, request_id)})

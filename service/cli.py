@@ -1,8 +1,11 @@
 """`medevents`: the one console script.
 
-    medevents api      the HTTP API
-    medevents run      everything in one process, for local use (`make run`)
-    medevents token    a development JWT for the given client and scopes
+    medevents api              the HTTP API
+    medevents consumer         the RabbitMQ consumer
+    medevents run              both in one process, for local use (`make run`)
+    medevents publish FILE     publish a submission to RabbitMQ (`--wait`: poll it to the end)
+    medevents token            a development JWT for the given client and scopes
+    medevents patient add ID   add or update a patient (local use)
 
 Configuration comes from the environment (README, "Configuration").
 """
@@ -10,6 +13,7 @@ Configuration comes from the environment (README, "Configuration").
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import sys
 import uuid
@@ -19,11 +23,15 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
+from consumers.worker import run_consumer
 from service.app import create_app
 from service.auth import mint_token, signing_secret
 from service.config import ConfigError, Settings
 from service.embedded_mongo import EmbeddedMongo
+from service.entity_store import PatientStore
 from service.logs import configure_logging
+from service.producer import publish_submission, read_submission
+from service.store import open_mongo_client
 
 log = structlog.get_logger("medevents.cli")
 
@@ -40,17 +48,91 @@ def mongodb_for(settings: Settings) -> Iterator[Settings]:
 
 def serve_api(settings: Settings, _: argparse.Namespace) -> int:
     with mongodb_for(settings) as settings:
-        app = create_app(settings)
-        log.info("http_serving", url=f"http://{settings.http_host}:{settings.http_port}")
-        web.run_app(
-            app,
-            host=settings.http_host,
-            port=settings.http_port,
-            access_log=None,  # the request_context middleware logs each request
-            print=None,
-            handle_signals=True,
-        )
+        _serve(create_app(settings), settings)
     return 0
+
+
+def serve_all(settings: Settings, _: argparse.Namespace) -> int:
+    """API and consumer in one process. With the embedded MongoDB (local use), the demo
+    patients are written first and the banner says how to submit and poll."""
+    local = not settings.mongodb_url
+    with mongodb_for(settings) as settings:
+        if local:
+            asyncio.run(_put_patients(settings, DEMO_PATIENTS))
+            print(banner(settings), flush=True)
+        _serve(create_app(settings, with_consumer=True), settings)
+    return 0
+
+
+def run_consumer_only(settings: Settings, _: argparse.Namespace) -> int:
+    with mongodb_for(settings) as settings:
+        asyncio.run(run_consumer(settings))
+    return 0
+
+
+def publish(settings: Settings, args: argparse.Namespace) -> int:
+    submission = read_submission(args.file)
+    if submission is None:
+        return 2
+    return asyncio.run(
+        publish_submission(
+            settings,
+            submission,
+            wait=args.wait,
+            new_ids=args.new_ids,
+            api_url=args.api or f"http://127.0.0.1:{settings.http_port}",
+            wait_seconds=args.timeout,
+        )
+    )
+
+
+def add_patient(settings: Settings, args: argparse.Namespace) -> int:
+    with mongodb_for(settings) as settings:
+        asyncio.run(_put_patients(settings, {str(args.patient_id): args.status}))
+    print(f"patient {args.patient_id} {args.status}")
+    return 0
+
+
+async def _put_patients(settings: Settings, patients: dict[str, str]) -> None:
+    assert settings.mongodb_url
+    client = open_mongo_client(settings, settings.mongodb_url)
+    try:
+        store = PatientStore(client[settings.mongodb_db])
+        for patient_id, status in patients.items():
+            await store.put(patient_id, status)
+    finally:
+        await client.close()
+
+
+# The patients `make run` writes, and the examples use.
+DEMO_PATIENTS = {
+    "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f": "active",
+    "6f3a8b9d-4c2e-4d7f-8a1b-2e3d4c5b6a7f": "inactive",
+}
+
+
+def banner(settings: Settings) -> str:
+    api = f"http://{settings.http_host}:{settings.http_port}"
+    return f"""
+medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
+  submit:  .venv/bin/medevents publish examples/encounter_package.json --wait
+  token:   TOKEN=$(.venv/bin/medevents token --client-id demo-mis \\
+             --scope "job:read encounter:write")
+  poll:    curl -s -H "Authorization: Bearer $TOKEN" {api}/api/jobs/JOB_ID
+  demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}
+"""
+
+
+def _serve(app: web.Application, settings: Settings) -> None:
+    log.info("http_serving", url=f"http://{settings.http_host}:{settings.http_port}")
+    web.run_app(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        access_log=None,  # the request_context middleware logs each request
+        print=None,
+        handle_signals=True,
+    )
 
 
 def print_token(settings: Settings, args: argparse.Namespace) -> int:
@@ -76,9 +158,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     api = commands.add_parser("api", help="serve the HTTP API")
     api.set_defaults(func=serve_api)
-    # The consumer joins `run` when it exists; until then `run` serves the API.
+    consumer = commands.add_parser("consumer", help="run the RabbitMQ consumer")
+    consumer.set_defaults(func=run_consumer_only)
     run = commands.add_parser("run", help="the API and the consumer in one process (local use)")
-    run.set_defaults(func=serve_api)
+    run.set_defaults(func=serve_all)
+
+    producer = commands.add_parser("publish", help="publish a submission to RabbitMQ")
+    producer.add_argument("file", type=Path, help="a JSON submission (see examples/)")
+    producer.add_argument("--wait", action="store_true", help="poll the job until it ends")
+    producer.add_argument(
+        "--new-ids", action="store_true", help="give every entity a new UUID first"
+    )
+    producer.add_argument("--api", help="the API to poll (default: http://127.0.0.1:HTTP_PORT)")
+    producer.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    producer.set_defaults(func=publish)
+
+    patient = commands.add_parser("patient", help="patients (local use)")
+    patient_commands = patient.add_subparsers(dest="patient_command", required=True)
+    patient_add = patient_commands.add_parser("add", help="add or update a patient")
+    patient_add.add_argument("patient_id", type=uuid.UUID)
+    patient_add.add_argument("--status", choices=["active", "inactive"], default="active")
+    patient_add.set_defaults(func=add_patient)
 
     token = commands.add_parser("token", help="print a development JWT")
     token.add_argument("--client-id", required=True, help="the client (MIS) the token is for")

@@ -27,6 +27,7 @@ class Settings:
     mongodb_db: str = "medical_events"
     mongodb_timeout_ms: int = 2000
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_prefix: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     auth_mode: str = "jwt"
@@ -50,6 +51,7 @@ class Settings:
             mongodb_db=reader.text("MONGODB_DB") or defaults.mongodb_db,
             mongodb_timeout_ms=reader.integer("MONGODB_TIMEOUT_MS", defaults.mongodb_timeout_ms, 1),
             amqp_url=reader.text("AMQP_URL") or defaults.amqp_url,
+            amqp_prefix=reader.text("AMQP_PREFIX") or defaults.amqp_prefix,
             http_host=reader.text("HTTP_HOST") or defaults.http_host,
             http_port=reader.integer("HTTP_PORT", defaults.http_port, 0, 65535),
             auth_mode=reader.choice("AUTH_MODE", defaults.auth_mode, AUTH_MODES),

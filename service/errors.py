@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 
 class ApiError(Exception):
@@ -11,10 +12,16 @@ class ApiError(Exception):
     status: int = 500
     error_type: str = "internal_error"
 
-    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        headers: dict[str, str] | None = None,
+        invalid: list[dict[str, Any]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        self.invalid = invalid
 
 
 class Unauthorized(ApiError):
@@ -33,6 +40,13 @@ class Forbidden(ApiError):
 class NotFound(ApiError):
     status = 404
     error_type = "not_found"
+
+
+class RequestValidationFailed(ApiError):
+    """The request body itself is unusable (not a JSON object); `invalid` says where."""
+
+    status = 422
+    error_type = "validation_failed"
 
 
 class RequestTooLarge(ApiError):

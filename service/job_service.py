@@ -1,11 +1,17 @@
-"""The service layer for jobs: what both entrypoints (HTTP, AMQP consumer) ask of a job."""
+"""The service layer for jobs: what the HTTP entrypoint asks of a job."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from service.jobs import is_valid_job_id
-from service.store import JobStore
+import structlog
+
+from service.auth import Principal
+from service.broker import BrokerUnavailable, SubmissionPublisher
+from service.jobs import JobOutcome, is_valid_job_id, new_job_id, pending_eta, submission_hash
+from service.store import JobStore, NewJob, utcnow
+
+log = structlog.get_logger("medevents.jobs")
 
 
 class JobNotFound(Exception):
@@ -13,8 +19,9 @@ class JobNotFound(Exception):
 
 
 class JobService:
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: JobStore, publisher: SubmissionPublisher | None = None) -> None:
         self.store = store
+        self.publisher = publisher
 
     async def job_for_client(self, job_id: str, client_id: str) -> dict[str, Any]:
         """The job as its response needs it. An id that cannot be a job id is not looked up,
@@ -25,3 +32,55 @@ class JobService:
         if job is None:
             raise JobNotFound(job_id)
         return job
+
+    async def submit(
+        self,
+        principal: Principal,
+        job_type: str,
+        patient_id: str,
+        data: dict[str, Any],
+        request_id: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Create the pending job and publish its submission; returns the job and whether it
+        is new. An identical pending submission returns the existing job, unpublished.
+
+        When the broker does not take the message, the job ends failed (503) at once, so that
+        no job waits for a message that was never sent, and `BrokerUnavailable` goes up.
+        """
+        if self.publisher is None:
+            raise BrokerUnavailable("this process has no publisher")
+        submission = {
+            "type": job_type,
+            "patient_id": patient_id,
+            "requested_by": {
+                "client_id": principal.client_id,
+                "user_id": principal.user_id,
+                "scope": " ".join(sorted(principal.scopes)),
+            },
+            "data": data,
+        }
+        new = NewJob(
+            job_id=new_job_id(),
+            type=job_type,
+            hash=submission_hash(submission),
+            client_id=principal.client_id,
+            user_id=principal.user_id,
+            request_id=request_id,
+            eta=pending_eta(utcnow()),
+        )
+        job, created = await self.store.create_pending(new)
+        if not created:
+            log.info("submission_deduplicated", job_id=job["_id"])
+            return job, False
+        try:
+            await self.publisher.publish(submission, job["_id"], request_id)
+        except BrokerUnavailable:
+            await self.store.finish(
+                job["_id"],
+                JobOutcome.failed(
+                    503, "service_unavailable", "The broker was unavailable; submit again"
+                ),
+            )
+            raise
+        log.info("job_submitted", job_id=job["_id"], type=job_type)
+        return job, True

@@ -6,9 +6,11 @@ MongoDB or the network.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import IntEnum
 from typing import Any, Self
 
@@ -17,6 +19,8 @@ import orjson
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The original system capped a stored error at 10,000 bytes by trimming `invalid`.
 MAX_ERROR_BYTES = 10_000
+# How far ahead a new job's `eta` lies. The original used a fixed offset too.
+PENDING_ETA = timedelta(seconds=30)
 
 
 class JobStatus(IntEnum):
@@ -43,6 +47,23 @@ def is_valid_job_id(job_id: str) -> bool:
 def new_job_id() -> str:
     """A URL-safe random id of 22 characters, shaped like the seed's `NBXk9EyErUZv1RhXgyvgg`."""
     return secrets.token_urlsafe(16)
+
+
+def pending_eta(now: datetime) -> datetime:
+    return now + PENDING_ETA
+
+
+def submission_hash(submission: dict[str, Any]) -> str:
+    """The hash of a request, its user and its client: identical pending submissions share it."""
+    requested_by = submission.get("requested_by") or {}
+    canonical = {
+        "type": submission.get("type"),
+        "patient_id": submission.get("patient_id"),
+        "client_id": requested_by.get("client_id") if isinstance(requested_by, dict) else None,
+        "user_id": requested_by.get("user_id") if isinstance(requested_by, dict) else None,
+        "data": submission.get("data"),
+    }
+    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def job_href(job_id: str) -> str:

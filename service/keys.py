@@ -5,11 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.auth import Authenticator, Principal
+from service.broker import Topology
 from service.config import Settings
+from service.entity_store import EntityStore, PatientStore
 from service.job_service import JobService
+from service.store import JobStore
 
 SETTINGS = web.AppKey("settings", Settings)
+TOPOLOGY = web.AppKey("topology", Topology)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+JOB_STORE = web.AppKey("job_store", JobStore)
+ENTITY_STORE = web.AppKey("entity_store", EntityStore)
+PATIENT_STORE = web.AppKey("patient_store", PatientStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 
 REQUEST_ID = web.RequestKey("request_id", str)

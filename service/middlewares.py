@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.broker import BrokerUnavailable
 from service.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
 from service.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, SETTINGS
 from service.responses import error_response
@@ -76,16 +77,17 @@ async def error_envelope(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(request, exc.status, exc.error_type, exc.message, exc.headers)
+        return _error(request, exc.status, exc.error_type, exc.message, exc.headers, exc.invalid)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         headers = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
         return _error(request, exc.status, error_type_for(exc.status), exc.reason, headers)
-    except StoreUnavailable as exc:
-        log.warning("mongodb_unavailable", error=str(exc))
+    except (StoreUnavailable, BrokerUnavailable) as exc:
+        what = "job store" if isinstance(exc, StoreUnavailable) else "message broker"
+        log.warning("dependency_unavailable", dependency=what, error=str(exc)[:300])
         outage = ServiceUnavailable(
-            "The job store is unavailable, retry later",
+            f"The {what} is unavailable, retry later",
             headers={"Retry-After": RETRY_AFTER_OUTAGE_SECONDS},
         )
         return _error(request, outage.status, outage.error_type, outage.message, outage.headers)
@@ -100,9 +102,10 @@ def _error(
     error_type: str,
     message: str,
     headers: dict[str, str] | None = None,
+    invalid: list[dict] | None = None,
 ) -> web.Response:
     return error_response(
-        str(request.url), request[REQUEST_ID], status, error_type, message, headers
+        str(request.url), request[REQUEST_ID], status, error_type, message, headers, invalid
     )
 
 

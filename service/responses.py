@@ -25,6 +25,7 @@ def error_response(
     error_type: str,
     message: str,
     headers: dict[str, str] | None = None,
+    invalid: list[dict[str, Any]] | None = None,
 ) -> web.Response:
-    body = dump_error(Meta(status, request_url, request_id), error_type, message)
+    body = dump_error(Meta(status, request_url, request_id), error_type, message, invalid)
     return json_response(body, status, headers)

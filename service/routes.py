@@ -9,3 +9,6 @@ from service import views
 
 def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/jobs/{job_id}", views.get_job, name="job")
+    package = "/api/patients/{patient_id}/encounter_package"
+    app.router.add_post(package, views.submit_encounter_package, name="encounter_package")
+    app.router.add_patch(package, views.cancel_encounter_package)

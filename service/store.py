@@ -45,7 +45,7 @@ def open_mongo_client(settings: Settings, url: str) -> AsyncMongoClient:
     )
 
 
-def _unavailable_on_outage(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def unavailable_on_outage(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
@@ -97,7 +97,7 @@ class JobStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self._jobs: AsyncCollection = db["jobs"]
 
-    @_unavailable_on_outage
+    @unavailable_on_outage
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries need; a no-op when they exist."""
         # Finding an identical pending submission (deduplication, as the original did).
@@ -105,7 +105,7 @@ class JobStore:
         # Finding finished jobs past their retention period.
         await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
 
-    @_unavailable_on_outage
+    @unavailable_on_outage
     async def get_for_client(self, job_id: str, client_id: str) -> dict[str, Any] | None:
         """The fields a response needs, or None when the job does not exist or is another
         client's: the caller cannot tell the two apart, by design."""
@@ -113,20 +113,26 @@ class JobStore:
             {"_id": job_id, "client_id": client_id}, JOB_RESPONSE_FIELDS
         )
 
-    @_unavailable_on_outage
+    @unavailable_on_outage
     async def get(self, job_id: str) -> dict[str, Any] | None:
         return await self._jobs.find_one({"_id": job_id})
 
-    @_unavailable_on_outage
-    async def create_pending(self, job: NewJob) -> tuple[dict[str, Any], bool]:
+    @unavailable_on_outage
+    async def create_pending(
+        self, job: NewJob, *, deduplicate: bool = True
+    ) -> tuple[dict[str, Any], bool]:
         """Insert a pending job; returns it and whether it is new.
 
-        An identical pending submission (same hash) is returned instead of a new job, and so
-        is the job already stored under the same id (a producer's retry).
+        The job already stored under the same id (a producer's retry, a redelivery) is
+        returned instead of a new one; with `deduplicate`, so is an identical pending
+        submission (same hash), as the original did for HTTP submissions.
         """
-        existing = await self._jobs.find_one({"hash": job.hash, "status": int(JobStatus.PENDING)})
-        if existing is not None:
-            return existing, False
+        if deduplicate:
+            existing = await self._jobs.find_one(
+                {"hash": job.hash, "status": int(JobStatus.PENDING)}
+            )
+            if existing is not None:
+                return existing, False
         document = job.to_document(utcnow())
         try:
             await self._jobs.insert_one(document)
@@ -138,19 +144,32 @@ class JobStore:
             return stored, False
         return document, True
 
-    @_unavailable_on_outage
+    @unavailable_on_outage
     async def finish(self, job_id: str, outcome: JobOutcome) -> dict[str, Any] | None:
         """Move a pending job to its terminal state, atomically.
 
         Returns the finished job, or None when it was not pending (already terminal, or
         missing): a terminal job is never changed again. `updated_at` is set by the server
         with `$currentDate`, which every MongoDB-compatible server stores as a date.
+        `attempts` counts the attempts that ended, this one included.
         """
         return await self._jobs.find_one_and_update(
             {"_id": job_id, "status": int(JobStatus.PENDING)},
             {
                 "$set": outcome.to_update(),
                 "$currentDate": {"updated_at": True},
+                "$inc": {"attempts": 1},
             },
             return_document=ReturnDocument.AFTER,
         )
+
+    @unavailable_on_outage
+    async def record_failed_attempt(self, job_id: str) -> int:
+        """Count an attempt that ended in an unexpected error; returns the attempts so far."""
+        job = await self._jobs.find_one_and_update(
+            {"_id": job_id, "status": int(JobStatus.PENDING)},
+            {"$inc": {"attempts": 1}},
+            projection={"attempts": 1},
+            return_document=ReturnDocument.AFTER,
+        )
+        return job["attempts"] if job else 0

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
+import orjson
 from aiohttp import web
 
-from schemas.jobs import dump_job
-from service.errors import NotFound
+from schemas.jobs import dump_accepted, dump_job
+from schemas.rules import Rule
+from schemas.validation import single_entry
+from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
+from service.jobs import job_href
 from service.keys import JOB_SERVICE, REQUEST_ID, principal_of
 from service.middlewares import requires_scope
 from service.responses import json_response
@@ -21,3 +28,48 @@ async def get_job(request: web.Request) -> web.Response:
         raise NotFound("Job not found") from None
     status, body = dump_job(job, str(request.url), request[REQUEST_ID])
     return json_response(body, status)
+
+
+@requires_scope("encounter:write")
+async def submit_encounter_package(request: web.Request) -> web.Response:
+    """The package is the body; the consumer validates and processes it."""
+    return await _submit(request, "encounter_package.create")
+
+
+@requires_scope("encounter:write")
+async def cancel_encounter_package(request: web.Request) -> web.Response:
+    """`{"encounter_id", "reason"?, "explanatory_letter"?}`: cancel a submitted encounter."""
+    return await _submit(request, "encounter_package.cancel")
+
+
+async def _submit(request: web.Request, job_type: str) -> web.Response:
+    patient_id = _patient_id(request)
+    data = await _json_object(request)
+    job, _ = await request.app[JOB_SERVICE].submit(
+        principal_of(request), job_type, patient_id, data, request[REQUEST_ID]
+    )
+    body = dump_accepted(job, str(request.url), request[REQUEST_ID])
+    return json_response(body, 202, headers={"Location": job_href(job["_id"])})
+
+
+def _patient_id(request: web.Request) -> str:
+    try:
+        return str(uuid.UUID(request.match_info["patient_id"]))
+    except ValueError:
+        raise NotFound("Patient not found") from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()  # bounded by MAX_REQUEST_BYTES (413 beyond)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        rule = Rule("json", f"is not valid JSON: {exc}")
+        invalid = single_entry([], rule)
+        raise RequestValidationFailed("The body is not valid JSON", invalid=invalid) from None
+    if not isinstance(data, dict):
+        rule = Rule("type", "type mismatch: expected object", ["object"])
+        raise RequestValidationFailed(
+            "The body must be a JSON object", invalid=single_entry([], rule)
+        )
+    return data

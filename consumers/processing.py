@@ -1,0 +1,191 @@
+"""The service layer of the consumer: from a delivered body to a finished job.
+
+It knows nothing of AMQP: the consumer hands it a `Delivery` and acks once it returns. Every
+step can run again after a crash and ends in the same state:
+
+1. `accept`: the job exists (created pending when a producer published straight to the
+   broker), or is already terminal (a redelivery: nothing more to do).
+2. `complete`: body, job type, scope, `data`, patient and the handler's business rules give
+   the outcome; one atomic write ends the job. An unexpected exception is retried a bounded
+   number of times, then the job ends `failed_with_error` (500). `StoreUnavailable` is never
+   turned into an outcome: it goes up, and the consumer retries the message later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+from marshmallow import ValidationError
+
+from consumers.registry import JobContext, ProcessorRegistry
+from schemas.rules import Rule
+from schemas.submission import MAX_BODY_BYTES, SUBMISSION
+from schemas.validation import invalid_entries, single_entry
+from service.entity_store import EntityStore, PatientStore
+from service.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
+from service.store import JobStore, NewJob, StoreUnavailable, utcnow
+
+log = structlog.get_logger("medevents.processing")
+
+MAX_ATTEMPTS = 3
+RETRY_DELAY_SECONDS = 0.5
+UNKNOWN_TYPE = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    job_id: str
+    body: bytes
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBody:
+    """The body as far as it could be read: `raw` is the JSON object (or None), `invalid`
+    the entries of a 422 when the body is unusable."""
+
+    raw: dict[str, Any] | None
+    submission: dict[str, Any] | None
+    invalid: list[dict[str, Any]] | None
+
+
+def parse_body(body: bytes) -> ParsedBody:
+    if len(body) > MAX_BODY_BYTES:
+        rule = Rule(
+            "length", f"the body is larger than {MAX_BODY_BYTES} bytes", {"max": MAX_BODY_BYTES}
+        )
+        return ParsedBody(None, None, single_entry([], rule))
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return ParsedBody(None, None, single_entry([], Rule("json", f"is not valid JSON: {exc}")))
+    if not isinstance(raw, dict):
+        return ParsedBody(
+            None, None, single_entry([], Rule("type", "type mismatch: expected object", ["object"]))
+        )
+    try:
+        return ParsedBody(raw, SUBMISSION.load(raw), None)
+    except ValidationError as exc:
+        return ParsedBody(raw, None, invalid_entries(exc.messages))
+
+
+def _text(mapping: Any, key: str, limit: int = 255) -> str | None:
+    value = mapping.get(key) if isinstance(mapping, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= limit else None
+
+
+class SubmissionProcessor:
+    def __init__(
+        self,
+        jobs: JobStore,
+        entities: EntityStore,
+        patients: PatientStore,
+        registry: ProcessorRegistry,
+        *,
+        max_attempts: int = MAX_ATTEMPTS,
+        retry_delay: float = RETRY_DELAY_SECONDS,
+    ) -> None:
+        self.jobs = jobs
+        self.entities = entities
+        self.patients = patients
+        self.registry = registry
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+
+    async def process(self, delivery: Delivery) -> dict[str, Any]:
+        """Accept and complete; returns the job as it ends."""
+        parsed = parse_body(delivery.body)
+        job = await self.accept(delivery, parsed)
+        return await self.complete(job, parsed)
+
+    async def accept(self, delivery: Delivery, parsed: ParsedBody) -> dict[str, Any]:
+        """The job of this delivery, created pending if no one created it yet."""
+        job = await self.jobs.get(delivery.job_id)
+        if job is not None:
+            return job
+        raw = parsed.raw or {}
+        requested_by = raw.get("requested_by")
+        new = NewJob(
+            job_id=delivery.job_id,
+            type=_text(raw, "type", 100) or UNKNOWN_TYPE,
+            hash=submission_hash(raw) if raw else submission_hash({"body": delivery.body.hex()}),
+            # Read from the body even when it is invalid, so that its client can read the 422.
+            client_id=_text(requested_by, "client_id"),
+            user_id=_text(requested_by, "user_id"),
+            request_id=delivery.request_id or delivery.job_id,
+            eta=pending_eta(utcnow()),
+        )
+        job, _ = await self.jobs.create_pending(new, deduplicate=False)
+        return job
+
+    async def complete(self, job: dict[str, Any], parsed: ParsedBody) -> dict[str, Any]:
+        job_id = job["_id"]
+        if JobStatus(job["status"]).is_terminal:
+            log.info("job_already_finished", status=JobStatus(job["status"]).label)
+            return job
+        while True:
+            try:
+                outcome = await self._outcome(job, parsed)
+                break
+            except StoreUnavailable:
+                raise  # not the job's fault: the consumer retries the message later
+            except Exception:
+                attempts = await self.jobs.record_failed_attempt(job_id)
+                log.exception("job_attempt_failed", attempts=attempts)
+                if attempts == 0:  # someone else finished it meanwhile
+                    return await self.jobs.get(job_id) or job
+                if attempts >= self.max_attempts:
+                    # Leave nothing of a job that could not finish: what it created goes.
+                    await self.entities.remove_written_by(job_id)
+                    outcome = JobOutcome.failed_with_error(
+                        "The job could not be processed because of an internal error"
+                    )
+                    break
+                await asyncio.sleep(self.retry_delay * attempts)
+        finished = await self.jobs.finish(job_id, outcome)
+        if finished is None:  # finished by another delivery between our read and our write
+            return await self.jobs.get(job_id) or job
+        log.info(
+            "job_finished",
+            type=finished.get("type"),
+            status=JobStatus(finished["status"]).label,
+            status_code=finished["status_code"],
+        )
+        return finished
+
+    async def _outcome(self, job: dict[str, Any], parsed: ParsedBody) -> JobOutcome:
+        if parsed.invalid is not None:
+            return JobOutcome.validation_failed(parsed.invalid)
+        submission = parsed.submission
+        assert submission is not None
+        job_type = self.registry.get(submission["type"])
+        if job_type is None:
+            rule = Rule("inclusion", "is not a known job type", self.registry.names)
+            return JobOutcome.validation_failed(single_entry(["type"], rule))
+
+        requested_by = submission["requested_by"]
+        if job_type.required_scope not in requested_by["scope"].split():
+            return JobOutcome.failed(
+                403,
+                "forbidden",
+                "Your scope does not allow to access this resource. "
+                f"Missing allowances: {job_type.required_scope}",
+            )
+        try:
+            data = job_type.schema.load(submission["data"])
+        except ValidationError as exc:
+            return JobOutcome.validation_failed(invalid_entries(exc.messages, ["data"]))
+
+        patient_id = submission["patient_id"]
+        if job_type.needs_active_patient:
+            patient = await self.patients.get(patient_id)
+            if patient is None:
+                return JobOutcome.failed(404, "not_found", "Patient not found")
+            if patient.get("status") != "active":
+                return JobOutcome.failed(409, "request_conflict", "Patient is not active")
+        context = JobContext(job, patient_id, requested_by, data, self.entities, self.patients)
+        return await job_type.handler(context)

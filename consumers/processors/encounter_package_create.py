@@ -1,0 +1,51 @@
+"""`encounter_package.create`: store an encounter and everything recorded with it."""
+
+from __future__ import annotations
+
+from consumers.registry import JobContext, JobType
+from schemas.encounter_package import ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EncounterPackageSchema
+from service.entity_store import entity_document
+from service.jobs import JobOutcome, Link, entity_href
+
+
+def _already_exists(entity: str, entity_id: str) -> JobOutcome:
+    name = entity.replace("_", " ").capitalize()
+    return JobOutcome.failed(
+        409, "request_conflict", f"{name} with id '{entity_id}' already exists"
+    )
+
+
+async def create_encounter_package(context: JobContext) -> JobOutcome:
+    patient_id, job_id = context.patient_id, context.job_id
+
+    def documents(entities: list[dict]) -> list[dict]:
+        return [entity_document(e, patient_id=patient_id, job=context.job) for e in entities]
+
+    # The encounter first: it is the package's root, so two packages for one encounter
+    # conflict here, before either wrote anything else.
+    encounter = documents([context.data["encounter"]])
+    if taken := await context.entities.insert(ENCOUNTER, encounter, job_id):
+        return _already_exists(ENCOUNTER.entity, taken[0])
+    links = [
+        Link(ENCOUNTER.entity, entity_href(patient_id, ENCOUNTER.collection, encounter[0]["_id"]))
+    ]
+
+    for kind in ENCOUNTER_ENTITY_KINDS:
+        written = documents(context.data.get(kind.package_key) or [])
+        if taken := await context.entities.insert(kind, written, job_id):
+            # Leave nothing of a package that cannot be stored whole.
+            await context.entities.remove_written_by(job_id)
+            return _already_exists(kind.entity, taken[0])
+        links.extend(
+            Link(kind.entity, entity_href(patient_id, kind.collection, document["_id"]))
+            for document in written
+        )
+    return JobOutcome.processed(links)
+
+
+JOB_TYPE = JobType(
+    name="encounter_package.create",
+    schema=EncounterPackageSchema(),
+    handler=create_encounter_package,
+    required_scope="encounter:write",
+)

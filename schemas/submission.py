@@ -1,0 +1,39 @@
+"""The body of a submission message on RabbitMQ:
+
+    {"type": "encounter_package.create", "patient_id": "<uuid>",
+     "requested_by": {"client_id", "user_id", "scope"}, "data": {...}}
+
+`data` is checked by the schema of the job type (see `consumers.registry`), with its errors
+under `$.data`.
+"""
+
+from __future__ import annotations
+
+from marshmallow import fields
+
+from schemas.rules import Nested, StrictSchema, String, UUIDString, type_rule
+
+# The largest body a consumer parses; larger ones fail with 422 without being parsed.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class RequestedBySchema(StrictSchema):
+    client_id = String(required=True, max_length=255)
+    user_id = String(required=True, max_length=255)
+    scope = String(required=True, min_length=0, max_length=4000)
+
+
+class JsonObject(fields.Dict):
+    """Any JSON object; its content is checked later by the job type's own schema."""
+
+    default_error_messages = {"invalid": type_rule("object")}  # noqa: RUF012
+
+
+class SubmissionSchema(StrictSchema):
+    type = String(required=True, max_length=100)
+    patient_id = UUIDString(required=True)
+    requested_by = Nested(RequestedBySchema, required=True)
+    data = JsonObject(required=True)
+
+
+SUBMISSION = SubmissionSchema()

@@ -1,0 +1,81 @@
+"""The 422 builder: a marshmallow error tree becomes the seed's `invalid` list.
+
+Every error is reported at once, each at a JSONPath with list indices
+(`$.data.conditions[0].code.coding[0].code`), its rules named by kind with their params.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from marshmallow import Schema, fields
+from marshmallow.schema import SCHEMA
+
+from schemas.rules import Rule
+
+ENTRY_TYPE = "json_data_property"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class ValidationRuleSchema(Schema):
+    rule = fields.String(required=True)
+    params = fields.Raw(dump_default=list)
+    description = fields.String(required=True)
+
+
+class InvalidEntrySchema(Schema):
+    entry_type = fields.String(dump_default=ENTRY_TYPE)
+    entry = fields.String(required=True)
+    rules = fields.List(fields.Nested(ValidationRuleSchema), required=True)
+
+
+def json_path(parts: list[str | int]) -> str:
+    path = "$"
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif _IDENTIFIER.fullmatch(part):
+            path += f".{part}"
+        else:  # a key a client sent that is no identifier: bracket notation, quoted
+            escaped = part.replace("\\", "\\\\").replace("'", "\\'")
+            path += f"['{escaped}']"
+    return path
+
+
+def _as_rule(message: Any) -> Rule:
+    if isinstance(message, Rule):
+        return message
+    # A message from marshmallow itself that has no rule of ours: keep its words.
+    return Rule("invalid", str(message))
+
+
+def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[dict[str, Any]]:
+    """Flatten marshmallow's `ValidationError.messages` into `invalid` entries, in order."""
+    entries: dict[str, list[dict[str, Any]]] = {}
+
+    def walk(node: Any, parts: list[str | int]) -> None:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                walk(child, parts if key == SCHEMA else [*parts, key])
+            return
+        messages = node if isinstance(node, list) else [node]
+        for message in messages:
+            if isinstance(message, dict | list):
+                walk(message, parts)
+                continue
+            rules = entries.setdefault(json_path(parts), [])
+            rule = _as_rule(message).to_document()
+            if rule not in rules:
+                rules.append(rule)
+
+    walk(errors, list(prefix or []))
+    return [
+        {"entry_type": ENTRY_TYPE, "entry": entry, "rules": rules}
+        for entry, rules in entries.items()
+    ]
+
+
+def single_entry(parts: list[str | int], rule: Rule) -> list[dict[str, Any]]:
+    """An `invalid` list with one entry, for checks made outside a schema."""
+    return [{"entry_type": ENTRY_TYPE, "entry": json_path(parts), "rules": [rule.to_document()]}]

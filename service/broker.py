@@ -1,0 +1,173 @@
+"""RabbitMQ: the topology both sides declare, and the publisher of submissions.
+
+    exchange medical_events (topic, durable) --#--> queue medical_events.jobs
+        (quorum, delivery limit, dead-letter exchange medical_events.dead)
+    exchange medical_events.dead (fanout, durable) --> queue medical_events.dead
+
+A message's routing key is its job type; its `message_id` is the job id; it is persistent and
+carries the request id in the `x-request-id` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+import orjson
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+log = structlog.get_logger("medevents.broker")
+
+REQUEST_ID_HEADER = "x-request-id"
+# Redeliveries (crashes, restarts with messages in flight) before a message is dead-lettered.
+DELIVERY_LIMIT = 20
+PUBLISH_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not be reached, or did not confirm a message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Names of the exchanges and queues; `prefix` keeps test runs apart on one broker."""
+
+    prefix: str = ""
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.prefix}medical_events"
+
+    @property
+    def queue(self) -> str:
+        return f"{self.prefix}medical_events.jobs"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}medical_events.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}medical_events.dead"
+
+
+async def declare_topology(
+    channel: AbstractChannel, topology: Topology
+) -> tuple[AbstractExchange, AbstractQueue]:
+    """Declare everything, idempotently; returns the submissions exchange and the jobs queue.
+
+    Both the publisher and the consumer declare it, so a message published before any
+    consumer ran is kept, never dropped as unroutable.
+    """
+    dead_exchange = await channel.declare_exchange(
+        topology.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+    dead_queue = await channel.declare_queue(
+        topology.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await dead_queue.bind(dead_exchange)
+    exchange = await channel.declare_exchange(
+        topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue(
+        topology.queue,
+        durable=True,
+        arguments={
+            "x-queue-type": "quorum",
+            "x-delivery-limit": DELIVERY_LIMIT,
+            "x-dead-letter-exchange": topology.dead_exchange,
+        },
+    )
+    await queue.bind(exchange, routing_key="#")
+    return exchange, queue
+
+
+def submission_message(body: bytes, job_id: str | None, request_id: str | None) -> aio_pika.Message:
+    headers: dict[str, Any] = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    return aio_pika.Message(
+        body,
+        message_id=job_id,
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        headers=headers,
+    )
+
+
+async def connect(amqp_url: str) -> AbstractRobustConnection:
+    async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+        return await aio_pika.connect_robust(amqp_url, client_properties={"product": "medevents"})
+
+
+class SubmissionPublisher:
+    """Publishes submissions with publisher confirms; every failure is `BrokerUnavailable`.
+
+    The connection is opened on first use and re-opened by aio-pika's robust connection
+    after a broker restart, so the API starts, and answers 503, while the broker is down.
+    """
+
+    def __init__(self, amqp_url: str, topology: Topology) -> None:
+        self._url = amqp_url
+        self._topology = topology
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure_exchange(self) -> AbstractExchange:
+        async with self._lock:
+            if self._exchange is None:
+                connection = await connect(self._url)
+                try:
+                    channel = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    self._exchange, _ = await declare_topology(channel, self._topology)
+                except BaseException:
+                    await connection.close()
+                    raise
+                self._connection = connection
+            return self._exchange
+
+    async def connect(self) -> None:
+        try:
+            await self._ensure_exchange()
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            raise BrokerUnavailable(repr(exc)) from exc
+
+    async def publish(
+        self, submission: dict[str, Any], job_id: str, request_id: str | None
+    ) -> None:
+        body = orjson.dumps(submission)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                exchange = await self._ensure_exchange()
+                confirmation = await exchange.publish(
+                    submission_message(body, job_id, request_id),
+                    routing_key=str(submission.get("type", "unknown")),
+                    mandatory=True,
+                )
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            log.warning("broker_unavailable", error=repr(exc))
+            raise BrokerUnavailable(repr(exc)) from exc
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise BrokerUnavailable(f"the broker did not confirm the message: {confirmation!r}")
+
+    @property
+    def connected(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = None
+        self._exchange = None

@@ -1,0 +1,151 @@
+"""Repositories of the medical entities a job creates, and of the patients they belong to.
+
+Every entity document carries the `job_id` that wrote it. That is what makes processing
+repeatable: a redelivered message finds its own earlier writes and goes on, where another
+job's entity with the same id is a conflict (409), and a job that stops half-way on a
+conflict removes exactly what it wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo import ASCENDING
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from schemas.encounter_package import (
+    ALL_ENTITY_KINDS,
+    ENCOUNTER,
+    ENCOUNTER_ENTITY_KINDS,
+    EntityKind,
+)
+from service.store import unavailable_on_outage, utcnow
+
+DUPLICATE_KEY = 11000
+PATIENT_STATUSES = ("active", "inactive")
+
+
+class PatientStore:
+    """`patients`: `{"_id": "<patient uuid>", "status": "active" | "inactive"}`, maintained
+    by another system in production; `medevents patient add` writes one for local use."""
+
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._patients = db["patients"]
+
+    @unavailable_on_outage
+    async def get(self, patient_id: str) -> dict[str, Any] | None:
+        return await self._patients.find_one({"_id": patient_id})
+
+    @unavailable_on_outage
+    async def put(self, patient_id: str, status: str) -> None:
+        if status not in PATIENT_STATUSES:
+            raise ValueError(f"a patient's status is one of {PATIENT_STATUSES}")
+        await self._patients.update_one(
+            {"_id": patient_id}, {"$set": {"status": status}}, upsert=True
+        )
+
+
+class EntityStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._db = db
+
+    def _collection(self, kind: EntityKind):  # noqa: ANN202 - an AsyncCollection
+        return self._db[kind.collection]
+
+    @unavailable_on_outage
+    async def ensure_indexes(self) -> None:
+        for kind in ALL_ENTITY_KINDS:
+            collection = self._collection(kind)
+            await collection.create_index([("job_id", ASCENDING)])
+            if kind is not ENCOUNTER:
+                await collection.create_index([("encounter_id", ASCENDING)])
+
+    @unavailable_on_outage
+    async def insert(
+        self, kind: EntityKind, documents: list[dict[str, Any]], job_id: str
+    ) -> list[str]:
+        """Insert what is not there yet; returns the ids that belong to another job.
+
+        Documents this job wrote before (a redelivery) are left as they are.
+        """
+        if not documents:
+            return []
+        collection = self._collection(kind)
+        try:
+            await collection.insert_many(documents, ordered=False)
+            return []
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(error.get("code") != DUPLICATE_KEY for error in errors):
+                raise
+            duplicates = [documents[error["index"]]["_id"] for error in errors]
+        others = collection.find(
+            {"_id": {"$in": duplicates}, "job_id": {"$ne": job_id}}, {"_id": 1}
+        )
+        return [document["_id"] async for document in others]
+
+    @unavailable_on_outage
+    async def remove_written_by(self, job_id: str) -> None:
+        for kind in ALL_ENTITY_KINDS:
+            await self._collection(kind).delete_many({"job_id": job_id})
+
+    @unavailable_on_outage
+    async def get(self, kind: EntityKind, patient_id: str, entity_id: str) -> dict[str, Any] | None:
+        return await self._collection(kind).find_one({"_id": entity_id, "patient_id": patient_id})
+
+    @unavailable_on_outage
+    async def cancel_encounter(
+        self, patient_id: str, encounter_id: str, job_id: str, reason: dict[str, Any] | None
+    ) -> list[tuple[EntityKind, str]] | None:
+        """Mark the encounter and everything recorded with it as entered in error.
+
+        Returns the entities it covers, or None when the encounter was already cancelled by
+        another job. A redelivery of the same job finds its own mark and completes the rest.
+        """
+        mark = {"cancelled_by_job": job_id}
+        if reason is not None:
+            mark["cancel_reason"] = reason
+        claimed = await self._collection(ENCOUNTER).find_one_and_update(
+            {
+                "_id": encounter_id,
+                "patient_id": patient_id,
+                "$or": [{"status": {"$ne": "entered_in_error"}}, {"cancelled_by_job": job_id}],
+            },
+            {"$set": {**mark, "status": "entered_in_error"}, "$currentDate": {"updated_at": True}},
+            projection={"_id": 1},
+        )
+        if claimed is None:
+            return None
+        covered: list[tuple[EntityKind, str]] = [(ENCOUNTER, encounter_id)]
+        for kind in ENCOUNTER_ENTITY_KINDS:
+            collection = self._collection(kind)
+            selector = {"encounter_id": encounter_id, "patient_id": patient_id}
+            await collection.update_many(
+                selector,
+                {
+                    "$set": {**mark, kind.status_field: "entered_in_error"},
+                    "$currentDate": {"updated_at": True},
+                },
+            )
+            async for document in collection.find(selector, {"_id": 1}):
+                covered.append((kind, document["_id"]))
+        return covered
+
+
+def entity_document(
+    entity: dict[str, Any], *, patient_id: str, job: dict[str, Any]
+) -> dict[str, Any]:
+    """An entity as stored: its fields, `_id` for its id, and who wrote it, when and how."""
+    now = utcnow()
+    document = {key: value for key, value in entity.items() if key != "id"}
+    document.update(
+        _id=entity["id"],
+        patient_id=patient_id,
+        job_id=job["_id"],
+        client_id=job.get("client_id"),
+        user_id=job.get("user_id"),
+        inserted_at=now,
+        updated_at=now,
+    )
+    return document
