@@ -29,7 +29,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from consumers.processing import Delivery, SubmissionProcessor, parse_body
+from consumers.processing import Delivery, ParsedBody, SubmissionProcessor, parse_body
 from service.broker import REQUEST_ID_HEADER, Topology, connect, declare_topology
 from service.jobs import is_valid_job_id, job_href
 from service.middlewares import SANE_REQUEST_ID
@@ -41,17 +41,21 @@ OUTAGE_BACKOFF_START = 0.5
 OUTAGE_BACKOFF_MAX = 30.0
 CONNECT_BACKOFF_MAX = 30.0
 STOP_TIMEOUT_SECONDS = 30.0
+CANCEL_TIMEOUT_SECONDS = 5.0
 
 
-def job_id_of(message: AbstractIncomingMessage) -> str | None:
+def job_id_of(message: AbstractIncomingMessage, parsed: ParsedBody) -> str | None:
     """The job id of a message: its `message_id` when that is a valid job id.
 
-    Without a `message_id`, an id is derived from the body and the producer's `timestamp`
-    and `correlation_id`, so that a redelivery maps to the same job; a producer that wants to
-    poll at once sets `message_id` itself. None when there is no usable id.
+    Without a `message_id`, a body that is a JSON object gets an id derived from it and the
+    producer's `timestamp` and `correlation_id`, so that a redelivery maps to the same job; a
+    producer that wants to poll at once sets `message_id` itself. None when there is no
+    usable id: a bad `message_id`, or none and a body that is no submission at all.
     """
     if message.message_id is not None:
         return message.message_id if is_valid_job_id(message.message_id) else None
+    if parsed.raw is None:
+        return None
     digest = hashlib.sha256(message.body)
     digest.update(repr((message.timestamp, message.correlation_id)).encode())
     return base64.urlsafe_b64encode(digest.digest()).decode()[:22]
@@ -102,11 +106,14 @@ class JobConsumer:
         log.info("consumer_started", queue=self._queue.name, prefetch=self._prefetch)
 
     async def stop(self, drain_seconds: float = STOP_TIMEOUT_SECONDS) -> None:
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         if self._queue is not None and self._consumer_tag is not None:
             try:
-                await self._queue.cancel(self._consumer_tag)
-            except CONNECTION_EXCEPTIONS as exc:
+                async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
+                    await self._queue.cancel(self._consumer_tag)
+            except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
                 log.warning("consumer_cancel_failed", error=repr(exc))
         if self._in_flight:
             log.info("consumer_draining", in_flight=len(self._in_flight))
@@ -130,7 +137,8 @@ class JobConsumer:
         if self._stopping.is_set():
             await message.nack(requeue=True)
             return
-        job_id = job_id_of(message)
+        parsed = parse_body(message.body)
+        job_id = job_id_of(message, parsed)
         if job_id is None:
             log.error(
                 "message_dead_lettered",
@@ -145,7 +153,7 @@ class JobConsumer:
             started = time.perf_counter()
             delivery = Delivery(job_id, message.body, request_id)
             try:
-                job = await self._process_until_stored(delivery, message)
+                job = await self._process_until_stored(delivery, parsed, message)
             except Exception:
                 # A bug of ours, not of the job: back to the queue after a pause; the
                 # broker's delivery limit dead-letters a message that always fails.
@@ -159,11 +167,10 @@ class JobConsumer:
             log.debug("message_acked", duration_ms=round((time.perf_counter() - started) * 1000, 2))
 
     async def _process_until_stored(
-        self, delivery: Delivery, message: AbstractIncomingMessage
+        self, delivery: Delivery, parsed: ParsedBody, message: AbstractIncomingMessage
     ) -> dict | None:
         """The finished job; None when the consumer stopped first and the message went back."""
         delay = OUTAGE_BACKOFF_START
-        parsed = parse_body(delivery.body)
         replied = False
         while True:
             try:

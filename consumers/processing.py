@@ -127,6 +127,7 @@ class SubmissionProcessor:
         if JobStatus(job["status"]).is_terminal:
             log.info("job_already_finished", status=JobStatus(job["status"]).label)
             return job
+        counted = False  # whether the attempt that gives the outcome was counted already
         while True:
             try:
                 outcome = await self._outcome(job, parsed)
@@ -144,9 +145,10 @@ class SubmissionProcessor:
                     outcome = JobOutcome.failed_with_error(
                         "The job could not be processed because of an internal error"
                     )
+                    counted = True
                     break
                 await asyncio.sleep(self.retry_delay * attempts)
-        finished = await self.jobs.finish(job_id, outcome)
+        finished = await self.jobs.finish(job_id, outcome, count_attempt=not counted)
         if finished is None:  # finished by another delivery between our read and our write
             return await self.jobs.get(job_id) or job
         log.info(

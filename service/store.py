@@ -145,21 +145,26 @@ class JobStore:
         return document, True
 
     @unavailable_on_outage
-    async def finish(self, job_id: str, outcome: JobOutcome) -> dict[str, Any] | None:
+    async def finish(
+        self, job_id: str, outcome: JobOutcome, *, count_attempt: bool = True
+    ) -> dict[str, Any] | None:
         """Move a pending job to its terminal state, atomically.
 
         Returns the finished job, or None when it was not pending (already terminal, or
         missing): a terminal job is never changed again. `updated_at` is set by the server
         with `$currentDate`, which every MongoDB-compatible server stores as a date.
-        `attempts` counts the attempts that ended, this one included.
+        `attempts` counts the attempts that ended: this one, unless `record_failed_attempt`
+        already counted it.
         """
+        update: dict[str, Any] = {
+            "$set": outcome.to_update(),
+            "$currentDate": {"updated_at": True},
+        }
+        if count_attempt:
+            update["$inc"] = {"attempts": 1}
         return await self._jobs.find_one_and_update(
             {"_id": job_id, "status": int(JobStatus.PENDING)},
-            {
-                "$set": outcome.to_update(),
-                "$currentDate": {"updated_at": True},
-                "$inc": {"attempts": 1},
-            },
+            update,
             return_document=ReturnDocument.AFTER,
         )
 

@@ -14,17 +14,24 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aio_pika
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from consumers.consumer import JobConsumer
+from consumers.processing import SubmissionProcessor
+from consumers.registry import ProcessorRegistry, builtin_registry
 from service.app import create_app
 from service.auth import mint_token
+from service.broker import SubmissionPublisher, Topology
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo
+from service.entity_store import EntityStore, PatientStore
 from service.jobs import new_job_id
 from service.logs import configure_logging
 from service.store import JobStore, NewJob
+from tests.harness import ACTIVE_PATIENT, INACTIVE_PATIENT, RawPublisher
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 CLIENT_ID = "mis-client-1"
@@ -48,13 +55,33 @@ def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def settings(mongodb_url: str, tmp_path: Path) -> Settings:
+    run = uuid.uuid4().hex[:16]
     return Settings(
         mongodb_url=mongodb_url,
-        mongodb_db=f"test_{uuid.uuid4().hex[:16]}",
+        mongodb_db=f"test_{run}",
+        amqp_url=os.environ.get("AMQP_URL") or Settings().amqp_url,
+        # Exchanges and queues of their own on the shared broker, deleted afterwards.
+        amqp_prefix=f"test.{run}.",
         jwt_secret=TEST_SECRET,
         data_dir=tmp_path / "data",
         max_request_bytes=64 * 1024,
     )
+
+
+@pytest.fixture(autouse=True)
+async def _delete_test_topology(settings: Settings) -> AsyncIterator[None]:
+    yield
+    topology = Topology(settings.amqp_prefix)
+    try:
+        connection = await aio_pika.connect(settings.amqp_url)
+    except Exception:  # no broker: nothing was declared
+        return
+    async with connection:
+        channel = await connection.channel()
+        for queue in (topology.queue, topology.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (topology.exchange, topology.dead_exchange):
+            await channel.exchange_delete(exchange)
 
 
 @pytest.fixture
@@ -112,3 +139,53 @@ def new_job(client_id: str = CLIENT_ID, **overrides) -> NewJob:
     }
     values.update(overrides)
     return NewJob(**values)
+
+
+@pytest.fixture
+async def patients(db: AsyncDatabase) -> PatientStore:
+    """The patients the examples use: one active, one inactive."""
+    store = PatientStore(db)
+    await store.put(ACTIVE_PATIENT, "active")
+    await store.put(INACTIVE_PATIENT, "inactive")
+    return store
+
+
+def make_processor(db: AsyncDatabase, registry: ProcessorRegistry | None = None, **options):
+    return SubmissionProcessor(
+        JobStore(db), EntityStore(db), PatientStore(db), registry or builtin_registry(), **options
+    )
+
+
+@pytest.fixture
+async def start_consumer(settings: Settings, db: AsyncDatabase, patients):
+    """Starts in-process consumers on the test database and topology; stops them after."""
+    started: list[JobConsumer] = []
+
+    async def start(registry: ProcessorRegistry | None = None, **options) -> JobConsumer:
+        await EntityStore(db).ensure_indexes()
+        consumer = JobConsumer(
+            settings.amqp_url,
+            make_processor(db, registry, **options),
+            prefetch=8,
+            topology=Topology(settings.amqp_prefix),
+        )
+        await consumer.start()
+        started.append(consumer)
+        return consumer
+
+    yield start
+    for consumer in started:
+        await consumer.stop(drain_seconds=5)
+
+
+@pytest.fixture
+async def publisher(settings: Settings) -> AsyncIterator[SubmissionPublisher]:
+    submissions = SubmissionPublisher(settings.amqp_url, Topology(settings.amqp_prefix))
+    yield submissions
+    await submissions.close()
+
+
+@pytest.fixture
+async def raw_publisher(settings: Settings) -> AsyncIterator[RawPublisher]:
+    async with RawPublisher(settings) as raw:
+        yield raw

@@ -1,0 +1,150 @@
+"""Helpers of the consumer tests: example submissions, raw publishing, waiting for jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+import pika
+from pymongo.asynchronous.database import AsyncDatabase
+
+from schemas.encounter_package import ALL_ENTITY_KINDS
+from service.broker import Topology, declare_topology
+from service.config import Settings
+from service.jobs import JobStatus
+from service.producer import with_new_ids
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ACTIVE_PATIENT = "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f"
+INACTIVE_PATIENT = "6f3a8b9d-4c2e-4d7f-8a1b-2e3d4c5b6a7f"
+DEMO_CLIENT = "demo-mis"
+
+
+def example(name: str, *, new_ids: bool = True) -> dict[str, Any]:
+    """A submission of `examples/`, with fresh entity ids unless told otherwise."""
+    submission = orjson.loads((EXAMPLES / f"{name}.json").read_bytes())
+    return with_new_ids(submission) if new_ids else submission
+
+
+def package_entity_count(submission: dict[str, Any]) -> dict[str, int]:
+    data = submission["data"]
+    return {
+        kind.collection: (
+            1 if kind.package_key == "encounter" else len(data.get(kind.package_key, []))
+        )
+        for kind in ALL_ENTITY_KINDS
+    }
+
+
+async def entity_counts(db: AsyncDatabase) -> dict[str, int]:
+    return {
+        kind.collection: await db[kind.collection].count_documents({}) for kind in ALL_ENTITY_KINDS
+    }
+
+
+class RawPublisher:
+    """Publishes arbitrary bytes, as a careless or hostile producer would."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topology = Topology(settings.amqp_prefix)
+        self.connection: aio_pika.abc.AbstractRobustConnection | None = None
+
+    async def __aenter__(self) -> RawPublisher:
+        self.connection = await aio_pika.connect_robust(self.settings.amqp_url)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        self.exchange, self.queue = await declare_topology(self.channel, self.topology)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.connection is not None
+        await self.connection.close()
+
+    async def publish(
+        self,
+        body: bytes | dict | list,
+        *,
+        message_id: str | None,
+        routing_key: str = "x",
+        **properties: Any,
+    ) -> None:
+        if not isinstance(body, bytes):
+            body = orjson.dumps(body)
+        message = aio_pika.Message(
+            body,
+            message_id=message_id,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            **properties,
+        )
+        await self.exchange.publish(message, routing_key=routing_key)
+
+    async def publish_without_message_id(self, body: bytes | dict, **properties: Any) -> None:
+        """As a producer on another client would: aio-pika always sets a `message_id`."""
+        if not isinstance(body, bytes):
+            body = orjson.dumps(body)
+
+        def send() -> None:
+            connection = pika.BlockingConnection(pika.URLParameters(self.settings.amqp_url))
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                channel.basic_publish(
+                    self.topology.exchange,
+                    "x",
+                    body,
+                    pika.BasicProperties(delivery_mode=2, **properties),
+                )
+            finally:
+                connection.close()
+
+        await asyncio.to_thread(send)
+
+    async def dead_letters(
+        self, expected: int, timeout: float = 15
+    ) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        queue = await self.channel.declare_queue(self.topology.dead_queue, passive=True)
+        found = []
+        deadline = time.monotonic() + timeout
+        while len(found) < expected and time.monotonic() < deadline:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is None:
+                await asyncio.sleep(0.1)
+                continue
+            found.append(message)
+        return found
+
+
+async def wait_for_jobs(
+    db: AsyncDatabase, job_ids: list[str], timeout: float = 30
+) -> dict[str, dict[str, Any]]:
+    """The jobs, once every one of them has left pending (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = {job["_id"]: job async for job in db["jobs"].find({"_id": {"$in": job_ids}})}
+        done = [job for job in jobs.values() if job["status"] != JobStatus.PENDING]
+        if len(done) == len(job_ids) or time.monotonic() > deadline:
+            return jobs
+        await asyncio.sleep(0.1)
+
+
+async def poll(api, job_id: str, headers: dict[str, str], timeout: float = 30):
+    """Poll `GET /api/jobs/{id}` as a client does, until the job is no longer pending."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await api.get(f"/api/jobs/{job_id}", headers=headers, allow_redirects=False)
+        body = await response.json()
+        pending = response.status == 404 or body["data"]["status"] == "pending"
+        if not pending or time.monotonic() > deadline:
+            return response, body
+        await asyncio.sleep(0.05)
+
+
+def submission_with(submission: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    changed = copy.deepcopy(submission)
+    changed.update(changes)
+    return changed

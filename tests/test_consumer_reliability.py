@@ -1,0 +1,300 @@
+"""Nothing lost, nothing twice: redeliveries, crashes between any two writes, poison messages,
+MongoDB outages and graceful stops, through the real broker and database."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+
+import orjson
+import pytest
+from pymongo import AsyncMongoClient
+
+from consumers.processing import Delivery
+from service.embedded_mongo import EmbeddedMongo, free_port
+from service.entity_store import EntityStore, PatientStore
+from service.jobs import JobStatus, new_job_id
+from service.store import JobStore
+from tests.conftest import make_processor
+from tests.harness import (
+    ACTIVE_PATIENT,
+    entity_counts,
+    example,
+    package_entity_count,
+    wait_for_jobs,
+)
+
+
+async def wait_for_count(db, finished: int) -> None:
+    for _ in range(1000):
+        if await db["jobs"].count_documents({"status": {"$ne": 0}}) >= finished:
+            return
+        await asyncio.sleep(0.02)
+
+
+class SimulatedCrash(BaseException):
+    """The process dies here: not an exception the processor may catch and handle."""
+
+
+WRITES = {
+    JobStore: ("create_pending", "finish", "record_failed_attempt"),
+    EntityStore: ("insert", "remove_written_by", "cancel_encounter"),
+}
+
+
+def crash_at(processor, write_number: int, mode: str) -> list[str]:
+    """Make the processor's stores die at their `write_number`-th write: before it, after it,
+    or (for inserts) half-way through it. Returns the log of writes made."""
+    made: list[str] = []
+    for store in (processor.jobs, processor.entities):
+        for name in WRITES[type(store)]:
+            original = getattr(store, name)
+
+            @functools.wraps(original)
+            async def write(*args, __original=original, __name=name, **kwargs):
+                made.append(__name)
+                if len(made) != write_number:
+                    return await __original(*args, **kwargs)
+                if mode == "before":
+                    raise SimulatedCrash(__name)
+                if mode == "half" and __name == "insert":
+                    kind, documents, job_id = args
+                    await __original(kind, documents[: max(1, len(documents) // 2)], job_id)
+                    raise SimulatedCrash(__name)
+                await __original(*args, **kwargs)
+                raise SimulatedCrash(__name)
+
+            setattr(store, name, write)
+    return made
+
+
+async def fresh_db(mongodb_url: str):
+    client = AsyncMongoClient(mongodb_url, tz_aware=True)
+    db = client[f"test_crash_{uuid.uuid4().hex[:12]}"]
+    await PatientStore(db).put(ACTIVE_PATIENT, "active")
+    await EntityStore(db).ensure_indexes()
+    return client, db
+
+
+async def process_with_crashes(mongodb_url: str, deliveries: list[Delivery], mode: str):
+    """For each write the processing makes, a run that crashes there and a redelivery after
+    it; yields (write number, db) for each, until a run goes through without crashing."""
+    write_number = 1
+    while True:
+        client, db = await fresh_db(mongodb_url)
+        try:
+            crashed = False
+            for delivery in deliveries:
+                processor = make_processor(db, retry_delay=0)
+                crash_at(processor, write_number, mode)
+                try:
+                    await processor.process(delivery)
+                except SimulatedCrash:
+                    crashed = True
+                # The broker redelivers: the whole delivery again, twice for good measure.
+                await make_processor(db).process(delivery)
+                await make_processor(db).process(delivery)
+            yield write_number, db, crashed
+        finally:
+            await client.drop_database(db.name)
+            await client.close()
+        if not crashed:
+            return
+        write_number += 1
+
+
+@pytest.mark.parametrize("mode", ["before", "after", "half"])
+async def test_a_crash_between_any_two_writes_ends_as_one_delivery(mongodb_url, mode):
+    submission = example("encounter_package")
+    delivery = Delivery(new_job_id(), orjson.dumps(submission), "req-crash")
+    crash_points = 0
+    async for write_number, db, crashed in process_with_crashes(mongodb_url, [delivery], mode):
+        job = await db["jobs"].find_one({"_id": delivery.job_id})
+        assert job["status"] == JobStatus.PROCESSED, (write_number, job)
+        assert await entity_counts(db) == package_entity_count(submission), write_number
+        links = {link["href"] for link in job["response"]}
+        assert len(links) == sum(package_entity_count(submission).values())
+        crash_points += crashed
+    assert crash_points >= 12  # job, 11 entity kinds, finish: every one was a crash point
+
+
+async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
+    submission = example("encounter_package")
+    cancel = example("cancel_encounter_package", new_ids=False)
+    cancel["data"]["encounter_id"] = submission["data"]["encounter"]["id"]
+    create = Delivery(new_job_id(), orjson.dumps(submission))
+    cancelling = Delivery(new_job_id(), orjson.dumps(cancel))
+    async for write_number, db, _ in process_with_crashes(
+        mongodb_url, [create, cancelling], "after"
+    ):
+        job = await db["jobs"].find_one({"_id": cancelling.job_id})
+        assert job["status"] == JobStatus.PROCESSED, (write_number, job)
+        for kind_collection, count in package_entity_count(submission).items():
+            cancelled = await db[kind_collection].count_documents(
+                {"cancelled_by_job": cancelling.job_id}
+            )
+            assert cancelled == count, (write_number, kind_collection)
+
+
+async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url):
+    first = example("encounter_package")
+    second = example("encounter_package")
+    second["data"]["procedures"][0]["id"] = first["data"]["procedures"][0]["id"]
+    deliveries = [Delivery(new_job_id(), orjson.dumps(s)) for s in (first, second)]
+    async for write_number, db, _ in process_with_crashes(mongodb_url, deliveries, "after"):
+        job = await db["jobs"].find_one({"_id": deliveries[1].job_id})
+        assert job["status_code"] == 409, write_number
+        assert await entity_counts(db) == package_entity_count(first), write_number
+
+
+async def test_the_same_message_delivered_twice_is_processed_once(
+    db, raw_publisher, start_consumer
+):
+    await start_consumer()
+    submission = example("encounter_package")
+    job_id = new_job_id()
+    for _ in range(3):
+        await raw_publisher.publish(submission, message_id=job_id)
+    jobs = await wait_for_jobs(db, [job_id])
+    assert jobs[job_id]["status"] == JobStatus.PROCESSED
+    await asyncio.sleep(0.5)  # the duplicates are consumed and acked too
+    assert await entity_counts(db) == package_entity_count(submission)
+    assert await db["jobs"].count_documents({}) == 1
+    assert (await raw_publisher.queue.declare()).message_count == 0
+
+
+async def test_poison_messages_mixed_into_valid_traffic(
+    db, raw_publisher, start_consumer, captured_logs
+):
+    await start_consumer()
+    valid = [example("encounter_package") for _ in range(3)]
+    valid_ids = [new_job_id() for _ in valid]
+    unknown_type = {**example("encounter_package"), "type": "encounter_package.delete"}
+    poison = {
+        "not json": b"{this is not json",
+        "invalid utf-8": b'{"type": "\xff\xfe"}',
+        "an array": b"[1, 2, 3]",
+        "a string": b'"hello"',
+        "5 MB": b'{"data": "' + b"x" * (5 * 1024 * 1024) + b'"}',
+        "unknown type": orjson.dumps(unknown_type),
+        "deeply nested": b"[" * 5000 + b"]" * 5000,
+    }
+    poison_ids = {name: new_job_id() for name in poison}
+    await raw_publisher.publish(valid[0], message_id=valid_ids[0])
+    for name, body in poison.items():
+        await raw_publisher.publish(body, message_id=poison_ids[name])
+    await raw_publisher.publish(valid[1], message_id=valid_ids[1])
+    await raw_publisher.publish(b"garbage", message_id="../../etc/passwd")  # no usable id
+    await raw_publisher.publish_without_message_id(b"garbage")  # neither id nor object body
+    await raw_publisher.publish(valid[2], message_id=valid_ids[2])
+
+    jobs = await wait_for_jobs(db, valid_ids + list(poison_ids.values()), timeout=60)
+
+    for job_id in valid_ids:
+        assert jobs[job_id]["status"] == JobStatus.PROCESSED
+    for name, job_id in poison_ids.items():
+        job = jobs[job_id]
+        assert (job["status"], job["status_code"]) == (JobStatus.FAILED, 422), name
+        assert job["error"]["type"] == "validation_failed"
+    entries = {name: jobs[poison_ids[name]]["error"]["invalid"][0] for name in poison}
+    assert entries["not json"]["entry"] == "$" and entries["not json"]["rules"][0]["rule"] == "json"
+    assert entries["an array"]["rules"][0]["rule"] == "type"
+    assert entries["5 MB"]["rules"][0]["rule"] == "length"
+    assert entries["unknown type"]["entry"] == "$.type"
+    assert entries["unknown type"]["rules"][0]["rule"] == "inclusion"
+    assert jobs[poison_ids["unknown type"]]["client_id"] == "demo-mis"
+
+    dead = await raw_publisher.dead_letters(expected=2)
+    assert sorted(message.body for message in dead) == [b"garbage", b"garbage"]
+    assert len(captured_logs.events("message_dead_lettered")) == 2
+    assert await entity_counts(db) == {
+        collection: 3 * count for collection, count in package_entity_count(valid[0]).items()
+    }
+
+
+async def test_a_message_without_id_gets_one_and_the_producer_is_told(
+    db, raw_publisher, start_consumer
+):
+    await start_consumer()
+    replies = await raw_publisher.channel.declare_queue(exclusive=True)
+    submission = example("encounter_package")
+    await raw_publisher.publish_without_message_id(
+        submission, reply_to=replies.name, correlation_id="corr-1"
+    )
+    reply = None
+    for _ in range(100):
+        reply = await replies.get(no_ack=True, fail=False)
+        if reply:
+            break
+        await asyncio.sleep(0.1)
+    assert reply is not None and reply.correlation_id == "corr-1"
+    answer = orjson.loads(reply.body)
+    assert answer["href"] == f"/api/jobs/{answer['job_id']}"
+    jobs = await wait_for_jobs(db, [answer["job_id"]])
+    assert jobs[answer["job_id"]]["status"] == JobStatus.PROCESSED
+
+
+async def test_mongodb_outage_holds_the_message_until_it_is_back(
+    settings, raw_publisher, tmp_path, captured_logs
+):
+    server = EmbeddedMongo(tmp_path / "own-mongo", port=free_port())
+    url = server.start()
+    client = AsyncMongoClient(url, tz_aware=True)
+    db = client[settings.mongodb_db]
+    await PatientStore(db).put(ACTIVE_PATIENT, "active")
+    from consumers.consumer import JobConsumer
+    from service.broker import Topology
+
+    fast = settings.with_changes(mongodb_url=url, mongodb_timeout_ms=300)
+    from service.store import open_mongo_client
+
+    consumer_client = open_mongo_client(fast, url)
+    consumer = JobConsumer(
+        settings.amqp_url,
+        make_processor(consumer_client[settings.mongodb_db]),
+        prefetch=4,
+        topology=Topology(settings.amqp_prefix),
+    )
+    await consumer.start()
+    try:
+        server.stop()
+        submission = example("encounter_package")
+        job_id = new_job_id()
+        await raw_publisher.publish(submission, message_id=job_id)
+        for _ in range(100):  # the consumer meets the outage and backs off
+            if captured_logs.events("mongodb_unavailable"):
+                break
+            await asyncio.sleep(0.1)
+        assert captured_logs.events("mongodb_unavailable")
+        server.start()
+        jobs = await wait_for_jobs(db, [job_id], timeout=60)
+        assert jobs[job_id]["status"] == JobStatus.PROCESSED
+        assert jobs[job_id]["attempts"] == 1
+        waits = [event["retry_in_s"] for event in captured_logs.events("mongodb_unavailable")]
+        assert waits == sorted(waits)  # backing off, never a hot loop
+    finally:
+        await consumer.stop(drain_seconds=5)
+        await consumer_client.close()
+        await client.close()
+        server.stop()
+
+
+async def test_stop_finishes_in_flight_messages_and_loses_none(db, raw_publisher, start_consumer):
+    submissions = [example("encounter_package") for _ in range(40)]
+    job_ids = [new_job_id() for _ in submissions]
+    for submission, job_id in zip(submissions, job_ids, strict=True):
+        await raw_publisher.publish(submission, message_id=job_id)
+    first = await start_consumer()
+    await wait_for_count(db, 5)
+    await first.stop(drain_seconds=10)
+    stopped_with = await db["jobs"].count_documents({"status": {"$ne": 0}})
+    assert stopped_with < len(job_ids)  # it really stopped half-way
+
+    await start_consumer()
+    jobs = await wait_for_jobs(db, job_ids, timeout=60)
+    assert all(job["status"] == JobStatus.PROCESSED for job in jobs.values())
+    assert await entity_counts(db) == {
+        collection: len(job_ids) * count
+        for collection, count in package_entity_count(submissions[0]).items()
+    }
