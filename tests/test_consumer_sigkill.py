@@ -1,0 +1,96 @@
+"""The consumer process killed with SIGKILL in the middle of a batch, twice, and restarted:
+every job ends terminal with the right outcome, and no entity is written twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.jobs import JobStatus, new_job_id
+from tests.harness import entity_counts, example, package_entity_count, wait_for_jobs
+
+VALID, UNKNOWN_PATIENT, INVALID = 170, 15, 15
+
+
+def start_consumer_process(settings, log_file: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "MONGODB_URL": settings.mongodb_url,
+        "MONGODB_DB": settings.mongodb_db,
+        "AMQP_URL": settings.amqp_url,
+        "AMQP_PREFIX": settings.amqp_prefix,
+        "CONSUMER_PREFETCH": "16",
+        "LOG_FORMAT": "json",
+        "DATA_DIR": str(log_file.parent / "data"),
+    }
+    medevents = Path(sys.executable).parent / "medevents"
+    with log_file.open("ab") as output:
+        return subprocess.Popen(
+            [str(medevents), "consumer"], env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+
+
+async def finished_count(db) -> int:
+    return await db["jobs"].count_documents({"status": {"$ne": int(JobStatus.PENDING)}})
+
+
+async def wait_until_finished(db, at_least: int, process: subprocess.Popen, timeout: float = 60):
+    for _ in range(int(timeout / 0.02)):
+        if await finished_count(db) >= at_least:
+            return
+        assert process.poll() is None, "the consumer process died by itself"
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"fewer than {at_least} jobs finished in {timeout}s")
+
+
+@pytest.mark.timeout(240)
+async def test_sigkill_in_the_middle_of_a_batch(settings, db, patients, publisher, tmp_path):
+    valid = [example("encounter_package") for _ in range(VALID)]
+    unknown_patient = [example("failed_404_unknown_patient") for _ in range(UNKNOWN_PATIENT)]
+    invalid = [example("failed_422_invalid_package") for _ in range(INVALID)]
+    expected: dict[str, tuple[int, int]] = {}
+    for submissions, outcome in (
+        (valid, (JobStatus.PROCESSED, 200)),
+        (unknown_patient, (JobStatus.FAILED, 404)),
+        (invalid, (JobStatus.FAILED, 422)),
+    ):
+        for submission in submissions:
+            job_id = new_job_id()
+            expected[job_id] = outcome
+            await publisher.publish(submission, job_id, request_id=job_id)
+
+    log_file = tmp_path / "consumer.log"
+    kills = 0
+    for kill_after in (len(expected) // 4, len(expected) // 2):
+        process = start_consumer_process(settings, log_file)
+        await wait_until_finished(db, kill_after, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        kills += 1
+    killed_with = await finished_count(db)
+    assert killed_with < len(expected), "the kills came too late to interrupt anything"
+
+    process = start_consumer_process(settings, log_file)
+    try:
+        jobs = await wait_for_jobs(db, list(expected), timeout=120)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log_file.read_text()[-3000:]
+
+    assert kills == 2
+    outcomes = {job_id: (job["status"], job["status_code"]) for job_id, job in jobs.items()}
+    assert outcomes == expected
+    per_package = package_entity_count(valid[0])
+    assert await entity_counts(db) == {
+        collection: VALID * count for collection, count in per_package.items()
+    }
+    processed = {job_id for job_id, outcome in expected.items() if outcome[1] == 200}
+    for collection, count in per_package.items():  # each package whole, under its own job
+        owners = await db[collection].aggregate([{"$group": {"_id": "$job_id", "n": {"$sum": 1}}}])
+        assert {row["_id"]: row["n"] async for row in owners} == dict.fromkeys(processed, count)
