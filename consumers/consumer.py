@@ -29,7 +29,13 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from consumers.processing import Delivery, ParsedBody, SubmissionProcessor, parse_body
+from consumers.processing import (
+    Delivery,
+    JobIdTaken,
+    ParsedBody,
+    SubmissionProcessor,
+    parse_body,
+)
 from service.broker import REQUEST_ID_HEADER, Topology, connect, declare_topology
 from service.jobs import is_valid_job_id, job_href
 from service.middlewares import SANE_REQUEST_ID
@@ -154,6 +160,10 @@ class JobConsumer:
             delivery = Delivery(job_id, message.body, request_id)
             try:
                 job = await self._process_until_stored(delivery, parsed, message)
+            except JobIdTaken:
+                log.error("message_dead_lettered", reason="job id taken by another submission")
+                await message.reject(requeue=False)
+                return
             except Exception:
                 # A bug of ours, not of the job: back to the queue after a pause; the
                 # broker's delivery limit dead-letters a message that always fails.

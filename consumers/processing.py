@@ -36,6 +36,11 @@ RETRY_DELAY_SECONDS = 0.5
 UNKNOWN_TYPE = "unknown"
 
 
+class JobIdTaken(Exception):
+    """The message's job id belongs to a different submission: the message is not that job's,
+    and must not finish it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     job_id: str
@@ -103,16 +108,25 @@ class SubmissionProcessor:
         return await self.complete(job, parsed)
 
     async def accept(self, delivery: Delivery, parsed: ParsedBody) -> dict[str, Any]:
-        """The job of this delivery, created pending if no one created it yet."""
+        """The job of this delivery, created pending if no one created it yet.
+
+        A job already stored under the id must be this submission's (same hash: created by
+        the HTTP API, or by an earlier delivery); otherwise `JobIdTaken`.
+        """
+        raw = parsed.raw or {}
+        request_hash = (
+            submission_hash(raw) if raw else submission_hash({"body": delivery.body.hex()})
+        )
         job = await self.jobs.get(delivery.job_id)
         if job is not None:
+            if job.get("hash") != request_hash:
+                raise JobIdTaken(delivery.job_id)
             return job
-        raw = parsed.raw or {}
         requested_by = raw.get("requested_by")
         new = NewJob(
             job_id=delivery.job_id,
             type=_text(raw, "type", 100) or UNKNOWN_TYPE,
-            hash=submission_hash(raw) if raw else submission_hash({"body": delivery.body.hex()}),
+            hash=request_hash,
             # Read from the body even when it is invalid, so that its client can read the 422.
             client_id=_text(requested_by, "client_id"),
             user_id=_text(requested_by, "user_id"),
@@ -120,6 +134,8 @@ class SubmissionProcessor:
             eta=pending_eta(utcnow()),
         )
         job, _ = await self.jobs.create_pending(new, deduplicate=False)
+        if job.get("hash") != request_hash:  # another submission took the id meanwhile
+            raise JobIdTaken(delivery.job_id)
         return job
 
     async def complete(self, job: dict[str, Any], parsed: ParsedBody) -> dict[str, Any]:

@@ -10,7 +10,9 @@ Two modes (`AUTH_MODE`):
 
 from __future__ import annotations
 
+import os
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Protocol
 import jwt
 import orjson
 import structlog
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from multidict import CIMultiDictProxy
 
@@ -29,6 +31,7 @@ from service.errors import Forbidden, Unauthorized
 log = structlog.get_logger("medevents.auth")
 
 SECRET_FILE_NAME = "jwt_secret"
+MIN_SECRET_LENGTH = 32
 # Clocks of the token issuer and of this service may differ a little.
 CLOCK_LEEWAY_SECONDS = 10
 
@@ -53,9 +56,17 @@ class Authenticator(Protocol):
 
 
 class JwtAuthenticator:
-    def __init__(self, key: object, algorithms: list[str]) -> None:
+    def __init__(
+        self,
+        key: object,
+        algorithms: list[str],
+        audience: str | None = None,
+        issuer: str | None = None,
+    ) -> None:
         self._key = key
         self._algorithms = algorithms
+        self._audience = audience
+        self._issuer = issuer
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
         token = bearer_token(headers.get("Authorization"))
@@ -64,20 +75,24 @@ class JwtAuthenticator:
                 token,
                 self._key,
                 algorithms=self._algorithms,
-                options={"require": ["exp", "sub", "client_id"]},
+                audience=self._audience,
+                issuer=self._issuer,
+                # `aud` is checked when JWT_AUDIENCE names this service, else not looked at.
+                options={
+                    "require": ["exp", "sub", "client_id"],
+                    "verify_aud": self._audience is not None,
+                },
                 leeway=CLOCK_LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("The access token has expired") from None
         except jwt.ImmatureSignatureError:
             raise Unauthorized("The access token is not yet valid") from None
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, TypeError):
             raise Unauthorized("The access token is invalid") from None
         user_id, client_id, scope = claims["sub"], claims["client_id"], claims.get("scope", "")
-        if (
-            not all(isinstance(value, str) for value in (user_id, client_id, scope))
-            or not client_id
-        ):
+        identified = all(isinstance(value, str) and value for value in (user_id, client_id))
+        if not identified or not isinstance(scope, str):
             raise Unauthorized("The access token is invalid")
         return Principal(user_id, client_id, frozenset(scope.split()))
 
@@ -102,27 +117,42 @@ def bearer_token(header: str | None) -> str:
     if not header:
         raise Unauthorized("Missing header Authorization")
     scheme, _, token = header.strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("The Authorization header must be: Bearer <token>")
-    return token.strip()
+    if not token.isascii():  # a JWT is base64url and dots; anything else is not one
+        raise Unauthorized("The access token is invalid")
+    return token
 
 
 def local_secret(data_dir: Path) -> str:
-    """The development secret kept in `DATA_DIR/jwt_secret`, generated on first use."""
+    """The development secret kept in `DATA_DIR/jwt_secret`, generated on first use.
+
+    Written whole to a temporary file and linked into place, so that processes starting at
+    once all read the one secret that won, never a half-written file.
+    """
     path = data_dir / SECRET_FILE_NAME
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
+    if path.exists():
+        return _read_secret(path)
     data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
+    descriptor, temporary = tempfile.mkstemp(dir=data_dir, prefix=".jwt_secret.")
     try:
-        with path.open("x") as file:  # exclusive: two processes starting at once agree
-            path.chmod(0o600)
-            file.write(secret)
-    except FileExistsError:
-        return path.read_text().strip()
-    log.warning("jwt_secret_generated", path=str(path))
+        with os.fdopen(descriptor, "w") as file:  # mkstemp creates it with mode 0600
+            file.write(secrets.token_urlsafe(48))
+        try:
+            os.link(temporary, path)
+            log.warning("jwt_secret_generated", path=str(path))
+        except FileExistsError:
+            pass  # another process won: use its secret
+    finally:
+        os.unlink(temporary)
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> str:
+    secret = path.read_text().strip()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(f"{path} holds no usable secret; delete it to have a new one made")
     return secret
 
 
@@ -134,14 +164,12 @@ def signing_secret(settings: Settings) -> str:
 def build_authenticator(settings: Settings) -> Authenticator:
     if settings.auth_mode == "gateway":
         return GatewayAuthenticator()
-    if settings.jwt_public_key is not None:
+    checks = {"audience": settings.jwt_audience, "issuer": settings.jwt_issuer}
+    if settings.jwt_public_key is not None:  # checked by Settings: RSA, or EC on P-256
         key = load_pem_public_key(settings.jwt_public_key.read_bytes())
-        if isinstance(key, rsa.RSAPublicKey):
-            return JwtAuthenticator(key, ["RS256"])
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            return JwtAuthenticator(key, ["ES256"])
-        raise ValueError("JWT_PUBLIC_KEY must hold an RSA or EC public key")
-    return JwtAuthenticator(signing_secret(settings), ["HS256"])
+        algorithm = "RS256" if isinstance(key, rsa.RSAPublicKey) else "ES256"
+        return JwtAuthenticator(key, [algorithm], **checks)
+    return JwtAuthenticator(signing_secret(settings), ["HS256"], **checks)
 
 
 def mint_token(

@@ -33,6 +33,8 @@ class Settings:
     auth_mode: str = "jwt"
     jwt_secret: str | None = None
     jwt_public_key: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     log_format: str = "auto"
     log_level: str = "info"
     job_ttl_days: int = 7
@@ -57,6 +59,8 @@ class Settings:
             auth_mode=reader.choice("AUTH_MODE", defaults.auth_mode, AUTH_MODES),
             jwt_secret=reader.text("JWT_SECRET"),
             jwt_public_key=Path(public_key) if public_key else None,
+            jwt_audience=reader.text("JWT_AUDIENCE"),
+            jwt_issuer=reader.text("JWT_ISSUER"),
             log_format=reader.choice("LOG_FORMAT", defaults.log_format, LOG_FORMATS),
             log_level=reader.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS),
             job_ttl_days=reader.integer("JOB_TTL_DAYS", defaults.job_ttl_days, 1),
@@ -68,12 +72,42 @@ class Settings:
         )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
-        if settings.jwt_public_key and not settings.jwt_public_key.is_file():
-            raise ConfigError(f"JWT_PUBLIC_KEY: no such file: {settings.jwt_public_key}")
+        if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LENGTH:
+            raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
+        if settings.jwt_public_key:
+            _check_public_key(settings.jwt_public_key)
+        _check_scheme("MONGODB_URL", settings.mongodb_url, ("mongodb://", "mongodb+srv://"))
+        _check_scheme("AMQP_URL", settings.amqp_url, ("amqp://", "amqps://"))
         return settings
 
     def with_changes(self, **changes: object) -> Self:
         return replace(self, **changes)
+
+
+MIN_JWT_SECRET_LENGTH = 32
+
+
+def _check_scheme(name: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    if url is not None and not url.startswith(schemes):
+        raise ConfigError(f"{name} must start with {' or '.join(schemes)}")
+
+
+def _check_public_key(path: Path) -> None:
+    """An RSA key (RS256) or a P-256 EC key (ES256) in PEM, or a ConfigError saying why not."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"JWT_PUBLIC_KEY: no such file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"JWT_PUBLIC_KEY: not a PEM public key: {path} ({exc})") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return
+    raise ConfigError("JWT_PUBLIC_KEY must be an RSA key (RS256) or a P-256 EC key (ES256)")
 
 
 class _Reader:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -93,11 +94,13 @@ class EmbeddedMongo:
             self.port = running
             log.info("embedded_mongo_attached", port=running, data_dir=str(self.data_dir))
             return self.url
+        for stale in (self.pid_file, self.port_file):  # left by a server that is gone
+            stale.unlink(missing_ok=True)
         port = self._requested_port or free_port()
         command = [
             sys.executable,
-            "-m",
-            "nx_27017.nx_27017",
+            "-c",
+            "import sys; from nx_27017.nx_27017 import main; sys.exit(main())",
             "--host",
             LOOPBACK,
             "--port",
@@ -109,17 +112,22 @@ class EmbeddedMongo:
             "--log-file",
             str(self.log_file),
         ]
-        with self.log_file.open("ab") as output:
-            # A session of its own: Ctrl-C in a terminal reaches us, and we stop the server
-            # after the service has closed its connections, not before.
-            self._process = subprocess.Popen(
-                command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        # The server writes its own log file. A session of its own: Ctrl-C in a terminal
+        # reaches us, and we stop the server after the service closed its connections.
+        self._process = subprocess.Popen(
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while not _accepts_connections(port):
             if self._process.poll() is not None:
                 self._process = None
-                raise EmbeddedMongoError(f"nx-27017 exited at start; its log is {self.log_file}")
+                raise EmbeddedMongoError(
+                    f"nx-27017 exited at start; its log is {self.log_file}; "
+                    f"to see why, run: {shlex.join(command)}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise EmbeddedMongoError(f"nx-27017 did not listen on port {port} in {timeout}s")

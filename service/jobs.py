@@ -19,6 +19,8 @@ import orjson
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The original system capped a stored error at 10,000 bytes by trimming `invalid`.
 MAX_ERROR_BYTES = 10_000
+# Messages are short; with the cap on `invalid`, every stored error stays under 10,000 bytes.
+MAX_MESSAGE_LENGTH = 1_000
 # How far ahead a new job's `eta` lies. The original used a fixed offset too.
 PENDING_ETA = timedelta(seconds=30)
 
@@ -102,13 +104,14 @@ class JobOutcome:
 
     @classmethod
     def failed(cls, status_code: int, error_type: str, message: str) -> Self:
-        return cls(JobStatus.FAILED, status_code, error={"type": error_type, "message": message})
+        error = {"type": error_type, "message": message[:MAX_MESSAGE_LENGTH]}
+        return cls(JobStatus.FAILED, status_code, error=error)
 
     @classmethod
     def validation_failed(cls, invalid: list[dict[str, Any]], message: str | None = None) -> Self:
         error = {
             "type": "validation_failed",
-            "message": message or VALIDATION_FAILED_MESSAGE,
+            "message": (message or VALIDATION_FAILED_MESSAGE)[:MAX_MESSAGE_LENGTH],
             "invalid": invalid,
         }
         return cls(JobStatus.FAILED, 422, error=cap_error(error))
@@ -118,7 +121,7 @@ class JobOutcome:
         return cls(
             JobStatus.FAILED_WITH_ERROR,
             500,
-            error={"type": "internal_error", "message": message},
+            error={"type": "internal_error", "message": message[:MAX_MESSAGE_LENGTH]},
         )
 
     def to_update(self) -> dict[str, Any]:

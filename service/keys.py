@@ -20,6 +20,8 @@ PATIENT_STORE = web.AppKey("patient_store", PatientStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# `meta.url`: the URL the client asked for, computed once (see middlewares.request_url).
+REQUEST_URL = web.RequestKey("request_url", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
 
 

@@ -22,7 +22,7 @@ from aiohttp.typedefs import Handler
 
 from service.broker import BrokerUnavailable
 from service.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
-from service.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, SETTINGS
+from service.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, REQUEST_URL, SETTINGS
 from service.responses import error_response
 from service.store import StoreUnavailable
 
@@ -54,10 +54,23 @@ def request_id_from(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
+def request_url(request: web.Request) -> str:
+    """The URL the client asked for. A malformed `Host` header makes the absolute URL
+    unbuildable; the path and query alone are then what `meta.url` says."""
+    try:
+        return str(request.url)
+    except (ValueError, UnicodeError):
+        try:
+            return str(request.rel_url)
+        except (ValueError, UnicodeError):
+            return ""
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request_id_from(request)
     request[REQUEST_ID] = request_id
+    request[REQUEST_URL] = request_url(request)
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await handler(request)
@@ -105,7 +118,7 @@ def _error(
     invalid: list[dict] | None = None,
 ) -> web.Response:
     return error_response(
-        str(request.url), request[REQUEST_ID], status, error_type, message, headers, invalid
+        request[REQUEST_URL], request[REQUEST_ID], status, error_type, message, headers, invalid
     )
 
 

@@ -14,7 +14,7 @@ from schemas.validation import single_entry
 from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
 from service.jobs import job_href
-from service.keys import JOB_SERVICE, REQUEST_ID, principal_of
+from service.keys import JOB_SERVICE, REQUEST_ID, REQUEST_URL, principal_of
 from service.middlewares import requires_scope
 from service.responses import json_response
 
@@ -26,7 +26,7 @@ async def get_job(request: web.Request) -> web.Response:
         job = await request.app[JOB_SERVICE].job_for_client(job_id, principal_of(request).client_id)
     except JobNotFound:
         raise NotFound("Job not found") from None
-    status, body = dump_job(job, str(request.url), request[REQUEST_ID])
+    status, body = dump_job(job, request[REQUEST_URL], request[REQUEST_ID])
     return json_response(body, status)
 
 
@@ -48,7 +48,7 @@ async def _submit(request: web.Request, job_type: str) -> web.Response:
     job, _ = await request.app[JOB_SERVICE].submit(
         principal_of(request), job_type, patient_id, data, request[REQUEST_ID]
     )
-    body = dump_accepted(job, str(request.url), request[REQUEST_ID])
+    body = dump_accepted(job, request[REQUEST_URL], request[REQUEST_ID])
     return json_response(body, 202, headers={"Location": job_href(job["_id"])})
 
 

@@ -119,3 +119,29 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
     assert not (mongo_dir / "nx-27017.pid").exists()
     with pytest.raises(ProcessLookupError):
         os.kill(nx_pid, 0)
+
+
+def _secret_in(data_dir: str) -> str:
+    from service.auth import local_secret
+
+    return local_secret(Path(data_dir))
+
+
+@pytest.mark.parametrize("round_number", range(5))
+def test_processes_starting_at_once_share_one_whole_secret(tmp_path, round_number) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    data_dir = str(tmp_path / f"data-{round_number}")
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        secrets_seen = list(pool.map(_secret_in, [data_dir] * 8))
+    assert len(set(secrets_seen)) == 1
+    assert len(secrets_seen[0]) >= 32
+    assert sorted(p.name for p in Path(data_dir).iterdir()) == ["jwt_secret"]
+
+
+def test_an_emptied_secret_file_is_an_error_not_an_empty_key(tmp_path) -> None:
+    from service.auth import local_secret
+
+    (tmp_path / "jwt_secret").write_text("")
+    with pytest.raises(ValueError, match="no usable secret"):
+        local_secret(tmp_path)

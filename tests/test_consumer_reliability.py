@@ -298,3 +298,23 @@ async def test_stop_finishes_in_flight_messages_and_loses_none(db, raw_publisher
         collection: len(job_ids) * count
         for collection, count in package_entity_count(submissions[0]).items()
     }
+
+
+async def test_a_message_reusing_another_submissions_job_id_is_dead_lettered(
+    db, raw_publisher, start_consumer, captured_logs
+):
+    await start_consumer()
+    first = example("encounter_package")
+    job_id = new_job_id()
+    await raw_publisher.publish(first, message_id=job_id)
+    before = (await wait_for_jobs(db, [job_id]))[job_id]
+
+    other = example("encounter_package")  # another package under the same id
+    await raw_publisher.publish(other, message_id=job_id)
+
+    dead = await raw_publisher.dead_letters(expected=1)
+    assert [orjson.loads(message.body) for message in dead] == [other]
+    assert await db["jobs"].find_one({"_id": job_id}) == before
+    assert await db["encounters"].find_one({"_id": other["data"]["encounter"]["id"]}) is None
+    reasons = [e["reason"] for e in captured_logs.events("message_dead_lettered")]
+    assert reasons == ["job id taken by another submission"]

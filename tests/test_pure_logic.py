@@ -30,8 +30,11 @@ def test_every_variable_is_read() -> None:
             "AMQP_URL": "amqp://u:p@mq:5672/v",
             "HTTP_HOST": "0.0.0.0",
             "HTTP_PORT": "9000",
+            "AMQP_PREFIX": "staging.",
             "AUTH_MODE": "GATEWAY",
-            "JWT_SECRET": "s",
+            "JWT_SECRET": "s" * 32,
+            "JWT_AUDIENCE": "medevents",
+            "JWT_ISSUER": "https://auth.example",
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "warning",
             "JOB_TTL_DAYS": "3",
@@ -44,7 +47,9 @@ def test_every_variable_is_read() -> None:
     assert (settings.mongodb_db, settings.mongodb_timeout_ms) == ("events", 700)
     assert settings.amqp_url == "amqp://u:p@mq:5672/v"
     assert (settings.http_host, settings.http_port) == ("0.0.0.0", 9000)
-    assert (settings.auth_mode, settings.jwt_secret) == ("gateway", "s")
+    assert settings.amqp_prefix == "staging."
+    assert (settings.auth_mode, settings.jwt_secret) == ("gateway", "s" * 32)
+    assert (settings.jwt_audience, settings.jwt_issuer) == ("medevents", "https://auth.example")
     assert (settings.log_format, settings.log_level) == ("json", "warning")
     assert (settings.job_ttl_days, settings.consumer_prefetch) == (3, 32)
     assert settings.max_request_bytes == 2048
@@ -59,8 +64,12 @@ def test_every_variable_is_read() -> None:
         ({"JOB_TTL_DAYS": "0"}, "JOB_TTL_DAYS must be >= 1"),
         ({"AUTH_MODE": "basic"}, "AUTH_MODE must be one of jwt, gateway"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of"),
-        ({"JWT_SECRET": "s", "JWT_PUBLIC_KEY": "/k.pem"}, "not both"),
+        ({"JWT_SECRET": "s" * 32, "JWT_PUBLIC_KEY": "/k.pem"}, "not both"),
+        ({"JWT_SECRET": "short"}, "JWT_SECRET must be at least 32 characters"),
         ({"JWT_PUBLIC_KEY": "/no/such/key.pem"}, "no such file"),
+        ({"JWT_PUBLIC_KEY": __file__}, "not a PEM public key"),
+        ({"MONGODB_URL": "notaurl"}, "MONGODB_URL must start with mongodb://"),
+        ({"AMQP_URL": "http://mq"}, "AMQP_URL must start with amqp://"),
     ],
 )
 def test_bad_values_are_named(env, message) -> None:
@@ -112,3 +121,18 @@ def test_an_error_over_the_cap_keeps_the_longest_prefix_that_fits() -> None:
 )
 def test_dates_render_in_utc_with_milliseconds(value, rendered) -> None:
     assert UtcDateTime().serialize("eta", {"eta": value}) == rendered
+
+
+def test_a_public_key_on_another_curve_is_refused(tmp_path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1()).public_key()
+    path = tmp_path / "p384.pem"
+    path.write_bytes(
+        key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(ConfigError, match="P-256"):
+        Settings.from_env({"JWT_PUBLIC_KEY": str(path)})

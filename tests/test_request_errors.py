@@ -3,6 +3,7 @@ limit, unexpected exceptions. Each in the error envelope, with a request id."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -233,3 +234,69 @@ async def test_gateway_mode_trusts_the_gateway_headers(aiohttp_client, settings,
     for broken in ({}, {"x-consumer-id": "user-1"}, {**consumer, "x-consumer-metadata": "{"}):
         response = await client.get(f"/api/jobs/{job['_id']}", headers=broken)
         assert_error_envelope(response, await response.json(), 401, "access_denied")
+
+
+async def raw_request(api, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Bytes on the wire, for requests no well-behaved client library would send."""
+    reader, writer = await asyncio.open_connection(api.host, api.port)
+    writer.write(request)
+    await writer.drain()
+    response = await reader.read()
+    writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize("host", [b"a:b:c", b"x:99999", b"\xff\xfe", b"[::1"])
+async def test_a_malformed_host_still_gets_the_envelope(api, host) -> None:
+    status, headers, body = await raw_request(
+        api, b"GET /api/jobs/some-job HTTP/1.1\r\nHost: " + host + b"\r\nConnection: close\r\n\r\n"
+    )
+    payload = json.loads(body)
+    assert status == 401 and payload["error"]["type"] == "access_denied"
+    assert payload["meta"]["request_id"] == headers["x-request-id"]
+    assert payload["meta"]["url"].endswith("/api/jobs/some-job")
+
+
+@pytest.mark.parametrize("token", [b"\xff\xfe\xfd", "ключ".encode(), b"eyJ~.x.y"])
+async def test_a_token_of_odd_bytes_is_401(api, token) -> None:
+    status, _, body = await raw_request(
+        api,
+        b"GET /api/jobs/some-job HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer "
+        + token
+        + b"\r\nConnection: close\r\n\r\n",
+    )
+    assert status == 401, body
+    assert json.loads(body)["error"]["type"] == "access_denied"
+
+
+@pytest.mark.parametrize(
+    "bad_claims",
+    [{"sub": ""}, {"client_id": ""}, {"scope": ["job:read"]}, {"sub": None}],
+    ids=["empty sub", "empty client_id", "scope as a list", "no sub"],
+)
+async def test_tokens_with_unusable_claims_are_401(api, bad_claims) -> None:
+    response = await api.get("/api/jobs/some-job", headers=token_with(claims(**bad_claims)))
+    assert response.status == 401
+
+
+async def test_audience_and_issuer_are_checked_when_configured(aiohttp_client, settings) -> None:
+    client = await aiohttp_client(
+        create_app(settings.with_changes(jwt_audience="medevents", jwt_issuer="https://idp"))
+    )
+
+    async def status(**extra) -> int:
+        response = await client.get("/api/jobs/unknown", headers=token_with(claims(**extra)))
+        return response.status
+
+    assert await status(aud="medevents", iss="https://idp") == 404
+    assert await status(aud="another-service", iss="https://idp") == 401
+    assert await status(aud="medevents", iss="https://elsewhere") == 401
+    assert await status() == 401
+
+
+async def test_without_a_configured_audience_aud_is_not_looked_at(api) -> None:
+    response = await api.get("/api/jobs/unknown", headers=token_with(claims(aud="any")))
+    assert response.status == 404
