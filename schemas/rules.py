@@ -94,9 +94,14 @@ class UUIDString(String):
 
 
 class Boolean(_RuleMessages, fields.Boolean):
+    """`true` or `false`: not "true", not 1 (which Python takes for True)."""
+
     default_error_messages = {"invalid": type_rule("boolean")}  # noqa: RUF012
-    truthy = frozenset({True})
-    falsy = frozenset({False})
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
 
 
 class Integer(_RuleMessages, fields.Integer):
