@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format services clean
+.PHONY: install run test lint format services bench clean
 
 install: $(VENV)/.installed
 
@@ -15,13 +15,18 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
-# The service with its embedded defaults: the embedded MongoDB when MONGODB_URL is unset.
-run: install
+# The service with its embedded defaults: RabbitMQ started (or installed) when AMQP_URL names
+# no other broker, the embedded MongoDB when MONGODB_URL is unset, demo patients written.
+run: install services
 	$(BIN)/medevents run
 
-# What the tests need besides the MongoDB server they start themselves: RabbitMQ.
+# RabbitMQ on 127.0.0.1:5672, for `run` and the tests (which start their own MongoDB).
 services:
 	scripts/ensure-rabbitmq
+
+# Processing throughput against bare consumers, measured in the same run.
+bench: install services
+	$(BIN)/python bench/consumer_throughput.py
 
 # pytest exits 5 when it collected no test: that is a failed suite, not a pass.
 test: install services

@@ -1,0 +1,226 @@
+"""Processing throughput: jobs/s from publish to terminal, against bare consumers measured in
+the same run, on the same broker and MongoDB server.
+
+    .venv/bin/python bench/consumer_throughput.py [--jobs 300] [--repeats 3]
+
+Workloads: the example package (11 entities), and a package with 100 observations.
+Consumers, each on its own queue, each fed the same messages:
+  ours         JobConsumer + SubmissionProcessor: validation, rules, entities, job document
+  bare-1write  a minimal aio-pika consumer doing one insert per message (no validation)
+  bare-same    a minimal aio-pika consumer doing the same writes as ours, without
+               validation, schemas or framework (job insert, one insert_many per entity
+               kind, job update)
+Prints the median of the repeats and the ratios ours / bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aio_pika
+import orjson
+import structlog
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from consumers.consumer import JobConsumer
+from consumers.processing import SubmissionProcessor
+from consumers.registry import builtin_registry
+from schemas.encounter_package import ENCOUNTER_ENTITY_KINDS
+from service.broker import SubmissionPublisher, Topology, declare_topology
+from service.config import Settings
+from service.embedded_mongo import EmbeddedMongo
+from service.entity_store import EntityStore, PatientStore
+from service.jobs import new_job_id
+from service.logs import configure_logging
+from service.producer import with_new_ids
+from service.store import JobStore
+
+EXAMPLE = orjson.loads(
+    (Path(__file__).resolve().parents[1] / "examples/encounter_package.json").read_bytes()
+)
+PREFETCH = 16
+
+
+def big_package() -> dict:
+    submission = with_new_ids(EXAMPLE)
+    observation = submission["data"]["observations"][0]
+    observation.pop("diagnostic_report_id")
+    submission["data"]["observations"] = [
+        {**observation, "id": str(uuid.uuid4())} for _ in range(100)
+    ]
+    return submission
+
+
+WORKLOADS: dict[str, Callable[[], dict]] = {
+    "example package (11 entities)": lambda: with_new_ids(EXAMPLE),
+    "100 observations": big_package,
+}
+
+
+async def publish_all(amqp_url: str, topology: Topology, submissions: list[dict]) -> list[str]:
+    publisher = SubmissionPublisher(amqp_url, topology)
+    job_ids = [new_job_id() for _ in submissions]
+    try:
+        for start in range(0, len(submissions), 50):
+            await asyncio.gather(
+                *(
+                    publisher.publish(submission, job_id, None)
+                    for submission, job_id in zip(
+                        submissions[start : start + 50], job_ids[start : start + 50], strict=True
+                    )
+                )
+            )
+    finally:
+        await publisher.close()
+    return job_ids
+
+
+async def wait_done(
+    count: Callable[[], Awaitable[int]], expected: int, limit_seconds: float = 600
+) -> None:
+    deadline = time.monotonic() + limit_seconds
+    while await count() < expected:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the consumer did not finish")
+        await asyncio.sleep(0.02)
+
+
+async def run_ours(
+    settings: Settings, db: AsyncDatabase, topology: Topology, submissions: list[dict]
+) -> float:
+    jobs, entities = JobStore(db), EntityStore(db)
+    await jobs.ensure_indexes()
+    await entities.ensure_indexes()
+    processor = SubmissionProcessor(jobs, entities, PatientStore(db), builtin_registry())
+    consumer = JobConsumer(settings.amqp_url, processor, prefetch=PREFETCH, topology=topology)
+    await consumer.start()
+    started = time.perf_counter()
+    await publish_all(settings.amqp_url, topology, submissions)
+    await wait_done(lambda: db["jobs"].count_documents({"status": {"$ne": 0}}), len(submissions))
+    elapsed = time.perf_counter() - started
+    await consumer.stop()
+    return len(submissions) / elapsed
+
+
+async def run_bare(
+    settings: Settings,
+    db: AsyncDatabase,
+    topology: Topology,
+    submissions: list[dict],
+    same_writes: bool,
+) -> float:
+    connection = await aio_pika.connect_robust(settings.amqp_url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=PREFETCH)
+    _, queue = await declare_topology(channel, topology)
+    done = 0
+
+    async def handle(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        nonlocal done
+        body = orjson.loads(message.body)
+        job_id = message.message_id
+        await db["jobs"].insert_one({"_id": job_id, "status": 0, "type": body["type"]})
+        if same_writes:
+            data = body["data"]
+            await db["encounters"].insert_one({**data["encounter"], "_id": data["encounter"]["id"]})
+            for kind in ENCOUNTER_ENTITY_KINDS:
+                items = data.get(kind.package_key) or []
+                if items:
+                    await db[kind.collection].insert_many(
+                        [{**e, "_id": e["id"]} for e in items], ordered=False
+                    )
+            await db["jobs"].update_one({"_id": job_id}, {"$set": {"status": 1}})
+        await message.ack()
+        done += 1
+
+    await queue.consume(handle)
+    started = time.perf_counter()
+    await publish_all(settings.amqp_url, topology, submissions)
+
+    async def count() -> int:
+        return done
+
+    await wait_done(count, len(submissions))
+    elapsed = time.perf_counter() - started
+    await connection.close()
+    return len(submissions) / elapsed
+
+
+async def one_round(
+    settings: Settings, client: AsyncMongoClient, name: str, submissions: list[dict]
+) -> dict[str, float]:
+    rates = {}
+    for consumer in ("ours", "bare-1write", "bare-same"):
+        db_name = f"bench_{uuid.uuid4().hex[:10]}"
+        db = client[db_name]
+        await PatientStore(db).put(EXAMPLE["patient_id"], "active")
+        topology = Topology(f"bench.{uuid.uuid4().hex[:10]}.")
+        fresh = [with_new_ids(s) for s in submissions]
+        try:
+            if consumer == "ours":
+                rates[consumer] = await run_ours(settings, db, topology, fresh)
+            else:
+                rates[consumer] = await run_bare(
+                    settings, db, topology, fresh, consumer == "bare-same"
+                )
+        finally:
+            await client.drop_database(db_name)
+            await delete_topology(settings.amqp_url, topology)
+    return rates
+
+
+async def delete_topology(amqp_url: str, topology: Topology) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (topology.queue, topology.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (topology.exchange, topology.dead_exchange):
+            await channel.exchange_delete(exchange)
+
+
+async def main(jobs: int, repeats: int, mongodb_url: str) -> None:
+    settings = Settings.from_env().with_changes(mongodb_url=mongodb_url)
+    client = AsyncMongoClient(mongodb_url, tz_aware=True)
+    print(
+        f"{jobs} jobs per run, prefetch {PREFETCH}, median of {repeats} runs;"
+        " jobs/s from publish to terminal"
+    )
+    try:
+        for name, make in WORKLOADS.items():
+            submissions = [make() for _ in range(jobs)]
+            runs = [await one_round(settings, client, name, submissions) for _ in range(repeats)]
+            median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            print(f"\n{name}")
+            for key, rate in median.items():
+                print(f"  {key:12s} {rate:8.1f} jobs/s")
+            print(f"  ours / bare-1write = {median['ours'] / median['bare-1write']:.2f}")
+            print(f"  ours / bare-same   = {median['ours'] / median['bare-same']:.2f}")
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    configure_logging("json", "warning")
+    structlog.get_logger()
+    settings = Settings.from_env()
+    if settings.mongodb_url:
+        asyncio.run(main(args.jobs, args.repeats, settings.mongodb_url))
+    else:
+        with tempfile.TemporaryDirectory() as data_dir, EmbeddedMongo(Path(data_dir)) as url:
+            asyncio.run(main(args.jobs, args.repeats, url))
