@@ -37,7 +37,7 @@ from consumers.consumer import JobConsumer
 from consumers.processing import SubmissionProcessor
 from consumers.registry import builtin_registry
 from schemas.encounter_package import ENCOUNTER_ENTITY_KINDS
-from service.broker import SubmissionPublisher, Topology, declare_topology
+from service.broker import SubmissionPublisher, Topology, declare_topology, delete_topology
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo
 from service.entity_store import EntityStore, PatientStore
@@ -178,16 +178,6 @@ async def one_round(
             await client.drop_database(db_name)
             await delete_topology(settings.amqp_url, topology)
     return rates
-
-
-async def delete_topology(amqp_url: str, topology: Topology) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (topology.queue, topology.dead_queue):
-            await channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.dead_exchange):
-            await channel.exchange_delete(exchange)
 
 
 async def main(jobs: int, repeats: int, mongodb_url: str) -> None:

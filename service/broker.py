@@ -93,6 +93,17 @@ async def declare_topology(
     return exchange, queue
 
 
+async def delete_topology(amqp_url: str, topology: Topology) -> None:
+    """Delete every exchange and queue of a topology (test runs and benchmarks clean up)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (topology.queue, topology.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (topology.exchange, topology.dead_exchange):
+            await channel.exchange_delete(exchange)
+
+
 def submission_message(body: bytes, job_id: str | None, request_id: str | None) -> aio_pika.Message:
     headers: dict[str, Any] = {REQUEST_ID_HEADER: request_id} if request_id else {}
     return aio_pika.Message(

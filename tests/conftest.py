@@ -6,6 +6,7 @@ embedded one (each test still gets its own database, dropped afterwards).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -14,7 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aio_pika
 import pytest
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
@@ -24,7 +24,7 @@ from consumers.processing import SubmissionProcessor
 from consumers.registry import ProcessorRegistry, builtin_registry
 from service.app import create_app
 from service.auth import mint_token
-from service.broker import SubmissionPublisher, Topology
+from service.broker import SubmissionPublisher, Topology, delete_topology
 from service.config import Settings
 from service.embedded_mongo import EmbeddedMongo
 from service.entity_store import EntityStore, PatientStore
@@ -72,16 +72,8 @@ def settings(mongodb_url: str, tmp_path: Path) -> Settings:
 async def _delete_test_topology(settings: Settings) -> AsyncIterator[None]:
     yield
     topology = Topology(settings.amqp_prefix)
-    try:
-        connection = await aio_pika.connect(settings.amqp_url)
-    except Exception:  # no broker: nothing was declared
-        return
-    async with connection:
-        channel = await connection.channel()
-        for queue in (topology.queue, topology.dead_queue):
-            await channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.dead_exchange):
-            await channel.exchange_delete(exchange)
+    with contextlib.suppress(OSError):  # no broker: nothing was declared
+        await delete_topology(settings.amqp_url, topology)
 
 
 @pytest.fixture
