@@ -3,6 +3,7 @@ the embedded MongoDB, a minted token, a poll of an unknown job)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,13 +12,17 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import jwt
 import pytest
 
+from service.broker import Topology, delete_topology
 from service.cli import main
+from service.config import Settings
 from service.embedded_mongo import free_port
+from tests.harness import EXAMPLES
 
 
 def test_token_is_signed_with_a_secret_generated_once_under_data_dir(
@@ -76,7 +81,10 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         for key, value in os.environ.items()
         if key not in {"MONGODB_URL", "JWT_SECRET", "JWT_PUBLIC_KEY"}
     }
-    env.update(DATA_DIR=str(tmp_path / ".data"), HTTP_PORT=str(port), LOG_FORMAT="json")
+    prefix = f"test.{uuid.uuid4().hex[:12]}."  # exchanges and queues of its own
+    env.update(
+        DATA_DIR=str(tmp_path / ".data"), HTTP_PORT=str(port), LOG_FORMAT="json", AMQP_PREFIX=prefix
+    )
     medevents = [str(Path(sys.executable).parent / "medevents")]  # the installed console script
     server = subprocess.Popen(
         [*medevents, "run"],
@@ -108,11 +116,29 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         assert body["error"]["type"] == "not_found"
         assert body["meta"]["request_id"] == headers["x-request-id"]
 
+        # The README's first submission: the example package, published and polled.
+        published = subprocess.run(
+            [*medevents, "publish", str(EXAMPLES / "encounter_package.json"), "--wait"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert published.returncode == 0, published.stderr
+        job_line, url_line, *final = published.stdout.splitlines()
+        assert url_line == f"http://127.0.0.1:{port}/api/jobs/{job_line.split()[1]}"
+        final_body = json.loads("\n".join(final))
+        assert final_body["data"]["status"] == "processed"
+        assert final_body["meta"]["code"] == 303
+        assert len(final_body["data"]["links"]) == 11
+
         mongo_dir = tmp_path / ".data" / "mongo"
         nx_pid = int((mongo_dir / "nx-27017.pid").read_text())
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
+        asyncio.run(delete_topology(env.get("AMQP_URL") or Settings().amqp_url, Topology(prefix)))
     assert server.returncode == 0, output
     events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
     assert "embedded_mongo_started" in events and "embedded_mongo_stopped" in events
