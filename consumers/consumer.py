@@ -8,6 +8,8 @@
   into `medical_events.dead`; it is logged first.
 - `stop()`: no new messages, the ones in flight finish (or go back to the queue when they
   cannot), then the connection closes.
+- Acks, nacks and rejects that cannot reach the broker any more are only logged: the broker
+  delivers the message again, and processing is repeatable.
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ from consumers.processing import (
     SubmissionProcessor,
     parse_body,
 )
-from service.broker import REQUEST_ID_HEADER, Topology, connect, declare_topology
+from service.broker import (
+    DATA_ROOT_HEADER,
+    DELIVERY_LIMIT,
+    REQUEST_ID_HEADER,
+    Topology,
+    connect,
+    declare_topology,
+)
 from service.jobs import is_valid_job_id, job_href
 from service.middlewares import SANE_REQUEST_ID
 from service.store import StoreUnavailable
@@ -47,6 +56,9 @@ OUTAGE_BACKOFF_START = 0.5
 OUTAGE_BACKOFF_MAX = 30.0
 CONNECT_BACKOFF_MAX = 30.0
 STOP_TIMEOUT_SECONDS = 30.0
+# At this delivery a message failing for a reason of ours ends its job with 500 instead of
+# going back once more to be dead-lettered by the broker's delivery limit.
+LAST_DELIVERY = DELIVERY_LIMIT - 1
 CANCEL_TIMEOUT_SECONDS = 5.0
 
 
@@ -65,6 +77,38 @@ def job_id_of(message: AbstractIncomingMessage, parsed: ParsedBody) -> str | Non
     digest = hashlib.sha256(message.body)
     digest.update(repr((message.timestamp, message.correlation_id)).encode())
     return base64.urlsafe_b64encode(digest.digest()).decode()[:22]
+
+
+def delivery_count(message: AbstractIncomingMessage) -> int:
+    """How many times the broker delivered the message before (quorum queues count)."""
+    count = (message.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
+
+
+def data_root_of(message: AbstractIncomingMessage) -> list[str]:
+    """Where the client's own document sits in the body, for the paths of a 422: `$.data`
+    for a producer's message, `$` for a submission the HTTP API wrapped."""
+    return [] if (message.headers or {}).get(DATA_ROOT_HEADER) == "$" else ["data"]
+
+
+def channel_closed(message: AbstractIncomingMessage) -> bool:
+    channel = message.channel
+    return channel is None or channel.is_closed
+
+
+async def settle(message: AbstractIncomingMessage, how: str) -> None:
+    """Ack, nack (requeue) or reject (dead-letter) a message. When the channel it came on is
+    gone, nothing can be settled: the broker delivers it again, and processing is
+    repeatable, so that is only logged."""
+    try:
+        if how == "ack":
+            await message.ack()
+        elif how == "nack":
+            await message.nack(requeue=True)
+        else:
+            await message.reject(requeue=False)
+    except CONNECTION_EXCEPTIONS as exc:
+        log.warning("message_not_settled", how=how, error=repr(exc))
 
 
 def request_id_of(message: AbstractIncomingMessage, job_id: str) -> str:
@@ -124,24 +168,27 @@ class JobConsumer:
         if self._in_flight:
             log.info("consumer_draining", in_flight=len(self._in_flight))
             _, pending = await asyncio.wait(self._in_flight, timeout=drain_seconds)
-            for task in pending:  # their messages go back to the queue when the channel closes
-                task.cancel()
+            if pending:
+                # Not cancelled: a task cancelled inside a driver call can leave the driver's
+                # locks held. Their messages go back to the queue when the channel closes, and
+                # the tasks end at their next step, seeing the channel closed.
+                log.warning("consumer_stopped_with_messages_in_flight", in_flight=len(pending))
         if self._connection is not None:
             await self._connection.close()
         log.info("consumer_stopped")
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+        """aio-pika's task for a delivery. The work runs in a task of our own, shielded:
+        aiormq cancels its delivery tasks when the channel closes, and a cancellation that
+        lands inside a driver call can leave the driver's locks held for good."""
+        task = asyncio.create_task(self._handle(message))
         self._in_flight.add(task)
-        try:
-            await self._handle(message)
-        finally:
-            self._in_flight.discard(task)
+        task.add_done_callback(self._in_flight.discard)
+        await asyncio.shield(task)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
-            await message.nack(requeue=True)
+            await settle(message, "nack")
             return
         parsed = parse_body(message.body)
         job_id = job_id_of(message, parsed)
@@ -152,34 +199,50 @@ class JobConsumer:
                 message_id=(message.message_id or "")[:100],
                 body_bytes=len(message.body),
             )
-            await message.reject(requeue=False)
+            await settle(message, "reject")
             return
         request_id = request_id_of(message, job_id)
         with structlog.contextvars.bound_contextvars(request_id=request_id, job_id=job_id):
             started = time.perf_counter()
-            delivery = Delivery(job_id, message.body, request_id)
+            delivery = Delivery(job_id, message.body, request_id, data_root_of(message))
             try:
                 job = await self._process_until_stored(delivery, parsed, message)
             except JobIdTaken:
                 log.error("message_dead_lettered", reason="job id taken by another submission")
-                await message.reject(requeue=False)
+                await settle(message, "reject")
                 return
             except Exception:
-                # A bug of ours, not of the job: back to the queue after a pause; the
-                # broker's delivery limit dead-letters a message that always fails.
-                log.exception("message_failed")
-                await asyncio.sleep(OUTAGE_BACKOFF_START)
-                await message.nack(requeue=True)
+                await self._after_unexpected_failure(message, job_id)
                 return
             if job is None:
                 return
-            await message.ack()
+            await settle(message, "ack")
             log.debug("message_acked", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def _after_unexpected_failure(
+        self, message: AbstractIncomingMessage, job_id: str
+    ) -> None:
+        """A bug of ours outside the job's own bounded retries. The message goes back to the
+        queue after a pause, until its last delivery: then the job ends failed_with_error
+        (500, what it wrote removed), so that no job waits for a message that is gone."""
+        log.exception("message_failed", delivery_count=delivery_count(message))
+        if delivery_count(message) < LAST_DELIVERY:
+            await asyncio.sleep(OUTAGE_BACKOFF_START)
+            await settle(message, "nack")
+            return
+        try:
+            await self._processor.give_up(job_id)
+        except Exception:
+            log.exception("message_dead_lettered", reason="failed at its last delivery")
+            await settle(message, "reject")
+            return
+        await settle(message, "ack")
 
     async def _process_until_stored(
         self, delivery: Delivery, parsed: ParsedBody, message: AbstractIncomingMessage
     ) -> dict | None:
-        """The finished job; None when the consumer stopped first and the message went back."""
+        """The finished job; None when the message went back to the queue (the consumer
+        stops, or the channel it came on closed: the broker delivers it again)."""
         delay = OUTAGE_BACKOFF_START
         replied = False
         while True:
@@ -188,10 +251,10 @@ class JobConsumer:
                 if message.reply_to and not replied:
                     await self._reply(message, delivery.job_id)
                     replied = True
-                return await self._processor.complete(job, parsed)
+                return await self._processor.complete(job, parsed, delivery.data_root)
             except StoreUnavailable as exc:
-                if self._stopping.is_set():
-                    await message.nack(requeue=True)
+                if self._stopping.is_set() or channel_closed(message):
+                    await settle(message, "nack")
                     return None
                 log.warning("mongodb_unavailable", error=str(exc)[:200], retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):

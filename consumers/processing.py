@@ -14,17 +14,17 @@ step can run again after a crash and ends in the same state:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 import structlog
 from marshmallow import ValidationError
 
 from consumers.registry import JobContext, ProcessorRegistry
 from schemas.rules import Rule
 from schemas.submission import MAX_BODY_BYTES, SUBMISSION
-from schemas.validation import invalid_entries, single_entry
+from schemas.validation import invalid_entries, json_object, single_entry
 from service.entity_store import EntityStore, PatientStore
 from service.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
 from service.store import JobStore, NewJob, StoreUnavailable, utcnow
@@ -34,6 +34,9 @@ log = structlog.get_logger("medevents.processing")
 MAX_ATTEMPTS = 3
 RETRY_DELAY_SECONDS = 0.5
 UNKNOWN_TYPE = "unknown"
+INTERNAL_ERROR = JobOutcome.failed_with_error(
+    "The job could not be processed because of an internal error"
+)
 
 
 class JobIdTaken(Exception):
@@ -46,6 +49,8 @@ class Delivery:
     job_id: str
     body: bytes
     request_id: str | None = None
+    # Where the client's document sits, for the paths of a 422 (see broker.DATA_ROOT_HEADER).
+    data_root: list[str] = field(default_factory=lambda: ["data"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,21 +69,16 @@ def parse_body(body: bytes) -> ParsedBody:
             "length", f"the body is larger than {MAX_BODY_BYTES} bytes", {"max": MAX_BODY_BYTES}
         )
         return ParsedBody(None, None, single_entry([], rule))
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return ParsedBody(None, None, single_entry([], Rule("json", f"is not valid JSON: {exc}")))
-    if not isinstance(raw, dict):
-        return ParsedBody(
-            None, None, single_entry([], Rule("type", "type mismatch: expected object", ["object"]))
-        )
+    raw, invalid = json_object(body)
+    if raw is None:
+        return ParsedBody(None, None, invalid)
     try:
         return ParsedBody(raw, SUBMISSION.load(raw), None)
     except ValidationError as exc:
         return ParsedBody(raw, None, invalid_entries(exc.messages))
 
 
-def _text(mapping: Any, key: str, limit: int = 255) -> str | None:
+def _short_text(mapping: Any, key: str, limit: int = 255) -> str | None:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
@@ -105,40 +105,47 @@ class SubmissionProcessor:
         """Accept and complete; returns the job as it ends."""
         parsed = parse_body(delivery.body)
         job = await self.accept(delivery, parsed)
-        return await self.complete(job, parsed)
+        return await self.complete(job, parsed, delivery.data_root)
 
     async def accept(self, delivery: Delivery, parsed: ParsedBody) -> dict[str, Any]:
         """The job of this delivery, created pending if no one created it yet.
 
         A job already stored under the id must be this submission's (same hash: created by
-        the HTTP API, or by an earlier delivery); otherwise `JobIdTaken`.
+        the HTTP API, or by an earlier delivery); otherwise `JobIdTaken`. A body that is no
+        JSON object has no comparable hash: the job of its id ends with its 422.
         """
         raw = parsed.raw or {}
-        request_hash = (
-            submission_hash(raw) if raw else submission_hash({"body": delivery.body.hex()})
-        )
+        request_hash = submission_hash(raw) if raw else hashlib.sha256(delivery.body).hexdigest()
         job = await self.jobs.get(delivery.job_id)
         if job is not None:
-            if job.get("hash") != request_hash:
+            if parsed.raw is not None and job.get("hash") != request_hash:
                 raise JobIdTaken(delivery.job_id)
             return job
         requested_by = raw.get("requested_by")
         new = NewJob(
             job_id=delivery.job_id,
-            type=_text(raw, "type", 100) or UNKNOWN_TYPE,
+            type=_short_text(raw, "type", 100) or UNKNOWN_TYPE,
             hash=request_hash,
             # Read from the body even when it is invalid, so that its client can read the 422.
-            client_id=_text(requested_by, "client_id"),
-            user_id=_text(requested_by, "user_id"),
+            client_id=_short_text(requested_by, "client_id"),
+            user_id=_short_text(requested_by, "user_id"),
             request_id=delivery.request_id or delivery.job_id,
             eta=pending_eta(utcnow()),
         )
-        job, _ = await self.jobs.create_pending(new, deduplicate=False)
-        if job.get("hash") != request_hash:  # another submission took the id meanwhile
+        job, _ = await self.jobs.create_pending(new)
+        if parsed.raw is not None and job.get("hash") != request_hash:  # taken meanwhile
             raise JobIdTaken(delivery.job_id)
         return job
 
-    async def complete(self, job: dict[str, Any], parsed: ParsedBody) -> dict[str, Any]:
+    async def give_up(self, job_id: str) -> None:
+        """End a job that cannot be processed (500), leaving nothing it wrote."""
+        await self.entities.remove_written_by(job_id)
+        if await self.jobs.finish(job_id, INTERNAL_ERROR) is not None:
+            log.error("job_given_up", status_code=500)
+
+    async def complete(
+        self, job: dict[str, Any], parsed: ParsedBody, data_root: list[str] | None = None
+    ) -> dict[str, Any]:
         job_id = job["_id"]
         if JobStatus(job["status"]).is_terminal:
             log.info("job_already_finished", status=JobStatus(job["status"]).label)
@@ -146,7 +153,7 @@ class SubmissionProcessor:
         counted = False  # whether the attempt that gives the outcome was counted already
         while True:
             try:
-                outcome = await self._outcome(job, parsed)
+                outcome = await self._outcome(job, parsed, data_root or ["data"])
                 break
             except StoreUnavailable:
                 raise  # not the job's fault: the consumer retries the message later
@@ -158,10 +165,7 @@ class SubmissionProcessor:
                 if attempts >= self.max_attempts:
                     # Leave nothing of a job that could not finish: what it created goes.
                     await self.entities.remove_written_by(job_id)
-                    outcome = JobOutcome.failed_with_error(
-                        "The job could not be processed because of an internal error"
-                    )
-                    counted = True
+                    outcome, counted = INTERNAL_ERROR, True
                     break
                 await asyncio.sleep(self.retry_delay * attempts)
         finished = await self.jobs.finish(job_id, outcome, count_attempt=not counted)
@@ -175,7 +179,9 @@ class SubmissionProcessor:
         )
         return finished
 
-    async def _outcome(self, job: dict[str, Any], parsed: ParsedBody) -> JobOutcome:
+    async def _outcome(
+        self, job: dict[str, Any], parsed: ParsedBody, data_root: list[str]
+    ) -> JobOutcome:
         if parsed.invalid is not None:
             return JobOutcome.validation_failed(parsed.invalid)
         submission = parsed.submission
@@ -196,7 +202,7 @@ class SubmissionProcessor:
         try:
             data = job_type.schema.load(submission["data"])
         except ValidationError as exc:
-            return JobOutcome.validation_failed(invalid_entries(exc.messages, ["data"]))
+            return JobOutcome.validation_failed(invalid_entries(exc.messages, data_root))
 
         patient_id = submission["patient_id"]
         if job_type.needs_active_patient:
@@ -205,5 +211,7 @@ class SubmissionProcessor:
                 return JobOutcome.failed(404, "not_found", "Patient not found")
             if patient.get("status") != "active":
                 return JobOutcome.failed(409, "request_conflict", "Patient is not active")
-        context = JobContext(job, patient_id, requested_by, data, self.entities, self.patients)
+        context = JobContext(
+            job, patient_id, requested_by, data, self.jobs, self.entities, self.patients
+        )
         return await job_type.handler(context)

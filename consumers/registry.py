@@ -16,6 +16,7 @@ from marshmallow import Schema
 
 from service.entity_store import EntityStore, PatientStore
 from service.jobs import JobOutcome
+from service.store import JobStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class JobContext:
     patient_id: str
     requested_by: dict[str, str]
     data: dict[str, Any]
+    jobs: JobStore
     entities: EntityStore
     patients: PatientStore
 

@@ -1,4 +1,5 @@
-"""`medevents consumer`: the consumer alone, until SIGTERM or SIGINT."""
+"""`medevents consumer`: the consumer alone, until SIGTERM or SIGINT; and the one place a
+consumer is put together, for this command and for `medevents run`."""
 
 from __future__ import annotations
 
@@ -13,9 +14,23 @@ from consumers.registry import builtin_registry
 from service.broker import Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
-from service.store import JobStore, StoreUnavailable, open_mongo_client
+from service.indexes import ensure_indexes_or_later, stop_trying
+from service.store import JobStore, open_mongo_client
 
 log = structlog.get_logger("medevents.worker")
+
+
+def build_consumer(
+    settings: Settings,
+    jobs: JobStore,
+    entities: EntityStore,
+    patients: PatientStore,
+    topology: Topology,
+) -> JobConsumer:
+    processor = SubmissionProcessor(jobs, entities, patients, builtin_registry())
+    return JobConsumer(
+        settings.amqp_url, processor, prefetch=settings.consumer_prefetch, topology=topology
+    )
 
 
 async def run_consumer(settings: Settings) -> None:
@@ -29,17 +44,10 @@ async def run_consumer(settings: Settings) -> None:
     db = client[settings.mongodb_db]
     jobs, entities = JobStore(db), EntityStore(db)
     try:
-        try:
-            await jobs.ensure_indexes()
-            await entities.ensure_indexes()
-        except StoreUnavailable:
-            log.warning("mongodb_unavailable_at_start")  # messages wait until it is back
-        processor = SubmissionProcessor(jobs, entities, PatientStore(db), builtin_registry())
-        consumer = JobConsumer(
-            settings.amqp_url,
-            processor,
-            prefetch=settings.consumer_prefetch,
-            topology=Topology(settings.amqp_prefix),
+        # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
+        indexing = await ensure_indexes_or_later(jobs, entities)
+        consumer = build_consumer(
+            settings, jobs, entities, PatientStore(db), Topology(settings.amqp_prefix)
         )
         starting = asyncio.create_task(consumer.start())
         stopping = asyncio.create_task(stop.wait())
@@ -51,5 +59,6 @@ async def run_consumer(settings: Settings) -> None:
             await stopping
         log.info("consumer_stopping")
         await consumer.stop()
+        await stop_trying(indexing)
     finally:
         await client.close()

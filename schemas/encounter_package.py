@@ -77,7 +77,8 @@ class DiagnosisSchema(StrictSchema):
 
 class EncounterSchema(StrictSchema):
     id = UUIDString(required=True)
-    status = String(required=True, validate=one_of(["finished", ENTERED_IN_ERROR]))
+    # Entered in error only by a cancel, never as submitted.
+    status = String(required=True, validate=one_of(["finished"]))
     date = DateTime(required=True)
     period = Nested(PeriodSchema, required=True)
     class_ = Nested(CodingSchema, required=True, data_key="class")

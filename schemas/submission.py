@@ -13,8 +13,10 @@ from marshmallow import fields
 
 from schemas.rules import Nested, StrictSchema, String, UUIDString, type_rule
 
-# The largest body a consumer parses; larger ones fail with 422 without being parsed.
-MAX_BODY_BYTES = 1024 * 1024
+# The largest body a consumer parses; larger ones fail with 422 without being parsed. Far
+# above what the HTTP API lets through (MAX_REQUEST_BYTES, 3 MiB at most) plus the envelope
+# it wraps a body in, so that an accepted HTTP submission is never refused here.
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class RequestedBySchema(StrictSchema):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 from marshmallow import Schema, fields
 from marshmallow.schema import SCHEMA
 
-from schemas.rules import Rule
+from schemas.rules import Rule, type_rule
 
 ENTRY_TYPE = "json_data_property"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -79,3 +80,14 @@ def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[
 def single_entry(parts: list[str | int], rule: Rule) -> list[dict[str, Any]]:
     """An `invalid` list with one entry, for checks made outside a schema."""
     return [{"entry_type": ENTRY_TYPE, "entry": json_path(parts), "rules": [rule.to_document()]}]
+
+
+def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """The body as a JSON object, or the `invalid` entries that say why it is none."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return None, single_entry([], Rule("json", f"is not valid JSON: {exc}"))
+    if not isinstance(value, dict):
+        return None, single_entry([], type_rule("object"))
+    return value, None

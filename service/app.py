@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import structlog
@@ -13,6 +15,7 @@ from service.auth import build_authenticator
 from service.broker import BrokerUnavailable, SubmissionPublisher, Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
+from service.indexes import ensure_indexes_or_later, stop_trying
 from service.job_service import JobService
 from service.keys import (
     AUTHENTICATOR,
@@ -25,11 +28,9 @@ from service.keys import (
 )
 from service.middlewares import MIDDLEWARES
 from service.routes import setup_routes
-from service.store import JobStore, StoreUnavailable, open_mongo_client
+from service.store import JobStore, open_mongo_client
 
 log = structlog.get_logger("medevents.app")
-
-INDEX_RETRY_SECONDS = 5.0
 
 
 def create_app(settings: Settings, *, with_consumer: bool = False) -> web.Application:
@@ -53,7 +54,8 @@ def create_app(settings: Settings, *, with_consumer: bool = False) -> web.Applic
 
 
 async def mongodb(app: web.Application) -> AsyncIterator[None]:
-    """The MongoDB client for the app's lifetime, its stores, and the indexes they need."""
+    """The MongoDB client for the app's lifetime, its stores, and the indexes they need.
+    The app serves even while MongoDB is down: requests answer 503 until it is back."""
     settings = app[SETTINGS]
     client = open_mongo_client(settings, settings.mongodb_url)
     try:
@@ -61,38 +63,11 @@ async def mongodb(app: web.Application) -> AsyncIterator[None]:
         app[JOB_STORE] = JobStore(db)
         app[ENTITY_STORE] = EntityStore(db)
         app[PATIENT_STORE] = PatientStore(db)
-        index_task = None
-        try:
-            await ensure_indexes(app[JOB_STORE], app[ENTITY_STORE])
-        except StoreUnavailable:
-            # Serve anyway (requests answer 503 until MongoDB is back), index when it is.
-            log.warning("mongodb_unavailable_at_start", retry_in_s=INDEX_RETRY_SECONDS)
-            index_task = asyncio.create_task(
-                _ensure_indexes_eventually(app[JOB_STORE], app[ENTITY_STORE])
-            )
+        indexing = await ensure_indexes_or_later(app[JOB_STORE], app[ENTITY_STORE])
         yield
-        if index_task is not None:
-            index_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await index_task
+        await stop_trying(indexing)
     finally:
         await client.close()
-
-
-async def ensure_indexes(jobs: JobStore, entities: EntityStore) -> None:
-    await jobs.ensure_indexes()
-    await entities.ensure_indexes()
-
-
-async def _ensure_indexes_eventually(jobs: JobStore, entities: EntityStore) -> None:
-    while True:
-        await asyncio.sleep(INDEX_RETRY_SECONDS)
-        try:
-            await ensure_indexes(jobs, entities)
-        except StoreUnavailable:
-            continue
-        log.info("mongodb_indexes_created")
-        return
 
 
 async def publisher(app: web.Application) -> AsyncIterator[None]:
@@ -110,22 +85,27 @@ async def publisher(app: web.Application) -> AsyncIterator[None]:
 
 async def consumer(app: web.Application) -> AsyncIterator[None]:
     """The consumer, for `medevents run`. It starts in the background (it waits for the
-    broker when that is down) and stops before the MongoDB client closes."""
-    from consumers.consumer import JobConsumer
-    from consumers.processing import SubmissionProcessor
-    from consumers.registry import builtin_registry
+    broker when that is down) and stops before the MongoDB client closes. A consumer that
+    cannot start stops the whole process: an API taking submissions that nothing processes
+    would only pile them up."""
+    from consumers.worker import build_consumer
 
     settings = app[SETTINGS]
-    processor = SubmissionProcessor(
-        app[JOB_STORE], app[ENTITY_STORE], app[PATIENT_STORE], builtin_registry()
-    )
-    jobs_consumer = JobConsumer(
-        settings.amqp_url, processor, prefetch=settings.consumer_prefetch, topology=app[TOPOLOGY]
+    jobs_consumer = build_consumer(
+        settings, app[JOB_STORE], app[ENTITY_STORE], app[PATIENT_STORE], app[TOPOLOGY]
     )
     starting = asyncio.create_task(jobs_consumer.start())
+    starting.add_done_callback(_stop_process_if_failed)
     yield
     if not starting.done():
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting
     await jobs_consumer.stop()
+
+
+def _stop_process_if_failed(task: asyncio.Task) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("consumer_failed_to_start", exc_info=task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -29,6 +29,9 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 log = structlog.get_logger("medevents.broker")
 
 REQUEST_ID_HEADER = "x-request-id"
+# "$" when the client's document is the whole of `data` as posted to the HTTP API: the paths
+# of a 422 are then the client's own (`$.encounter...`), not the message's (`$.data.encounter`).
+DATA_ROOT_HEADER = "x-data-root"
 # Redeliveries (crashes, restarts with messages in flight) before a message is dead-lettered.
 DELIVERY_LIMIT = 20
 PUBLISH_TIMEOUT_SECONDS = 5.0
@@ -104,8 +107,12 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
             await channel.exchange_delete(exchange)
 
 
-def submission_message(body: bytes, job_id: str | None, request_id: str | None) -> aio_pika.Message:
+def submission_message(
+    body: bytes, job_id: str | None, request_id: str | None, data_root: str | None = None
+) -> aio_pika.Message:
     headers: dict[str, Any] = {REQUEST_ID_HEADER: request_id} if request_id else {}
+    if data_root is not None:
+        headers[DATA_ROOT_HEADER] = data_root
     return aio_pika.Message(
         body,
         message_id=job_id,
@@ -156,14 +163,19 @@ class SubmissionPublisher:
             raise BrokerUnavailable(repr(exc)) from exc
 
     async def publish(
-        self, submission: dict[str, Any], job_id: str, request_id: str | None
+        self,
+        submission: dict[str, Any],
+        job_id: str,
+        request_id: str | None,
+        *,
+        data_root: str | None = None,
     ) -> None:
         body = orjson.dumps(submission)
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 exchange = await self._ensure_exchange()
                 confirmation = await exchange.publish(
-                    submission_message(body, job_id, request_id),
+                    submission_message(body, job_id, request_id, data_root),
                     routing_key=str(submission.get("type", "unknown")),
                     mandatory=True,
                 )

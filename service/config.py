@@ -67,7 +67,9 @@ class Settings:
             consumer_prefetch=reader.integer(
                 "CONSUMER_PREFETCH", defaults.consumer_prefetch, 1, 65535
             ),
-            max_request_bytes=reader.integer("MAX_REQUEST_BYTES", defaults.max_request_bytes, 1024),
+            max_request_bytes=reader.integer(
+                "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1024, MAX_REQUEST_BYTES_LIMIT
+            ),
             data_dir=Path(reader.text("DATA_DIR") or defaults.data_dir),
         )
         if settings.jwt_secret and settings.jwt_public_key:
@@ -85,6 +87,8 @@ class Settings:
 
 
 MIN_JWT_SECRET_LENGTH = 32
+# A submission is wrapped in a message the consumer reads up to 4 MiB (schemas.submission).
+MAX_REQUEST_BYTES_LIMIT = 3 * 1024 * 1024
 
 
 def _check_scheme(name: str, url: str | None, schemes: tuple[str, ...]) -> None:

@@ -79,11 +79,17 @@ class EntityStore:
             errors = exc.details.get("writeErrors", [])
             if any(error.get("code") != DUPLICATE_KEY for error in errors):
                 raise
-            duplicates = [documents[error["index"]]["_id"] for error in errors]
-        others = collection.find(
-            {"_id": {"$in": duplicates}, "job_id": {"$ne": job_id}}, {"_id": 1}
-        )
-        return [document["_id"] async for document in others]
+            duplicates = {
+                documents[error["index"]]["_id"]: documents[error["index"]] for error in errors
+            }
+        found = collection.find({"_id": {"$in": list(duplicates)}}, {"job_id": 1})
+        owners = {document["_id"]: document.get("job_id") async for document in found}
+        taken = [entity_id for entity_id, owner in owners.items() if owner != job_id]
+        if taken:
+            return taken
+        # Gone since (another job undoing its own writes): write ours after all.
+        gone = [document for entity_id, document in duplicates.items() if entity_id not in owners]
+        return await self.insert(kind, gone, job_id) if gone else []
 
     @unavailable_on_outage
     async def remove_written_by(self, job_id: str) -> None:
@@ -96,21 +102,32 @@ class EntityStore:
 
     @unavailable_on_outage
     async def cancel_encounter(
-        self, patient_id: str, encounter_id: str, job_id: str, reason: dict[str, Any] | None
+        self,
+        patient_id: str,
+        encounter_id: str,
+        job_id: str,
+        reason: dict[str, Any] | None,
+        *,
+        take_over_from: str | None = None,
     ) -> list[tuple[EntityKind, str]] | None:
         """Mark the encounter and everything recorded with it as entered in error.
 
         Returns the entities it covers, or None when the encounter was already cancelled by
-        another job. A redelivery of the same job finds its own mark and completes the rest.
+        another job. A redelivery of the same job finds its own mark and completes the rest;
+        so does a job taking over from `take_over_from`, a cancel that failed half-way.
         """
         mark = {"cancelled_by_job": job_id}
         if reason is not None:
             mark["cancel_reason"] = reason
+        ours = [job_id] if take_over_from is None else [job_id, take_over_from]
         claimed = await self._collection(ENCOUNTER).find_one_and_update(
             {
                 "_id": encounter_id,
                 "patient_id": patient_id,
-                "$or": [{"status": {"$ne": "entered_in_error"}}, {"cancelled_by_job": job_id}],
+                "$or": [
+                    {"status": {"$ne": "entered_in_error"}},
+                    {"cancelled_by_job": {"$in": ours}},
+                ],
             },
             {"$set": {**mark, "status": "entered_in_error"}, "$currentDate": {"updated_at": True}},
             projection={"_id": 1},

@@ -8,7 +8,7 @@ import structlog
 
 from service.auth import Principal
 from service.broker import BrokerUnavailable, SubmissionPublisher
-from service.jobs import JobOutcome, is_valid_job_id, new_job_id, pending_eta, submission_hash
+from service.jobs import is_valid_job_id, new_job_id, pending_eta, submission_hash
 from service.store import JobStore, NewJob, utcnow
 
 log = structlog.get_logger("medevents.jobs")
@@ -41,11 +41,13 @@ class JobService:
         data: dict[str, Any],
         request_id: str,
     ) -> tuple[dict[str, Any], bool]:
-        """Create the pending job and publish its submission; returns the job and whether it
+        """Publish the submission and record its pending job; returns the job and whether it
         is new. An identical pending submission returns the existing job, unpublished.
 
-        When the broker does not take the message, the job ends failed (503) at once, so that
-        no job waits for a message that was never sent, and `BrokerUnavailable` goes up.
+        The message goes first: when the broker does not take it, there is no job at all
+        (`BrokerUnavailable`, 503), never one waiting for a message that was never sent. A
+        consumer quick enough to see the message before the job is written creates the same
+        job from it (same id, same hash), and this write then finds it.
         """
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
@@ -59,28 +61,24 @@ class JobService:
             },
             "data": data,
         }
-        new = NewJob(
-            job_id=new_job_id(),
-            type=job_type,
-            hash=submission_hash(submission),
-            client_id=principal.client_id,
-            user_id=principal.user_id,
-            request_id=request_id,
-            eta=pending_eta(utcnow()),
-        )
-        job, created = await self.store.create_pending(new)
-        if not created:
-            log.info("submission_deduplicated", job_id=job["_id"])
-            return job, False
-        try:
-            await self.publisher.publish(submission, job["_id"], request_id)
-        except BrokerUnavailable:
-            await self.store.finish(
-                job["_id"],
-                JobOutcome.failed(
-                    503, "service_unavailable", "The broker was unavailable; submit again"
-                ),
+        request_hash = submission_hash(submission)
+        existing = await self.store.find_pending(request_hash)
+        if existing is not None:
+            log.info("submission_deduplicated", job_id=existing["_id"])
+            return existing, False
+        job_id = new_job_id()
+        # The client posted `data` itself: the paths of a 422 are to be relative to it.
+        await self.publisher.publish(submission, job_id, request_id, data_root="$")
+        job, _ = await self.store.create_pending(
+            NewJob(
+                job_id=job_id,
+                type=job_type,
+                hash=request_hash,
+                client_id=principal.client_id,
+                user_id=principal.user_id,
+                request_id=request_id,
+                eta=pending_eta(utcnow()),
             )
-            raise
-        log.info("job_submitted", job_id=job["_id"], type=job_type)
+        )
+        log.info("job_submitted", job_id=job_id, type=job_type)
         return job, True

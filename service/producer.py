@@ -85,14 +85,20 @@ async def _wait_for(
     headers = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession() as session:
         while True:
-            async with session.get(url, headers=headers, allow_redirects=False) as response:
-                body = await response.read()
-            status = (
-                orjson.loads(body).get("data", {}).get("status")
-                if response.status in (200, 303)
-                else None
-            )
-            if status not in (None, "pending") or time.monotonic() > deadline:
+            try:
+                async with session.get(url, headers=headers, allow_redirects=False) as response:
+                    status, body = response.status, await response.read()
+            except aiohttp.ClientError as exc:
+                print(f"medevents publish: cannot reach the API at {url}: {exc}", file=sys.stderr)
+                return 1
+            if status in (401, 403):  # waiting longer changes nothing
+                print(
+                    f"medevents publish: the API refused the poll ({status}): {body.decode()}",
+                    file=sys.stderr,
+                )
+                return 1
+            job_status = orjson.loads(body)["data"]["status"] if status in (200, 303) else None
+            if job_status not in (None, "pending") or time.monotonic() > deadline:
                 print(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode())
-                return 0 if status not in (None, "pending") else 1
+                return 0 if job_status not in (None, "pending") else 1
             await asyncio.sleep(0.2)

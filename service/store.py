@@ -118,30 +118,19 @@ class JobStore:
         return await self._jobs.find_one({"_id": job_id})
 
     @unavailable_on_outage
-    async def create_pending(
-        self, job: NewJob, *, deduplicate: bool = True
-    ) -> tuple[dict[str, Any], bool]:
-        """Insert a pending job; returns it and whether it is new.
+    async def find_pending(self, request_hash: str) -> dict[str, Any] | None:
+        """A pending job of an identical submission (same hash), as the original found one."""
+        return await self._jobs.find_one({"hash": request_hash, "status": int(JobStatus.PENDING)})
 
-        The job already stored under the same id (a producer's retry, a redelivery) is
-        returned instead of a new one; with `deduplicate`, so is an identical pending
-        submission (same hash), as the original did for HTTP submissions.
-        """
-        if deduplicate:
-            existing = await self._jobs.find_one(
-                {"hash": job.hash, "status": int(JobStatus.PENDING)}
-            )
-            if existing is not None:
-                return existing, False
+    @unavailable_on_outage
+    async def create_pending(self, job: NewJob) -> tuple[dict[str, Any], bool]:
+        """Insert a pending job; returns it and whether it is new. The job already stored
+        under the same id (an HTTP submission's, a redelivery's) is returned instead."""
         document = job.to_document(utcnow())
         try:
             await self._jobs.insert_one(document)
         except DuplicateKeyError:
-            stored = await self._jobs.find_one({"_id": job.job_id})
-            if stored is None:  # removed between the two calls: try once more
-                await self._jobs.insert_one(document)
-                return document, True
-            return stored, False
+            return await self._jobs.find_one({"_id": job.job_id}), False
         return document, True
 
     @unavailable_on_outage

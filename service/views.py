@@ -5,12 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from schemas.jobs import dump_accepted, dump_job
-from schemas.rules import Rule
-from schemas.validation import single_entry
+from schemas.validation import json_object
 from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
 from service.jobs import job_href
@@ -60,16 +58,7 @@ def _patient_id(request: web.Request) -> str:
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()  # bounded by MAX_REQUEST_BYTES (413 beyond)
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        rule = Rule("json", f"is not valid JSON: {exc}")
-        invalid = single_entry([], rule)
-        raise RequestValidationFailed("The body is not valid JSON", invalid=invalid) from None
-    if not isinstance(data, dict):
-        rule = Rule("type", "type mismatch: expected object", ["object"])
-        raise RequestValidationFailed(
-            "The body must be a JSON object", invalid=single_entry([], rule)
-        )
+    data, invalid = json_object(await request.read())  # bounded: 413 past MAX_REQUEST_BYTES
+    if data is None:
+        raise RequestValidationFailed("The body must be a JSON object", invalid=invalid)
     return data

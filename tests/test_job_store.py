@@ -76,16 +76,12 @@ async def test_finishing_an_unknown_job_does_nothing(store, db) -> None:
     assert await db["jobs"].count_documents({}) == 0
 
 
-async def test_identical_pending_submission_returns_the_existing_job(store, db) -> None:
-    first, created = await store.create_pending(new_job(hash="same"))
-    again, created_again = await store.create_pending(new_job(hash="same"))
-    assert created and not created_again
-    assert again["_id"] == first["_id"]
-    assert await db["jobs"].count_documents({}) == 1
-
+async def test_find_pending_finds_an_identical_pending_submission(store) -> None:
+    first, _ = await store.create_pending(new_job(hash="same"))
+    assert (await store.find_pending("same"))["_id"] == first["_id"]
+    assert await store.find_pending("other") is None
     await store.finish(first["_id"], JobOutcome.processed([]))
-    after, created_after = await store.create_pending(new_job(hash="same"))
-    assert created_after and after["_id"] != first["_id"]
+    assert await store.find_pending("same") is None
 
 
 async def test_same_job_id_twice_keeps_the_first(store, db) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from consumers.registry import JobContext, JobType
 from schemas.encounter_package import ENCOUNTER, EncounterCancelSchema
-from service.jobs import JobOutcome, Link, entity_href
+from service.jobs import JobOutcome, JobStatus, Link, entity_href
 
 
 async def cancel_encounter_package(context: JobContext) -> JobOutcome:
@@ -17,8 +17,18 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
         return JobOutcome.failed(
             403, "forbidden", "Only the client that submitted the encounter may cancel it"
         )
+    creator = await context.jobs.get(encounter.get("job_id", ""))
+    if creator is not None and creator["status"] == JobStatus.PENDING:
+        # Its package is still being written: cancelling now would miss what comes after.
+        return JobOutcome.failed(
+            409, "request_conflict", "The encounter's package is still being processed"
+        )
     covered = await context.entities.cancel_encounter(
-        context.patient_id, encounter_id, context.job_id, context.data.get("reason")
+        context.patient_id,
+        encounter_id,
+        context.job_id,
+        context.data.get("reason"),
+        take_over_from=await _abandoned_cancel(context, encounter),
     )
     if covered is None:
         return JobOutcome.failed(409, "request_conflict", "Encounter is already cancelled")
@@ -28,6 +38,18 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
             for kind, entity_id in covered
         ]
     )
+
+
+async def _abandoned_cancel(context: JobContext, encounter: dict) -> str | None:
+    """The id of an earlier cancel of this encounter that failed half-way (500): this one
+    may take its work over and complete it."""
+    earlier_id = encounter.get("cancelled_by_job")
+    if not earlier_id or earlier_id == context.job_id:
+        return None
+    earlier = await context.jobs.get(earlier_id)
+    if earlier is not None and earlier["status"] == JobStatus.FAILED_WITH_ERROR:
+        return earlier_id
+    return None
 
 
 JOB_TYPE = JobType(
