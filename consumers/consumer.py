@@ -92,7 +92,10 @@ def data_root_of(message: AbstractIncomingMessage) -> list[str]:
 
 
 def channel_closed(message: AbstractIncomingMessage) -> bool:
-    channel = message.channel
+    try:
+        channel = message.channel  # raises once the channel is closed
+    except CONNECTION_EXCEPTIONS:
+        return True
     return channel is None or channel.is_closed
 
 

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
+import subprocess
 import uuid
 
 import orjson
 import pytest
 from pymongo import AsyncMongoClient
 
+from consumers.consumer import LAST_DELIVERY, JobConsumer
 from consumers.processing import Delivery
+from schemas.encounter_package import ENCOUNTER
+from service.broker import Topology
 from service.embedded_mongo import EmbeddedMongo, free_port
 from service.entity_store import EntityStore, PatientStore
 from service.jobs import JobStatus, new_job_id
-from service.store import JobStore
+from service.store import JobStore, open_mongo_client
 from tests.conftest import make_processor
 from tests.harness import (
     ACTIVE_PATIENT,
@@ -243,12 +248,7 @@ async def test_mongodb_outage_holds_the_message_until_it_is_back(
     client = AsyncMongoClient(url, tz_aware=True)
     db = client[settings.mongodb_db]
     await PatientStore(db).put(ACTIVE_PATIENT, "active")
-    from consumers.consumer import JobConsumer
-    from service.broker import Topology
-
     fast = settings.with_changes(mongodb_url=url, mongodb_timeout_ms=300)
-    from service.store import open_mongo_client
-
     consumer_client = open_mongo_client(fast, url)
     consumer = JobConsumer(
         settings.amqp_url,
@@ -318,3 +318,148 @@ async def test_a_message_reusing_another_submissions_job_id_is_dead_lettered(
     assert await db["encounters"].find_one({"_id": other["data"]["encounter"]["id"]}) is None
     reasons = [e["reason"] for e in captured_logs.events("message_dead_lettered")]
     assert reasons == ["job id taken by another submission"]
+
+
+def broker_connections() -> set[str]:
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_connections", "pid"], capture_output=True, text=True
+    ).stdout
+    return {line.strip() for line in listed.splitlines() if line.strip().startswith("<")}
+
+
+@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the local broker's CLI")
+async def test_mongodb_outage_then_a_broker_connection_drop_loses_nothing(
+    settings, raw_publisher, tmp_path
+):
+    """The broker closes the consumer's connection while it holds messages through a MongoDB
+    outage (a network blip, a restart, RabbitMQ's consumer_timeout): once MongoDB is back,
+    every job is processed, once."""
+    server = EmbeddedMongo(tmp_path / "own-mongo", port=free_port())
+    url = server.start()
+    client = AsyncMongoClient(url, tz_aware=True)
+    db = client[settings.mongodb_db]
+    await PatientStore(db).put(ACTIVE_PATIENT, "active")
+    consumer_client = open_mongo_client(settings.with_changes(mongodb_timeout_ms=300), url)
+    before = await asyncio.to_thread(broker_connections)
+    consumer = JobConsumer(
+        settings.amqp_url,
+        make_processor(consumer_client[settings.mongodb_db]),
+        prefetch=4,
+        topology=Topology(settings.amqp_prefix),
+    )
+    await consumer.start()
+    try:
+        server.stop()
+        submissions = {new_job_id(): example("encounter_package") for _ in range(4)}
+        for job_id, submission in submissions.items():
+            await raw_publisher.publish(submission, message_id=job_id)
+        await asyncio.sleep(2)  # held through the outage
+        for _ in range(2):  # aio-pika reconnects, the broker redelivers; and once more
+            for connection in await asyncio.to_thread(broker_connections) - before:
+                await asyncio.to_thread(
+                    subprocess.run,
+                    ["rabbitmqctl", "-q", "close_connection", connection, "test"],
+                    check=False,
+                )
+            await asyncio.sleep(3)
+        server.start()
+        jobs = await wait_for_jobs(db, list(submissions), timeout=60)
+        assert [job["status"] for job in jobs.values()] == [JobStatus.PROCESSED] * 4
+        assert await entity_counts(db) == {
+            collection: 4 * count
+            for collection, count in package_entity_count(example("encounter_package")).items()
+        }
+        async with asyncio.timeout(10):  # the driver is not wedged
+            await consumer_client[settings.mongodb_db]["patients"].find_one({})
+    finally:
+        async with asyncio.timeout(30):
+            await consumer.stop(drain_seconds=5)
+        await consumer_client.close()
+        await client.close()
+        server.stop()
+
+
+async def test_a_message_failing_outside_the_job_ends_it_500_at_its_last_delivery(
+    db, raw_publisher, start_consumer, monkeypatch, captured_logs
+):
+    monkeypatch.setattr("consumers.consumer.OUTAGE_BACKOFF_START", 0.01)
+    consumer = await start_consumer()
+
+    async def broken_complete(job, parsed, data_root=None):
+        await consumer._processor.entities.insert(  # something written before the failure
+            ENCOUNTER, [{"_id": str(uuid.uuid4()), "job_id": job["_id"]}], job["_id"]
+        )
+        raise RuntimeError("a bug outside the handler")
+
+    monkeypatch.setattr(consumer._processor, "complete", broken_complete)
+    job_id = new_job_id()
+    await raw_publisher.publish(example("encounter_package"), message_id=job_id)
+
+    jobs = await wait_for_jobs(db, [job_id], timeout=90)
+
+    assert jobs[job_id]["status"] == JobStatus.FAILED_WITH_ERROR
+    assert jobs[job_id]["status_code"] == 500
+    assert await db["encounters"].count_documents({}) == 0
+    deliveries = captured_logs.events("message_failed")
+    assert max(event["delivery_count"] for event in deliveries) == LAST_DELIVERY
+
+
+async def test_a_cancel_waits_for_its_package_to_be_written(mongodb_url):
+    client, db = await fresh_db(mongodb_url)
+    try:
+        submission = example("encounter_package")
+        create = Delivery(new_job_id(), orjson.dumps(submission))
+        processor = make_processor(db)
+        crash_at(processor, 3, "after")  # the job, then the encounter: children still to come
+        with pytest.raises(SimulatedCrash):
+            await processor.process(create)
+        cancel = example("cancel_encounter_package", new_ids=False)
+        cancel["data"]["encounter_id"] = submission["data"]["encounter"]["id"]
+        cancelled = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
+        assert cancelled["status_code"] == 409
+        assert cancelled["error"]["message"] == "The encounter's package is still being processed"
+
+        await make_processor(db).process(create)  # the redelivery completes the package
+        again = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
+        assert again["status"] == JobStatus.PROCESSED
+        assert len(again["response"]) == sum(package_entity_count(submission).values())
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
+async def test_a_cancel_completes_one_that_failed_half_way(mongodb_url):
+    client, db = await fresh_db(mongodb_url)
+    try:
+        submission = example("encounter_package")
+        await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(submission)))
+        cancel = example("cancel_encounter_package", new_ids=False)
+        cancel["data"]["encounter_id"] = submission["data"]["encounter"]["id"]
+        first = Delivery(new_job_id(), orjson.dumps(cancel))
+        processor = make_processor(db)
+        calls = 0
+        original = processor.entities.cancel_encounter
+
+        async def half_then_bug(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            await original(*args, **kwargs)
+            raise RuntimeError("a bug after the encounter was marked")
+
+        processor.entities.cancel_encounter = half_then_bug
+        failed = await make_processor_with(processor).process(first)
+        assert failed["status_code"] == 500 and calls == 3
+
+        second = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
+        assert second["status"] == JobStatus.PROCESSED
+        for collection, count in package_entity_count(submission).items():
+            marked = await db[collection].count_documents({"cancelled_by_job": second["_id"]})
+            assert marked == count, collection
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
+def make_processor_with(processor):
+    processor.retry_delay = 0
+    return processor
