@@ -88,7 +88,7 @@ def delivery_count(message: AbstractIncomingMessage) -> int:
 def data_root_of(message: AbstractIncomingMessage) -> list[str]:
     """Where the client's own document sits in the body, for the paths of a 422: `$.data`
     for a producer's message, `$` for a submission the HTTP API wrapped."""
-    return [] if (message.headers or {}).get(DATA_ROOT_HEADER) == "$" else ["data"]
+    return [] if (message.headers or {}).get(DATA_ROOT_HEADER) in ("$", b"$") else ["data"]
 
 
 def channel_closed(message: AbstractIncomingMessage) -> bool:

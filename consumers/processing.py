@@ -153,7 +153,8 @@ class SubmissionProcessor:
         counted = False  # whether the attempt that gives the outcome was counted already
         while True:
             try:
-                outcome = await self._outcome(job, parsed, data_root or ["data"])
+                root = ["data"] if data_root is None else data_root
+                outcome = await self._outcome(job, parsed, root)
                 break
             except StoreUnavailable:
                 raise  # not the job's fault: the consumer retries the message later

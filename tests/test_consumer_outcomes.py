@@ -3,6 +3,9 @@ HTTP), processed by the consumer into MongoDB, polled through `GET /api/jobs/{id
 
 from __future__ import annotations
 
+import uuid
+
+import orjson
 import pytest
 
 from consumers.registry import JobType, builtin_registry
@@ -270,3 +273,37 @@ async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_lef
     assert response.headers["Retry-After"].isdigit()
     # The message goes first: with no message sent, no job exists to wait for it.
     assert await db["jobs"].count_documents({}) == 0
+
+
+async def test_http_422_paths_are_relative_to_the_posted_body(api, db, start_consumer):
+    await start_consumer()
+    data = example("failed_422_invalid_package", new_ids=False)["data"]
+    url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
+    accepted = await (await api.post(url, json=data, headers=WRITE)).json()
+    _, body = await poll(api, accepted["data"]["links"][0]["href"].rsplit("/", 1)[-1], READ)
+    entries = [entry["entry"] for entry in body["data"]["error"]["invalid"]]
+    assert "$.encounter.period.start" in entries
+    assert "$.conditions[0].code.coding[0].code" in entries
+    assert not any(entry.startswith("$.data") for entry in entries)
+
+
+async def test_an_http_body_just_under_the_limit_is_processed(api, db, settings, start_consumer):
+    await start_consumer()
+    data = example("encounter_package")["data"]
+    observation = data["observations"][0]
+    observation.pop("diagnostic_report_id")
+    size = len(orjson.dumps(data))
+    while size < settings.max_request_bytes - 2500:
+        data["observations"].append({**observation, "id": str(uuid.uuid4()), "comment": "x" * 1900})
+        size = len(orjson.dumps(data))
+    assert settings.max_request_bytes - 2500 <= size <= settings.max_request_bytes
+    url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
+    response = await api.post(url, data=orjson.dumps(data), headers=WRITE)
+    assert response.status == 202
+    job_id = (await response.json())["data"]["links"][0]["href"].rsplit("/", 1)[-1]
+    response, body = await poll(api, job_id, READ)
+    assert body["data"]["status"] == "processed", body
+
+    too_big = {**data, "encounter": {**data["encounter"], "pad": "x" * settings.max_request_bytes}}
+    response = await api.post(url, data=orjson.dumps(too_big), headers=WRITE)
+    assert response.status == 413
