@@ -171,3 +171,45 @@ def test_an_emptied_secret_file_is_an_error_not_an_empty_key(tmp_path) -> None:
     (tmp_path / "jwt_secret").write_text("")
     with pytest.raises(ValueError, match="no usable secret"):
         local_secret(tmp_path)
+
+
+@pytest.mark.timeout(90)
+def test_run_stops_when_its_consumer_cannot_start(tmp_path) -> None:
+    """A queue declared with other arguments (an old deployment's classic queue) makes the
+    consumer's declaration fail: `medevents run` says so and stops, rather than take
+    submissions that nothing would process."""
+    import aio_pika
+
+    prefix = f"test.{uuid.uuid4().hex[:12]}."
+    amqp_url = os.environ.get("AMQP_URL") or Settings().amqp_url
+
+    async def declare_classic_queue() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            await channel.declare_queue(Topology(prefix).queue, durable=True)
+
+    asyncio.run(declare_classic_queue())
+    env = {k: v for k, v in os.environ.items() if k not in {"MONGODB_URL", "JWT_SECRET"}}
+    env.update(
+        DATA_DIR=str(tmp_path / ".data"),
+        HTTP_PORT=str(free_port()),
+        LOG_FORMAT="json",
+        AMQP_PREFIX=prefix,
+    )
+    try:
+        finished = subprocess.run(
+            [str(Path(sys.executable).parent / "medevents"), "run"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        asyncio.run(delete_topology(amqp_url, Topology(prefix)))
+    events = [
+        json.loads(line)["event"] for line in finished.stderr.splitlines() if line.startswith("{")
+    ]
+    assert "consumer_failed_to_start" in events, finished.stderr[-2000:]
+    assert "embedded_mongo_stopped" in events
