@@ -4,6 +4,7 @@ MongoDB outages and graceful stops, through the real broker and database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import shutil
 import subprocess
@@ -36,6 +37,34 @@ async def wait_for_count(db, finished: int) -> None:
         if await db["jobs"].count_documents({"status": {"$ne": 0}}) >= finished:
             return
         await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def consumer_on_its_own_mongodb(settings, tmp_path):
+    """A consumer on a MongoDB server of the test's own, to be stopped and started: yields
+    the server, the test's view of the database, and the consumer's."""
+    server = EmbeddedMongo(tmp_path / "own-mongo", port=free_port())
+    url = server.start()
+    client = AsyncMongoClient(url, tz_aware=True)
+    db = client[settings.mongodb_db]
+    await PatientStore(db).put(ACTIVE_PATIENT, "active")
+    consumer_client = open_mongo_client(settings.with_changes(mongodb_timeout_ms=300), url)
+    consumer_db = consumer_client[settings.mongodb_db]
+    consumer = JobConsumer(
+        settings.amqp_url,
+        make_processor(consumer_db),
+        prefetch=4,
+        topology=Topology(settings.amqp_prefix),
+    )
+    await consumer.start()
+    try:
+        yield server, db, consumer_db
+    finally:
+        async with asyncio.timeout(30):
+            await consumer.stop(drain_seconds=5)
+        await consumer_client.close()
+        await client.close()
+        server.stop()
 
 
 class SimulatedCrash(BaseException):
@@ -243,21 +272,7 @@ async def test_a_message_without_id_gets_one_and_the_producer_is_told(
 async def test_mongodb_outage_holds_the_message_until_it_is_back(
     settings, raw_publisher, tmp_path, captured_logs
 ):
-    server = EmbeddedMongo(tmp_path / "own-mongo", port=free_port())
-    url = server.start()
-    client = AsyncMongoClient(url, tz_aware=True)
-    db = client[settings.mongodb_db]
-    await PatientStore(db).put(ACTIVE_PATIENT, "active")
-    fast = settings.with_changes(mongodb_url=url, mongodb_timeout_ms=300)
-    consumer_client = open_mongo_client(fast, url)
-    consumer = JobConsumer(
-        settings.amqp_url,
-        make_processor(consumer_client[settings.mongodb_db]),
-        prefetch=4,
-        topology=Topology(settings.amqp_prefix),
-    )
-    await consumer.start()
-    try:
+    async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, _):
         server.stop()
         submission = example("encounter_package")
         job_id = new_job_id()
@@ -273,11 +288,6 @@ async def test_mongodb_outage_holds_the_message_until_it_is_back(
         assert jobs[job_id]["attempts"] == 1
         waits = [event["retry_in_s"] for event in captured_logs.events("mongodb_unavailable")]
         assert waits == sorted(waits)  # backing off, never a hot loop
-    finally:
-        await consumer.stop(drain_seconds=5)
-        await consumer_client.close()
-        await client.close()
-        server.stop()
 
 
 async def test_stop_finishes_in_flight_messages_and_loses_none(db, raw_publisher, start_consumer):
@@ -334,21 +344,8 @@ async def test_mongodb_outage_then_a_broker_connection_drop_loses_nothing(
     """The broker closes the consumer's connection while it holds messages through a MongoDB
     outage (a network blip, a restart, RabbitMQ's consumer_timeout): once MongoDB is back,
     every job is processed, once."""
-    server = EmbeddedMongo(tmp_path / "own-mongo", port=free_port())
-    url = server.start()
-    client = AsyncMongoClient(url, tz_aware=True)
-    db = client[settings.mongodb_db]
-    await PatientStore(db).put(ACTIVE_PATIENT, "active")
-    consumer_client = open_mongo_client(settings.with_changes(mongodb_timeout_ms=300), url)
     before = await asyncio.to_thread(broker_connections)
-    consumer = JobConsumer(
-        settings.amqp_url,
-        make_processor(consumer_client[settings.mongodb_db]),
-        prefetch=4,
-        topology=Topology(settings.amqp_prefix),
-    )
-    await consumer.start()
-    try:
+    async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, consumer_db):
         server.stop()
         submissions = {new_job_id(): example("encounter_package") for _ in range(4)}
         for job_id, submission in submissions.items():
@@ -370,13 +367,7 @@ async def test_mongodb_outage_then_a_broker_connection_drop_loses_nothing(
             for collection, count in package_entity_count(example("encounter_package")).items()
         }
         async with asyncio.timeout(10):  # the driver is not wedged
-            await consumer_client[settings.mongodb_db]["patients"].find_one({})
-    finally:
-        async with asyncio.timeout(30):
-            await consumer.stop(drain_seconds=5)
-        await consumer_client.close()
-        await client.close()
-        server.stop()
+            await consumer_db["patients"].find_one({})
 
 
 async def test_a_message_failing_outside_the_job_ends_it_500_at_its_last_delivery(
