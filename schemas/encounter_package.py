@@ -280,6 +280,7 @@ ENCOUNTER_ENTITY_KINDS = (
     EntityKind("procedure", "procedures", "procedures", ProcedureSchema),
 )
 ALL_ENTITY_KINDS = (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS)
+KINDS_BY_COLLECTION = {kind.collection: kind for kind in ALL_ENTITY_KINDS}
 
 
 class EncounterPackageSchema(StrictSchema):

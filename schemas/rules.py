@@ -163,6 +163,9 @@ class Date(_RuleMessages, fields.Date):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         return super()._deserialize(value, attr, data, **kwargs).isoformat()
 
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return value if isinstance(value, str) or value is None else value.isoformat()
+
 
 class Nested(_RuleMessages, fields.Nested):
     default_error_messages = {"type": type_rule("object")}  # noqa: RUF012

@@ -37,8 +37,12 @@ _SCOPE_ATTRIBUTE = "_medevents_required_scope"
 HandlerFunction = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def requires_scope(scope: str) -> Callable[[HandlerFunction], HandlerFunction]:
-    """Mark a handler as needing an authenticated caller whose scope holds `scope`."""
+ScopeOf = Callable[[web.Request], str]
+
+
+def requires_scope(scope: str | ScopeOf) -> Callable[[HandlerFunction], HandlerFunction]:
+    """Mark a handler as needing an authenticated caller whose scope holds `scope`: a name,
+    or a function of the request that names it (and may raise `NotFound` first)."""
 
     def mark(handler: HandlerFunction) -> HandlerFunction:
         setattr(handler, _SCOPE_ATTRIBUTE, scope)
@@ -133,6 +137,8 @@ async def body_limit(request: web.Request, handler: Handler) -> web.StreamRespon
 @web.middleware
 async def authorization(request: web.Request, handler: Handler) -> web.StreamResponse:
     scope = getattr(request.match_info.handler, _SCOPE_ATTRIBUTE, None)
+    if callable(scope):
+        scope = scope(request)
     if scope is not None:
         principal = request.app[AUTHENTICATOR].authenticate(request.headers)
         principal.require(scope)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -16,6 +17,30 @@ def json_response(
     return web.Response(
         body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
     )
+
+
+def entity_tag(data: Any) -> str:
+    """A strong ETag of what a response says (`data`), not of its `meta`, which names the
+    request: the same state polled twice has the same tag."""
+    return '"' + hashlib.blake2b(orjson.dumps(data), digest_size=16).hexdigest() + '"'
+
+
+def conditional_json_response(
+    request: web.Request, body: dict[str, Any], status: int = 200
+) -> web.Response:
+    """`json_response` with an ETag; 304 without a body when `If-None-Match` names it."""
+    tag = entity_tag(body["data"])
+    if _matches(request.headers.get("If-None-Match"), tag):
+        return web.Response(status=304, headers={"ETag": tag})
+    return json_response(body, status, headers={"ETag": tag})
+
+
+def _matches(if_none_match: str | None, tag: str) -> bool:
+    if not if_none_match:
+        return False
+    candidates = {candidate.strip() for candidate in if_none_match.split(",")}
+    # Weak comparison, as RFC 9110 asks for If-None-Match: W/"x" matches "x".
+    return "*" in candidates or tag in {c.removeprefix("W/") for c in candidates}
 
 
 def error_response(

@@ -12,3 +12,7 @@ def setup_routes(app: web.Application) -> None:
     package = "/api/patients/{patient_id}/encounter_package"
     app.router.add_post(package, views.submit_encounter_package, name="encounter_package")
     app.router.add_patch(package, views.cancel_encounter_package)
+    # Where a processed job's links lead.
+    app.router.add_get(
+        "/api/patients/{patient_id}/{collection}/{entity_id}", views.get_entity, name="entity"
+    )

@@ -7,14 +7,16 @@ from typing import Any
 
 from aiohttp import web
 
+from schemas.encounter_package import KINDS_BY_COLLECTION
+from schemas.entities import dump_entity
 from schemas.jobs import dump_accepted, dump_job
 from schemas.validation import json_object
 from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
 from service.jobs import job_href
-from service.keys import JOB_SERVICE, REQUEST_ID, REQUEST_URL, principal_of
+from service.keys import ENTITY_STORE, JOB_SERVICE, REQUEST_ID, REQUEST_URL, principal_of
 from service.middlewares import requires_scope
-from service.responses import json_response
+from service.responses import conditional_json_response, json_response
 
 
 @requires_scope("job:read")
@@ -25,7 +27,7 @@ async def get_job(request: web.Request) -> web.Response:
     except JobNotFound:
         raise NotFound("Job not found") from None
     status, body = dump_job(job, request[REQUEST_URL], request[REQUEST_ID])
-    return json_response(body, status)
+    return conditional_json_response(request, body, status)
 
 
 @requires_scope("encounter:write")
@@ -40,6 +42,26 @@ async def cancel_encounter_package(request: web.Request) -> web.Response:
     return await _submit(request, "encounter_package.cancel")
 
 
+def _entity_scope(request: web.Request) -> str:
+    kind = KINDS_BY_COLLECTION.get(request.match_info["collection"])
+    if kind is None:
+        raise NotFound("Not found")
+    return f"{kind.entity}:read"
+
+
+@requires_scope(_entity_scope)
+async def get_entity(request: web.Request) -> web.Response:
+    """What a processed job's link names: one entity of one patient."""
+    kind = KINDS_BY_COLLECTION[request.match_info["collection"]]
+    patient_id = _patient_id(request)
+    entity_id = _uuid(request.match_info["entity_id"], "Not found")
+    document = await request.app[ENTITY_STORE].get(kind, patient_id, entity_id)
+    if document is None:
+        raise NotFound(f"{kind.entity.replace('_', ' ').capitalize()} not found")
+    body = dump_entity(kind, document, request[REQUEST_URL], request[REQUEST_ID])
+    return conditional_json_response(request, body)
+
+
 async def _submit(request: web.Request, job_type: str) -> web.Response:
     patient_id = _patient_id(request)
     data = await _json_object(request)
@@ -51,10 +73,15 @@ async def _submit(request: web.Request, job_type: str) -> web.Response:
 
 
 def _patient_id(request: web.Request) -> str:
+    return _uuid(request.match_info["patient_id"], "Patient not found")
+
+
+def _uuid(text: str, not_found: str) -> str:
+    """The canonical form of a UUID in a path; anything else names nothing there is."""
     try:
-        return str(uuid.UUID(request.match_info["patient_id"]))
+        return str(uuid.UUID(text))
     except ValueError:
-        raise NotFound("Patient not found") from None
+        raise NotFound(not_found) from None
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:

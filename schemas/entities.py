@@ -1,0 +1,41 @@
+"""The stored entities as `GET /api/patients/{patient_id}/{collection}/{id}` renders them: each
+kind by its own package schema (the fields a client sent, as it sent them), with its `id`,
+`patient_id` and the times it was written, in the `data` + `meta` envelope."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, fields
+
+from schemas.encounter_package import ALL_ENTITY_KINDS, EntityKind
+from schemas.envelope import Meta, UtcDateTime, envelope_schema
+
+
+def _response_schema(kind: EntityKind) -> type[Schema]:
+    return type(
+        f"{kind.schema.__name__.removesuffix('Schema')}ResponseSchema",
+        (kind.schema,),
+        {
+            "id": fields.String(attribute="_id"),
+            "patient_id": fields.String(),
+            "inserted_at": UtcDateTime(),
+            "updated_at": UtcDateTime(),
+        },
+    )
+
+
+ENTITY_ENVELOPES = {
+    kind.collection: envelope_schema(
+        _response_schema(kind), f"{kind.schema.__name__.removesuffix('Schema')}Envelope"
+    )
+    for kind in ALL_ENTITY_KINDS
+}
+
+
+def dump_entity(
+    kind: EntityKind, document: dict[str, Any], url: str, request_id: str
+) -> dict[str, Any]:
+    return ENTITY_ENVELOPES[kind.collection].dump(
+        {"data": document, "meta": Meta(200, url, request_id)}
+    )
