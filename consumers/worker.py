@@ -15,6 +15,7 @@ from service.broker import Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
 from service.indexes import ensure_indexes_or_later, stop_trying
+from service.retention import RetentionSweeper
 from service.store import JobStore, open_mongo_client
 
 log = structlog.get_logger("medevents.worker")
@@ -49,6 +50,8 @@ async def run_consumer(settings: Settings) -> None:
         consumer = build_consumer(
             settings, jobs, entities, PatientStore(db), Topology(settings.amqp_prefix)
         )
+        sweeper = RetentionSweeper(jobs, settings.job_ttl_days)
+        sweeper.start()
         starting = asyncio.create_task(consumer.start())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -59,6 +62,7 @@ async def run_consumer(settings: Settings) -> None:
             await stopping
         log.info("consumer_stopping")
         await consumer.stop()
+        await sweeper.stop()
         await stop_trying(indexing)
     finally:
         await client.close()

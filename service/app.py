@@ -27,6 +27,7 @@ from service.keys import (
     TOPOLOGY,
 )
 from service.middlewares import MIDDLEWARES
+from service.retention import RetentionSweeper
 from service.routes import setup_routes
 from service.store import JobStore, open_mongo_client
 
@@ -94,6 +95,8 @@ async def consumer(app: web.Application) -> AsyncIterator[None]:
     jobs_consumer = build_consumer(
         settings, app[JOB_STORE], app[ENTITY_STORE], app[PATIENT_STORE], app[TOPOLOGY]
     )
+    sweeper = RetentionSweeper(app[JOB_STORE], settings.job_ttl_days)
+    sweeper.start()
     starting = asyncio.create_task(jobs_consumer.start())
     starting.add_done_callback(_stop_process_if_failed)
     yield
@@ -102,6 +105,7 @@ async def consumer(app: web.Application) -> AsyncIterator[None]:
         with contextlib.suppress(asyncio.CancelledError):
             await starting
     await jobs_consumer.stop()
+    await sweeper.stop()
 
 
 def _stop_process_if_failed(task: asyncio.Task) -> None:

@@ -158,6 +158,15 @@ class JobStore:
         )
 
     @unavailable_on_outage
+    async def remove_finished_before(self, cutoff: datetime) -> int:
+        """Remove the jobs that finished before `cutoff`; pending jobs stay, however old."""
+        finished = [int(status) for status in JobStatus if status.is_terminal]
+        result = await self._jobs.delete_many(
+            {"status": {"$in": finished}, "updated_at": {"$lt": cutoff}}
+        )
+        return result.deleted_count
+
+    @unavailable_on_outage
     async def record_failed_attempt(self, job_id: str) -> int:
         """Count an attempt that ended in an unexpected error; returns the attempts so far."""
         job = await self._jobs.find_one_and_update(

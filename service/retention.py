@@ -1,0 +1,58 @@
+"""Retention: finished jobs are removed `JOB_TTL_DAYS` after they finished; pending jobs
+never expire.
+
+No TTL index: the test server enforces TTL indexes by scanning on every read (DESIGN.md), and
+a sweep every few minutes over the `{status, updated_at}` index costs reads nothing. It runs in
+the consumer process; two consumers sweeping at once only delete the same documents twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import datetime, timedelta
+
+import structlog
+
+from service.store import JobStore, StoreUnavailable, utcnow
+
+log = structlog.get_logger("medevents.retention")
+
+SWEEP_INTERVAL_SECONDS = 300.0
+
+
+class RetentionSweeper:
+    def __init__(
+        self, jobs: JobStore, ttl_days: int, interval_seconds: float = SWEEP_INTERVAL_SECONDS
+    ) -> None:
+        self._jobs = jobs
+        self._ttl = timedelta(days=ttl_days)
+        self._interval = interval_seconds
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def sweep_once(self, now: datetime | None = None) -> int:
+        removed = await self._jobs.remove_finished_before((now or utcnow()) - self._ttl)
+        if removed:
+            log.info("finished_jobs_removed", count=removed)
+        return removed
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stops between sweeps, never inside one: a task cancelled inside a driver call can
+        leave the driver's locks held."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.sweep_once()
+            except StoreUnavailable as exc:
+                log.warning("retention_sweep_skipped", error=str(exc)[:200])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stop.wait()
