@@ -185,9 +185,15 @@ class SubmissionPublisher:
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise BrokerUnavailable(f"the broker did not confirm the message: {confirmation!r}")
 
-    @property
-    def connected(self) -> bool:
-        return self._connection is not None and not self._connection.is_closed
+    async def ready(self) -> bool:
+        """Whether a message could be published now: connected, or connecting works."""
+        if self._connection is not None and not self._connection.is_closed:
+            return True
+        try:
+            await self.connect()
+        except BrokerUnavailable:
+            return False
+        return True
 
     async def close(self) -> None:
         if self._connection is not None:

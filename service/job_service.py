@@ -23,6 +23,9 @@ class JobService:
         self.store = store
         self.publisher = publisher
 
+    async def broker_ready(self) -> bool:
+        return self.publisher is not None and await self.publisher.ready()
+
     async def job_for_client(self, job_id: str, client_id: str) -> dict[str, Any]:
         """The job as its response needs it. An id that cannot be a job id is not looked up,
         so that nothing shaped like an operator or a path ever reaches the database."""

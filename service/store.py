@@ -105,6 +105,14 @@ class JobStore:
         # Finding finished jobs past their retention period.
         await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
 
+    async def ping(self) -> bool:
+        """Whether the server answers now (readiness)."""
+        try:
+            await self._jobs.database.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
     @unavailable_on_outage
     async def get_for_client(self, job_id: str, client_id: str) -> dict[str, Any] | None:
         """The fields a response needs, or None when the job does not exist or is another

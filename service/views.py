@@ -9,14 +9,31 @@ from aiohttp import web
 
 from schemas.encounter_package import KINDS_BY_COLLECTION
 from schemas.entities import dump_entity
+from schemas.health import dump_health
 from schemas.jobs import dump_accepted, dump_job
 from schemas.validation import json_object
 from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
 from service.jobs import job_href
-from service.keys import ENTITY_STORE, JOB_SERVICE, REQUEST_ID, REQUEST_URL, principal_of
+from service.keys import ENTITY_STORE, JOB_SERVICE, JOB_STORE, REQUEST_ID, REQUEST_URL, principal_of
 from service.middlewares import requires_scope
 from service.responses import conditional_json_response, json_response
+
+
+async def live(request: web.Request) -> web.Response:
+    """The process serves requests; nothing else is asked."""
+    status, body = dump_health(None, request[REQUEST_URL], request[REQUEST_ID])
+    return json_response(body, status)
+
+
+async def ready(request: web.Request) -> web.Response:
+    """MongoDB answers a ping and the broker would take a message: else 503."""
+    checks = {
+        "mongodb": await request.app[JOB_STORE].ping(),
+        "broker": await request.app[JOB_SERVICE].broker_ready(),
+    }
+    status, body = dump_health(checks, request[REQUEST_URL], request[REQUEST_ID])
+    return json_response(body, status)
 
 
 @requires_scope("job:read")
