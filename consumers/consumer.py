@@ -45,8 +45,10 @@ from service.broker import (
     Topology,
     connect,
     declare_topology,
+    ready_messages,
 )
 from service.jobs import is_valid_job_id, job_href
+from service.metrics import DEAD_LETTERED, JOB_PROCESSING, REDELIVERIES
 from service.middlewares import SANE_REQUEST_ID
 from service.store import StoreUnavailable
 
@@ -103,6 +105,8 @@ async def settle(message: AbstractIncomingMessage, how: str) -> None:
     """Ack, nack (requeue) or reject (dead-letter) a message. When the channel it came on is
     gone, nothing can be settled: the broker delivers it again, and processing is
     repeatable, so that is only logged."""
+    if how == "reject":
+        DEAD_LETTERED.inc()
     try:
         if how == "ack":
             await message.ack()
@@ -193,6 +197,8 @@ class JobConsumer:
         if self._stopping.is_set():
             await settle(message, "nack")
             return
+        if message.redelivered:
+            REDELIVERIES.inc()
         parsed = parse_body(message.body)
         job_id = job_id_of(message, parsed)
         if job_id is None:
@@ -220,7 +226,9 @@ class JobConsumer:
             if job is None:
                 return
             await settle(message, "ack")
-            log.debug("message_acked", duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            elapsed = time.perf_counter() - started
+            JOB_PROCESSING.labels(job.get("type", "unknown")).observe(elapsed)
+            log.debug("message_acked", duration_ms=round(elapsed * 1000, 2))
 
     async def _after_unexpected_failure(
         self, message: AbstractIncomingMessage, job_id: str
@@ -264,6 +272,9 @@ class JobConsumer:
                     async with asyncio.timeout(delay):  # a pause that a stop cuts short
                         await self._stopping.wait()
                 delay = min(delay * 2, OUTAGE_BACKOFF_MAX)
+
+    async def queue_depth(self) -> int | None:
+        return await ready_messages(self._queue)
 
     async def _reply(self, message: AbstractIncomingMessage, job_id: str) -> None:
         """Tell a producer that set `reply_to` which job its message became."""

@@ -27,6 +27,7 @@ from schemas.submission import MAX_BODY_BYTES, SUBMISSION
 from schemas.validation import invalid_entries, json_object, single_entry
 from service.entity_store import EntityStore, PatientStore
 from service.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
+from service.metrics import JOBS_FINISHED
 from service.store import JobStore, NewJob, StoreUnavailable, utcnow
 
 log = structlog.get_logger("medevents.processing")
@@ -76,6 +77,12 @@ def parse_body(body: bytes) -> ParsedBody:
         return ParsedBody(raw, SUBMISSION.load(raw), None)
     except ValidationError as exc:
         return ParsedBody(raw, None, invalid_entries(exc.messages))
+
+
+def _finished(job: dict[str, Any]) -> None:
+    status = JobStatus(job["status"]).label
+    log.info("job_finished", type=job.get("type"), status=status, status_code=job["status_code"])
+    JOBS_FINISHED.labels(job.get("type", UNKNOWN_TYPE), status, str(job["status_code"])).inc()
 
 
 def _short_text(mapping: Any, key: str, limit: int = 255) -> str | None:
@@ -140,8 +147,10 @@ class SubmissionProcessor:
     async def give_up(self, job_id: str) -> None:
         """End a job that cannot be processed (500), leaving nothing it wrote."""
         await self.entities.remove_written_by(job_id)
-        if await self.jobs.finish(job_id, INTERNAL_ERROR) is not None:
+        finished = await self.jobs.finish(job_id, INTERNAL_ERROR)
+        if finished is not None:
             log.error("job_given_up", status_code=500)
+            _finished(finished)
 
     async def complete(
         self, job: dict[str, Any], parsed: ParsedBody, data_root: list[str] | None = None
@@ -172,12 +181,7 @@ class SubmissionProcessor:
         finished = await self.jobs.finish(job_id, outcome, count_attempt=not counted)
         if finished is None:  # finished by another delivery between our read and our write
             return await self.jobs.get(job_id) or job
-        log.info(
-            "job_finished",
-            type=finished.get("type"),
-            status=JobStatus(finished["status"]).label,
-            status_code=finished["status_code"],
-        )
+        _finished(finished)
         return finished
 
     async def _outcome(

@@ -4,9 +4,11 @@ consumer is put together, for this command and for `medevents run`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
+from prometheus_client import start_http_server
 
 from consumers.consumer import JobConsumer
 from consumers.processing import SubmissionProcessor
@@ -15,6 +17,7 @@ from service.broker import Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
 from service.indexes import ensure_indexes_or_later, stop_trying
+from service.metrics import QUEUE_DEPTH
 from service.retention import RetentionSweeper
 from service.store import JobStore, open_mongo_client
 
@@ -52,6 +55,8 @@ async def run_consumer(settings: Settings) -> None:
         )
         sweeper = RetentionSweeper(jobs, settings.job_ttl_days)
         sweeper.start()
+        serve_metrics(settings)
+        depth = asyncio.create_task(_track_queue_depth(consumer, stop))
         starting = asyncio.create_task(consumer.start())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -61,8 +66,35 @@ async def run_consumer(settings: Settings) -> None:
             starting.result()
             await stopping
         log.info("consumer_stopping")
+        stop.set()
+        await depth
         await consumer.stop()
         await sweeper.stop()
         await stop_trying(indexing)
     finally:
         await client.close()
+
+
+QUEUE_DEPTH_EVERY_SECONDS = 15.0
+
+
+def serve_metrics(settings: Settings) -> None:
+    """`/metrics` of a consumer running alone, on `METRICS_PORT` (0: none)."""
+    if not settings.metrics_port:
+        return
+    try:
+        start_http_server(settings.metrics_port, addr=settings.http_host)
+    except OSError as exc:  # another consumer on this host has the port: run without
+        log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
+        return
+    log.info("metrics_serving", url=f"http://{settings.http_host}:{settings.metrics_port}/metrics")
+
+
+async def _track_queue_depth(consumer: JobConsumer, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        depth = await consumer.queue_depth()
+        if depth is not None:
+            QUEUE_DEPTH.set(depth)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(QUEUE_DEPTH_EVERY_SECONDS):
+                await stop.wait()

@@ -96,6 +96,17 @@ async def declare_topology(
     return exchange, queue
 
 
+async def ready_messages(queue: AbstractQueue | None) -> int | None:
+    """Messages ready in a queue as the broker counts them now; None when it cannot say."""
+    if queue is None or queue.channel.is_closed:
+        return None
+    try:
+        declared = await queue.declare(timeout=2)
+    except (TimeoutError, *CONNECTION_EXCEPTIONS):
+        return None
+    return declared.message_count
+
+
 async def delete_topology(amqp_url: str, topology: Topology) -> None:
     """Delete every exchange and queue of a topology (test runs and benchmarks clean up)."""
     connection = await aio_pika.connect(amqp_url)
@@ -139,6 +150,7 @@ class SubmissionPublisher:
         self._topology = topology
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
         self._lock = asyncio.Lock()
 
     async def _ensure_exchange(self) -> AbstractExchange:
@@ -149,7 +161,7 @@ class SubmissionPublisher:
                     channel = await connection.channel(
                         publisher_confirms=True, on_return_raises=True
                     )
-                    self._exchange, _ = await declare_topology(channel, self._topology)
+                    self._exchange, self._queue = await declare_topology(channel, self._topology)
                 except BaseException:
                     await connection.close()
                     raise
@@ -184,6 +196,9 @@ class SubmissionPublisher:
             raise BrokerUnavailable(repr(exc)) from exc
         if not isinstance(confirmation, aiormq.spec.Basic.Ack):
             raise BrokerUnavailable(f"the broker did not confirm the message: {confirmation!r}")
+
+    async def queue_depth(self) -> int | None:
+        return await ready_messages(self._queue)
 
     async def ready(self) -> bool:
         """Whether a message could be published now: connected, or connecting works."""

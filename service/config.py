@@ -39,6 +39,7 @@ class Settings:
     log_level: str = "info"
     job_ttl_days: int = 7
     consumer_prefetch: int = 16
+    metrics_port: int = 9464
     max_request_bytes: int = 1024 * 1024
     data_dir: Path = Path(".data")
 
@@ -67,6 +68,7 @@ class Settings:
             consumer_prefetch=reader.integer(
                 "CONSUMER_PREFETCH", defaults.consumer_prefetch, 1, 65535
             ),
+            metrics_port=reader.integer("METRICS_PORT", defaults.metrics_port, 0, 65535),
             max_request_bytes=reader.integer(
                 "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1024, MAX_REQUEST_BYTES_LIMIT
             ),

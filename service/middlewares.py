@@ -23,6 +23,7 @@ from aiohttp.typedefs import Handler
 from service.broker import BrokerUnavailable
 from service.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
 from service.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, REQUEST_URL, SETTINGS
+from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from service.responses import error_response
 from service.store import StoreUnavailable
 
@@ -79,14 +80,25 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     with structlog.contextvars.bound_contextvars(request_id=request_id):
         response = await handler(request)
         response.headers[REQUEST_ID_HEADER] = request_id
+        elapsed = time.perf_counter() - started
         log.info(
             "request_finished",
             method=request.method,
             path=request.path,
             status=response.status,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            duration_ms=round(elapsed * 1000, 2),
         )
+        route = route_pattern(request)
+        HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+        HTTP_LATENCY.labels(route, request.method).observe(elapsed)
     return response
+
+
+def route_pattern(request: web.Request) -> str:
+    """The route as declared (`/api/jobs/{job_id}`), so that metrics do not grow a label per
+    id; "unmatched" for a path no route knows."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware

@@ -16,6 +16,7 @@ from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
 from service.jobs import job_href
 from service.keys import ENTITY_STORE, JOB_SERVICE, JOB_STORE, REQUEST_ID, REQUEST_URL, principal_of
+from service.metrics import QUEUE_DEPTH, exposition
 from service.middlewares import requires_scope
 from service.responses import conditional_json_response, json_response
 
@@ -34,6 +35,16 @@ async def ready(request: web.Request) -> web.Response:
     }
     status, body = dump_health(checks, request[REQUEST_URL], request[REQUEST_ID])
     return json_response(body, status)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of this process; the queue depth is read from the broker now."""
+    publisher = request.app[JOB_SERVICE].publisher
+    depth = await publisher.queue_depth() if publisher is not None else None
+    if depth is not None:
+        QUEUE_DEPTH.set(depth)
+    body, content_type = exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 @requires_scope("job:read")

@@ -26,6 +26,7 @@ def start_consumer_process(settings, log_file: Path) -> subprocess.Popen:
         "AMQP_URL": settings.amqp_url,
         "AMQP_PREFIX": settings.amqp_prefix,
         "CONSUMER_PREFETCH": "16",
+        "METRICS_PORT": "0",
         "LOG_FORMAT": "json",
         "DATA_DIR": str(log_file.parent / "data"),
     }

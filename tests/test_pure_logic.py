@@ -39,6 +39,7 @@ def test_every_variable_is_read() -> None:
             "LOG_LEVEL": "warning",
             "JOB_TTL_DAYS": "3",
             "CONSUMER_PREFETCH": "32",
+            "METRICS_PORT": "9999",
             "MAX_REQUEST_BYTES": "2048",
             "DATA_DIR": "/var/lib/medevents",
         }
@@ -52,6 +53,7 @@ def test_every_variable_is_read() -> None:
     assert (settings.jwt_audience, settings.jwt_issuer) == ("medevents", "https://auth.example")
     assert (settings.log_format, settings.log_level) == ("json", "warning")
     assert (settings.job_ttl_days, settings.consumer_prefetch) == (3, 32)
+    assert settings.metrics_port == 9999
     assert settings.max_request_bytes == 2048
     assert str(settings.data_dir) == "/var/lib/medevents"
 
