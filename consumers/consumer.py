@@ -25,6 +25,7 @@ import orjson
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -47,6 +48,7 @@ from service.broker import (
     declare_topology,
     ready_messages,
 )
+from service.job_events import declare_events_exchange, publish_job_finished
 from service.jobs import is_valid_job_id, job_href
 from service.metrics import DEAD_LETTERED, JOB_PROCESSING, REDELIVERIES
 from service.middlewares import SANE_REQUEST_ID
@@ -141,6 +143,7 @@ class JobConsumer:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
+        self._events: AbstractExchange | None = None
         self._consumer_tag: str | None = None
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
@@ -159,6 +162,7 @@ class JobConsumer:
         self._channel = channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         _, self._queue = await declare_topology(channel, self._topology)
+        self._events = await declare_events_exchange(channel, self._topology)
         self._consumer_tag = await self._queue.consume(self._on_message)
         log.info("consumer_started", queue=self._queue.name, prefetch=self._prefetch)
 
@@ -225,6 +229,8 @@ class JobConsumer:
                 return
             if job is None:
                 return
+            if self._events is not None:  # wake the long polls waiting for it
+                await publish_job_finished(self._events, job_id)
             await settle(message, "ack")
             elapsed = time.perf_counter() - started
             JOB_PROCESSING.labels(job.get("type", "unknown")).observe(elapsed)

@@ -16,10 +16,12 @@ from service.broker import BrokerUnavailable, SubmissionPublisher, Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
 from service.indexes import ensure_indexes_or_later, stop_trying
+from service.job_events import JobEvents
 from service.job_service import JobService
 from service.keys import (
     AUTHENTICATOR,
     ENTITY_STORE,
+    JOB_EVENTS,
     JOB_SERVICE,
     JOB_STORE,
     PATIENT_STORE,
@@ -48,6 +50,7 @@ def create_app(settings: Settings, *, with_consumer: bool = False) -> web.Applic
     app[AUTHENTICATOR] = build_authenticator(settings)
     app.cleanup_ctx.append(mongodb)
     app.cleanup_ctx.append(publisher)
+    app.cleanup_ctx.append(job_events)
     if with_consumer:
         app.cleanup_ctx.append(consumer)
     setup_routes(app)
@@ -82,6 +85,15 @@ async def publisher(app: web.Application) -> AsyncIterator[None]:
     app[JOB_SERVICE] = JobService(app[JOB_STORE], submissions)
     yield
     await submissions.close()
+
+
+async def job_events(app: web.Application) -> AsyncIterator[None]:
+    """The subscription to job-finished events that wakes long polls."""
+    events = JobEvents(app[SETTINGS].amqp_url, app[TOPOLOGY])
+    await events.start()
+    app[JOB_EVENTS] = events
+    yield
+    await events.close()
 
 
 async def consumer(app: web.Application) -> AsyncIterator[None]:

@@ -64,6 +64,11 @@ class Topology:
     def dead_queue(self) -> str:
         return f"{self.prefix}medical_events.dead"
 
+    @property
+    def events_exchange(self) -> str:
+        """Fanout of job-finished events, for long polls (see service.job_events)."""
+        return f"{self.prefix}medical_events.finished"
+
 
 async def declare_topology(
     channel: AbstractChannel, topology: Topology
@@ -114,7 +119,7 @@ async def delete_topology(amqp_url: str, topology: Topology) -> None:
         channel = await connection.channel()
         for queue in (topology.queue, topology.dead_queue):
             await channel.queue_delete(queue)
-        for exchange in (topology.exchange, topology.dead_exchange):
+        for exchange in (topology.exchange, topology.dead_exchange, topology.events_exchange):
             await channel.exchange_delete(exchange)
 
 

@@ -8,6 +8,7 @@ from service.auth import Authenticator, Principal
 from service.broker import Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
+from service.job_events import JobEvents
 from service.job_service import JobService
 from service.store import JobStore
 
@@ -18,6 +19,7 @@ JOB_STORE = web.AppKey("job_store", JobStore)
 ENTITY_STORE = web.AppKey("entity_store", EntityStore)
 PATIENT_STORE = web.AppKey("patient_store", PatientStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
+JOB_EVENTS = web.AppKey("job_events", JobEvents)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # `meta.url`: the URL the client asked for, computed once (see middlewares.request_url).

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
 import uuid
 from typing import Any
 
@@ -14,8 +17,16 @@ from schemas.jobs import dump_accepted, dump_job
 from schemas.validation import json_object
 from service.errors import NotFound, RequestValidationFailed
 from service.job_service import JobNotFound
-from service.jobs import job_href
-from service.keys import ENTITY_STORE, JOB_SERVICE, JOB_STORE, REQUEST_ID, REQUEST_URL, principal_of
+from service.jobs import JobStatus, job_href
+from service.keys import (
+    ENTITY_STORE,
+    JOB_EVENTS,
+    JOB_SERVICE,
+    JOB_STORE,
+    REQUEST_ID,
+    REQUEST_URL,
+    principal_of,
+)
 from service.metrics import QUEUE_DEPTH, exposition
 from service.middlewares import requires_scope
 from service.responses import conditional_json_response, json_response
@@ -49,13 +60,53 @@ async def metrics(request: web.Request) -> web.Response:
 
 @requires_scope("job:read")
 async def get_job(request: web.Request) -> web.Response:
-    job_id = request.match_info["job_id"]
-    try:
-        job = await request.app[JOB_SERVICE].job_for_client(job_id, principal_of(request).client_id)
-    except JobNotFound:
-        raise NotFound("Job not found") from None
+    """The job; with `?wait=N` or `Prefer: wait=N` (N <= 30 s), a pending job is answered as
+    soon as it finishes, or after N seconds as it is then (long poll)."""
+    job_id, client_id = request.match_info["job_id"], principal_of(request).client_id
+    service = request.app[JOB_SERVICE]
+
+    async def current() -> dict:
+        try:
+            return await service.job_for_client(job_id, client_id)
+        except JobNotFound:
+            raise NotFound("Job not found") from None
+
+    job = await current()
+    wait, preferred = long_poll_seconds(request)
+    if wait and job["status"] == JobStatus.PENDING:
+        with request.app[JOB_EVENTS].waiting_for(job_id) as finished:
+            job = await current()  # it may have finished before we listened
+            if job["status"] == JobStatus.PENDING:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await finished.wait()
+                job = await current()
     status, body = dump_job(job, request[REQUEST_URL], request[REQUEST_ID])
-    return conditional_json_response(request, body, status)
+    response = conditional_json_response(request, body, status)
+    if preferred:
+        response.headers["Preference-Applied"] = f"wait={wait:g}"
+    return response
+
+
+MAX_WAIT_SECONDS = 30.0
+
+
+def long_poll_seconds(request: web.Request) -> tuple[float, bool]:
+    """How long to wait for a pending job (0: not at all), and whether `Prefer` asked."""
+    asked = request.query.get("wait")
+    preferred = False
+    if asked is None:
+        for preference in request.headers.get("Prefer", "").split(","):
+            name, _, value = preference.strip().partition("=")
+            if name.strip().lower() == "wait":
+                asked, preferred = value.strip(), True
+    try:
+        seconds = float(asked) if asked is not None else 0.0
+    except ValueError:
+        return 0.0, False
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0.0, False
+    return min(seconds, MAX_WAIT_SECONDS), preferred
 
 
 @requires_scope("encounter:write")

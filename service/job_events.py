@@ -1,0 +1,100 @@
+"""Job-finished events: how a long-polling request learns that its job left pending without
+asking MongoDB in a loop.
+
+The consumer publishes `{"job_id"}` to the fanout exchange `medical_events.finished` after a
+job's terminal state is written. Each API process subscribes with a queue of its own (exclusive,
+deleted with its connection) and wakes the requests waiting for that job. Events are a hint,
+never the truth: a woken request reads the job from MongoDB, and a request whose event is lost
+(the broker was down) answers when its wait runs out, with the job as it is then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+
+import aio_pika
+import orjson
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from service.broker import Topology, connect
+
+log = structlog.get_logger("medevents.job_events")
+
+
+async def declare_events_exchange(
+    channel: AbstractChannel, topology: Topology
+) -> aio_pika.abc.AbstractExchange:
+    return await channel.declare_exchange(
+        topology.events_exchange, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+
+
+async def publish_job_finished(exchange: aio_pika.abc.AbstractExchange, job_id: str) -> None:
+    """Best effort: a lost event only makes a waiting request answer at the end of its wait."""
+    try:
+        await exchange.publish(
+            aio_pika.Message(orjson.dumps({"job_id": job_id}), content_type="application/json"),
+            routing_key="",
+        )
+    except CONNECTION_EXCEPTIONS as exc:
+        log.warning("job_event_not_published", job_id=job_id, error=repr(exc))
+
+
+class JobEvents:
+    """The API's subscription, and the requests waiting on it."""
+
+    def __init__(self, amqp_url: str, topology: Topology) -> None:
+        self._url = amqp_url
+        self._topology = topology
+        self._connection: AbstractRobustConnection | None = None
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+
+    async def start(self) -> None:
+        try:
+            self._connection = await connect(self._url)
+            channel = await self._connection.channel()
+            exchange = await declare_events_exchange(channel, self._topology)
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(exchange)
+            await queue.consume(self._on_event, no_ack=True)
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            # Long polls still answer, at the end of their wait.
+            log.warning("job_events_unavailable", error=repr(exc))
+            await self.close()
+
+    @property
+    def subscribed(self) -> bool:
+        return self._connection is not None and not self._connection.is_closed
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await self._connection.close()
+        self._connection = None
+
+    @contextlib.contextmanager
+    def waiting_for(self, job_id: str):  # noqa: ANN201 - a context manager of an Event
+        """An event set when `job_id` finishes. Register before the last read of the job,
+        so that a job finishing between that read and the wait is not missed."""
+        finished = asyncio.Event()
+        self._waiters[job_id].add(finished)
+        try:
+            yield finished
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(finished)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        try:
+            job_id = orjson.loads(message.body)["job_id"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        for finished in self._waiters.get(job_id, ()):
+            finished.set()

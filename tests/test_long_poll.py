@@ -1,0 +1,100 @@
+"""Long poll: `?wait=N` and `Prefer: wait=N` answer as soon as the job leaves pending, woken
+by the consumer's job-finished event through the broker, not by reading MongoDB in a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from service.keys import JOB_SERVICE
+from service.views import long_poll_seconds
+from tests.conftest import bearer
+from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example
+
+READ = bearer(client_id=DEMO_CLIENT)
+WRITE = bearer(client_id=DEMO_CLIENT, scopes=("job:read", "encounter:write"))
+
+
+async def submitted(api) -> str:
+    url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
+    body = await (
+        await api.post(url, json=example("encounter_package")["data"], headers=WRITE)
+    ).json()
+    return body["data"]["links"][0]["href"].rsplit("/", 1)[-1]
+
+
+async def test_the_answer_comes_within_200_ms_of_the_job_finishing(api, db, start_consumer):
+    job_id = await submitted(api)  # no consumer yet: it stays pending
+    reads = 0
+    service = api.app[JOB_SERVICE]
+    original = service.store.get_for_client
+
+    async def counted(*args, **kwargs):
+        nonlocal reads
+        reads += 1
+        return await original(*args, **kwargs)
+
+    service.store.get_for_client = counted
+    polling = asyncio.create_task(
+        api.get(f"/api/jobs/{job_id}?wait=20", headers=READ, allow_redirects=False)
+    )
+    await asyncio.sleep(1.0)  # the request is waiting
+    assert not polling.done()
+    reads_while_waiting = reads
+    await start_consumer()
+
+    response = await polling
+    answered = datetime.now(UTC)
+    body = await response.json()
+    assert response.status == 303 and body["data"]["status"] == "processed"
+    finished = (await db["jobs"].find_one({"_id": job_id}))["updated_at"]
+    assert (answered - finished).total_seconds() < 0.2
+    assert reads_while_waiting == 2 and reads == 3  # read, re-read on listening, read at the end
+
+
+async def test_a_wait_that_runs_out_answers_pending(api):
+    job_id = await submitted(api)
+    started = time.monotonic()
+    response = await api.get(f"/api/jobs/{job_id}", headers={**READ, "Prefer": "wait=0.5"})
+    elapsed = time.monotonic() - started
+    assert response.status == 200
+    assert (await response.json())["data"]["status"] == "pending"
+    assert response.headers["Preference-Applied"] == "wait=0.5"
+    assert 0.45 <= elapsed < 5
+
+
+async def test_a_finished_job_answers_at_once_whatever_the_wait(api, db, start_consumer):
+    await start_consumer()
+    job_id = await submitted(api)
+    for _ in range(100):
+        if (await db["jobs"].find_one({"_id": job_id}))["status"] != 0:
+            break
+        await asyncio.sleep(0.05)
+    started = time.monotonic()
+    response = await api.get(f"/api/jobs/{job_id}?wait=30", headers=READ, allow_redirects=False)
+    assert response.status == 303 and time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    ("query", "prefer", "expected"),
+    [
+        ("", "", (0.0, False)),
+        ("?wait=5", "", (5.0, False)),
+        ("?wait=90", "", (30.0, False)),
+        ("?wait=-1", "", (0.0, False)),
+        ("?wait=nan", "", (0.0, False)),
+        ("?wait=abc", "", (0.0, False)),
+        ("", "respond-async, wait=10", (10.0, True)),
+        ("", "WAIT=3", (3.0, True)),
+        ("", "wait=1e9", (30.0, True)),
+        ("?wait=2", "wait=10", (2.0, False)),
+    ],
+)
+def test_how_long_to_wait(query, prefer, expected):
+    headers = {"Prefer": prefer} if prefer else {}
+    request = make_mocked_request("GET", f"/api/jobs/x{query}", headers=headers)
+    assert long_poll_seconds(request) == expected
