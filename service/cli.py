@@ -118,7 +118,7 @@ medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
   submit:  .venv/bin/medevents publish examples/encounter_package.json --wait
   token:   TOKEN=$(.venv/bin/medevents token --client-id demo-mis \\
              --scope "job:read encounter:write")
-  poll:    curl -s -H "Authorization: Bearer $TOKEN" {api}/api/jobs/JOB_ID
+  poll:    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/jobs/JOB_ID?wait=30"
   demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}
 """
 
