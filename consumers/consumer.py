@@ -18,7 +18,10 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import os
+import socket
 import time
+import uuid
 
 import aio_pika
 import orjson
@@ -48,6 +51,7 @@ from service.broker import (
     declare_topology,
     ready_messages,
 )
+from service.eta import DEFAULT_MEAN_SECONDS, ConsumerStats, MovingAverage
 from service.job_events import declare_events_exchange, publish_job_finished
 from service.jobs import is_valid_job_id, job_href
 from service.metrics import DEAD_LETTERED, JOB_PROCESSING, REDELIVERIES
@@ -60,6 +64,7 @@ OUTAGE_BACKOFF_START = 0.5
 OUTAGE_BACKOFF_MAX = 30.0
 CONNECT_BACKOFF_MAX = 30.0
 STOP_TIMEOUT_SECONDS = 30.0
+REPORT_EVERY_SECONDS = 5.0
 # At this delivery a message failing for a reason of ours ends its job with 500 instead of
 # going back once more to be dead-lettered by the broker's delivery limit.
 LAST_DELIVERY = DELIVERY_LIMIT - 1
@@ -135,6 +140,7 @@ class JobConsumer:
         *,
         prefetch: int,
         topology: Topology | None = None,
+        stats: ConsumerStats | None = None,
     ) -> None:
         self._url = amqp_url
         self._processor = processor
@@ -147,6 +153,11 @@ class JobConsumer:
         self._consumer_tag: str | None = None
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
+        # Recent processing time, reported for the ETA of new jobs (service.eta).
+        self._stats = stats
+        self._id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._mean = MovingAverage()
+        self._reporting: asyncio.Task | None = None
 
     async def start(self) -> None:
         """Connect (waiting for the broker if it is down), declare, and start consuming."""
@@ -164,6 +175,8 @@ class JobConsumer:
         _, self._queue = await declare_topology(channel, self._topology)
         self._events = await declare_events_exchange(channel, self._topology)
         self._consumer_tag = await self._queue.consume(self._on_message)
+        if self._stats is not None:
+            self._reporting = asyncio.create_task(self._report_load())
         log.info("consumer_started", queue=self._queue.name, prefetch=self._prefetch)
 
     async def stop(self, drain_seconds: float = STOP_TIMEOUT_SECONDS) -> None:
@@ -184,6 +197,8 @@ class JobConsumer:
                 # locks held. Their messages go back to the queue when the channel closes, and
                 # the tasks end at their next step, seeing the channel closed.
                 log.warning("consumer_stopped_with_messages_in_flight", in_flight=len(pending))
+        if self._reporting is not None:
+            await self._reporting  # ends between reports, never inside one
         if self._connection is not None:
             await self._connection.close()
         log.info("consumer_stopped")
@@ -234,6 +249,7 @@ class JobConsumer:
             await settle(message, "ack")
             elapsed = time.perf_counter() - started
             JOB_PROCESSING.labels(job.get("type", "unknown")).observe(elapsed)
+            self._mean.add(elapsed)
             log.debug("message_acked", duration_ms=round(elapsed * 1000, 2))
 
     async def _after_unexpected_failure(
@@ -278,6 +294,21 @@ class JobConsumer:
                     async with asyncio.timeout(delay):  # a pause that a stop cuts short
                         await self._stopping.wait()
                 delay = min(delay * 2, OUTAGE_BACKOFF_MAX)
+
+    async def _report_load(self) -> None:
+        assert self._stats is not None
+        while not self._stopping.is_set():
+            try:
+                await self._stats.report(
+                    self._id, self._mean.value or DEFAULT_MEAN_SECONDS, self._prefetch
+                )
+            except StoreUnavailable:
+                pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPORT_EVERY_SECONDS):
+                    await self._stopping.wait()
+        with contextlib.suppress(StoreUnavailable):
+            await self._stats.forget(self._id)
 
     async def queue_depth(self) -> int | None:
         return await ready_messages(self._queue)

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -100,6 +102,7 @@ class SubmissionProcessor:
         *,
         max_attempts: int = MAX_ATTEMPTS,
         retry_delay: float = RETRY_DELAY_SECONDS,
+        estimate_eta: Callable[[], Awaitable[datetime]] | None = None,
     ) -> None:
         self.jobs = jobs
         self.entities = entities
@@ -107,6 +110,7 @@ class SubmissionProcessor:
         self.registry = registry
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
+        self.estimate_eta = estimate_eta
 
     async def process(self, delivery: Delivery) -> dict[str, Any]:
         """Accept and complete; returns the job as it ends."""
@@ -137,7 +141,7 @@ class SubmissionProcessor:
             client_id=_short_text(requested_by, "client_id"),
             user_id=_short_text(requested_by, "user_id"),
             request_id=delivery.request_id or delivery.job_id,
-            eta=pending_eta(utcnow()),
+            eta=await self.estimate_eta() if self.estimate_eta else pending_eta(utcnow()),
         )
         job, _ = await self.jobs.create_pending(new)
         if parsed.raw is not None and job.get("hash") != request_hash:  # taken meanwhile

@@ -16,6 +16,7 @@ from consumers.registry import builtin_registry
 from service.broker import Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
+from service.eta import ConsumerStats, EtaEstimator
 from service.indexes import ensure_indexes_or_later, stop_trying
 from service.metrics import QUEUE_DEPTH
 from service.retention import RetentionSweeper
@@ -30,11 +31,19 @@ def build_consumer(
     entities: EntityStore,
     patients: PatientStore,
     topology: Topology,
+    stats: ConsumerStats,
 ) -> JobConsumer:
     processor = SubmissionProcessor(jobs, entities, patients, builtin_registry())
-    return JobConsumer(
-        settings.amqp_url, processor, prefetch=settings.consumer_prefetch, topology=topology
+    consumer = JobConsumer(
+        settings.amqp_url,
+        processor,
+        prefetch=settings.consumer_prefetch,
+        topology=topology,
+        stats=stats,
     )
+    # Jobs a producer published straight to the broker get their ETA here.
+    processor.estimate_eta = EtaEstimator(stats, consumer.queue_depth).eta
+    return consumer
 
 
 async def run_consumer(settings: Settings) -> None:
@@ -51,7 +60,12 @@ async def run_consumer(settings: Settings) -> None:
         # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
         indexing = await ensure_indexes_or_later(jobs, entities)
         consumer = build_consumer(
-            settings, jobs, entities, PatientStore(db), Topology(settings.amqp_prefix)
+            settings,
+            jobs,
+            entities,
+            PatientStore(db),
+            Topology(settings.amqp_prefix),
+            ConsumerStats(db),
         )
         sweeper = RetentionSweeper(jobs, settings.job_ttl_days)
         sweeper.start()

@@ -15,6 +15,7 @@ from service.auth import build_authenticator
 from service.broker import BrokerUnavailable, SubmissionPublisher, Topology
 from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
+from service.eta import ConsumerStats, EtaEstimator
 from service.indexes import ensure_indexes_or_later, stop_trying
 from service.job_events import JobEvents
 from service.job_service import JobService
@@ -82,7 +83,8 @@ async def publisher(app: web.Application) -> AsyncIterator[None]:
         await submissions.connect()
     except BrokerUnavailable:
         log.warning("broker_unavailable_at_start")
-    app[JOB_SERVICE] = JobService(app[JOB_STORE], submissions)
+    estimator = EtaEstimator(ConsumerStats(app[JOB_STORE].database), submissions.queue_depth)
+    app[JOB_SERVICE] = JobService(app[JOB_STORE], submissions, estimator)
     yield
     await submissions.close()
 
@@ -105,7 +107,12 @@ async def consumer(app: web.Application) -> AsyncIterator[None]:
 
     settings = app[SETTINGS]
     jobs_consumer = build_consumer(
-        settings, app[JOB_STORE], app[ENTITY_STORE], app[PATIENT_STORE], app[TOPOLOGY]
+        settings,
+        app[JOB_STORE],
+        app[ENTITY_STORE],
+        app[PATIENT_STORE],
+        app[TOPOLOGY],
+        ConsumerStats(app[JOB_STORE].database),
     )
     sweeper = RetentionSweeper(app[JOB_STORE], settings.job_ttl_days)
     sweeper.start()

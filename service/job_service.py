@@ -8,6 +8,7 @@ import structlog
 
 from service.auth import Principal
 from service.broker import BrokerUnavailable, SubmissionPublisher
+from service.eta import EtaEstimator
 from service.jobs import is_valid_job_id, new_job_id, pending_eta, submission_hash
 from service.store import JobStore, NewJob, utcnow
 
@@ -19,9 +20,15 @@ class JobNotFound(Exception):
 
 
 class JobService:
-    def __init__(self, store: JobStore, publisher: SubmissionPublisher | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        publisher: SubmissionPublisher | None = None,
+        estimator: EtaEstimator | None = None,
+    ) -> None:
         self.store = store
         self.publisher = publisher
+        self.estimator = estimator
 
     async def broker_ready(self) -> bool:
         return self.publisher is not None and await self.publisher.ready()
@@ -80,7 +87,7 @@ class JobService:
                 client_id=principal.client_id,
                 user_id=principal.user_id,
                 request_id=request_id,
-                eta=pending_eta(utcnow()),
+                eta=await self.estimator.eta() if self.estimator else pending_eta(utcnow()),
             )
         )
         log.info("job_submitted", job_id=job_id, type=job_type)

@@ -95,6 +95,7 @@ class NewJob:
 
 class JobStore:
     def __init__(self, db: AsyncDatabase) -> None:
+        self.database = db
         self._jobs: AsyncCollection = db["jobs"]
 
     @unavailable_on_outage

@@ -16,6 +16,7 @@ from schemas.health import dump_health
 from schemas.jobs import dump_accepted, dump_job
 from schemas.validation import json_object
 from service.errors import NotFound, RequestValidationFailed
+from service.eta import retry_after
 from service.job_service import JobNotFound
 from service.jobs import JobStatus, job_href
 from service.keys import (
@@ -85,6 +86,8 @@ async def get_job(request: web.Request) -> web.Response:
     response = conditional_json_response(request, body, status)
     if preferred:
         response.headers["Preference-Applied"] = f"wait={wait:g}"
+    if job["status"] == JobStatus.PENDING:
+        response.headers["Retry-After"] = str(retry_after(job["eta"]))
     return response
 
 
@@ -148,7 +151,8 @@ async def _submit(request: web.Request, job_type: str) -> web.Response:
         principal_of(request), job_type, patient_id, data, request[REQUEST_ID]
     )
     body = dump_accepted(job, request[REQUEST_URL], request[REQUEST_ID])
-    return json_response(body, 202, headers={"Location": job_href(job["_id"])})
+    headers = {"Location": job_href(job["_id"]), "Retry-After": str(retry_after(job["eta"]))}
+    return json_response(body, 202, headers=headers)
 
 
 def _patient_id(request: web.Request) -> str:
