@@ -22,6 +22,7 @@ from service.broker import Topology, delete_topology
 from service.cli import main
 from service.config import Settings
 from service.embedded_mongo import free_port
+from service.producer import with_new_ids
 from tests.harness import EXAMPLES
 
 
@@ -64,8 +65,12 @@ def test_a_bad_configuration_is_a_clear_error(monkeypatch, capsys) -> None:
     assert "HTTP_PORT must be an integer" in capsys.readouterr().err
 
 
-def _get(url: str, token: str) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+def _send(url: str, token: str, body: bytes) -> tuple[int, dict, dict]:
+    return _get(url, token, body)
+
+
+def _get(url: str, token: str, body: bytes | None = None) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, dict(response.headers), json.loads(response.read())
@@ -132,6 +137,44 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         assert final_body["data"]["status"] == "processed"
         assert final_body["meta"]["code"] == 303
         assert len(final_body["data"]["links"]) == 11
+
+        # Over HTTP, as the README shows: submit, long-poll once, follow every link.
+        kinds = [
+            "encounter",
+            "condition",
+            "observation",
+            "allergy_intolerance",
+            "immunization",
+            "risk_assessment",
+            "device",
+            "medication_statement",
+            "medication_administration",
+            "diagnostic_report",
+            "procedure",
+        ]
+        scopes = " ".join(["job:read", "encounter:write", *(f"{k}:read" for k in kinds)])
+        reader = subprocess.run(
+            [*medevents, "token", "--client-id", "demo-mis", "--scope", scopes],
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        base = f"http://127.0.0.1:{port}"
+        package = with_new_ids(json.loads((EXAMPLES / "encounter_package.json").read_text()))
+        status, headers, accepted = _send(
+            f"{base}/api/patients/{package['patient_id']}/encounter_package",
+            reader,
+            json.dumps(package["data"]).encode(),
+        )
+        assert status == 202 and accepted["data"]["status"] == "pending"
+        assert int(headers["Retry-After"]) >= 1
+        status, _, polled = _get(f"{base}{headers['Location']}?wait=30", reader)
+        assert status == 303 and polled["data"]["status"] == "processed"
+        for link in polled["data"]["links"]:
+            status, _, entity = _get(f"{base}{link['href']}", reader)
+            assert status == 200 and entity["data"]["id"] == link["href"].rsplit("/", 1)[-1]
 
         mongo_dir = tmp_path / ".data" / "mongo"
         nx_pid = int((mongo_dir / "nx-27017.pid").read_text())
