@@ -25,11 +25,13 @@ from service.keys import (
     JOB_EVENTS,
     JOB_SERVICE,
     JOB_STORE,
+    OPENAPI_DOCUMENT,
     PATIENT_STORE,
     SETTINGS,
     TOPOLOGY,
 )
 from service.middlewares import MIDDLEWARES
+from service.openapi import openapi_document
 from service.retention import RetentionSweeper
 from service.routes import setup_routes
 from service.store import JobStore, open_mongo_client
@@ -49,6 +51,7 @@ def create_app(settings: Settings, *, with_consumer: bool = False) -> web.Applic
     app[SETTINGS] = settings
     app[TOPOLOGY] = Topology(settings.amqp_prefix)
     app[AUTHENTICATOR] = build_authenticator(settings)
+    app[OPENAPI_DOCUMENT] = openapi_document()
     app.cleanup_ctx.append(mongodb)
     app.cleanup_ctx.append(publisher)
     app.cleanup_ctx.append(job_events)

@@ -20,6 +20,7 @@ ENTITY_STORE = web.AppKey("entity_store", EntityStore)
 PATIENT_STORE = web.AppKey("patient_store", PatientStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 JOB_EVENTS = web.AppKey("job_events", JobEvents)
+OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # `meta.url`: the URL the client asked for, computed once (see middlewares.request_url).

@@ -24,6 +24,7 @@ from service.keys import (
     JOB_EVENTS,
     JOB_SERVICE,
     JOB_STORE,
+    OPENAPI_DOCUMENT,
     REQUEST_ID,
     REQUEST_URL,
     principal_of,
@@ -47,6 +48,11 @@ async def ready(request: web.Request) -> web.Response:
     }
     status, body = dump_health(checks, request[REQUEST_URL], request[REQUEST_ID])
     return json_response(body, status)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document, generated from the schemas once per process."""
+    return web.Response(body=request.app[OPENAPI_DOCUMENT], content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:

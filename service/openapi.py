@@ -1,0 +1,240 @@
+"""OpenAPI 3 generated from the marshmallow schemas (apispec), served at `/api/openapi.json`.
+
+Every response body is named by the schema that dumps it, so the document cannot drift from
+what the server sends: the suite checks it with openapi-spec-validator and runs schemathesis
+over the running service against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from marshmallow import fields
+
+from schemas import jobs as job_schemas
+from schemas.encounter_package import (
+    ALL_ENTITY_KINDS,
+    EncounterCancelSchema,
+    EncounterPackageSchema,
+)
+from schemas.entities import ENTITY_ENVELOPES
+from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
+from schemas.health import HEALTH
+from service.views import MAX_WAIT_SECONDS
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    described = {
+        400: "The request itself is unusable",
+        401: "No token, or not a valid one",
+        403: "The token's scope does not allow this",
+        404: "Nothing of that id for this client",
+        405: "Not a method of this resource",
+        413: "The body is over MAX_REQUEST_BYTES",
+        422: "The body is not a JSON object",
+        500: "An error of the server (no details)",
+        503: "MongoDB or RabbitMQ unreachable; see Retry-After",
+    }
+    return {str(s): _json(_ref("ErrorEnvelope"), described[s]) for s in statuses}
+
+
+def build_openapi() -> dict[str, Any]:
+    plugin = MarshmallowPlugin()
+    spec = APISpec(
+        title="medevents: asynchronous jobs for medical-event submissions",
+        version="1",
+        openapi_version="3.0.3",
+        plugins=[plugin],
+        info={"description": "Submissions are processed asynchronously; poll the job."},
+    )
+    plugin.map_to_openapi_type(job_schemas.StatusCode, fields.String)
+    plugin.map_to_openapi_type(job_schemas.StatusLabel, fields.String)
+    plugin.map_to_openapi_type(UtcDateTime, fields.DateTime)
+    spec.components.security_scheme(
+        "bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+    )
+    envelopes = {
+        "PendingJobEnvelope": job_schemas.PENDING,
+        "ProcessedJobEnvelope": job_schemas.PROCESSED,
+        "FailedWithMessageJobEnvelope": job_schemas.FAILED_WITH_MESSAGE,
+        "FailedWithTypedErrorJobEnvelope": job_schemas.FAILED_WITH_TYPED_ERROR,
+        "FailedValidationJobEnvelope": job_schemas.FAILED_VALIDATION,
+        "ErrorEnvelope": ERROR_ENVELOPE,
+        "HealthEnvelope": HEALTH,
+        "EncounterPackage": EncounterPackageSchema(),
+        "EncounterCancel": EncounterCancelSchema(),
+    }
+    for kind in ALL_ENTITY_KINDS:
+        envelopes[f"{kind.entity.title().replace('_', '')}Envelope"] = ENTITY_ENVELOPES[
+            kind.collection
+        ]
+    for name, schema in envelopes.items():
+        spec.components.schema(name, schema=schema)
+
+    secured = [{"bearer": []}]
+    job_id = {
+        "name": "job_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+    }
+    patient_id = {
+        "name": "patient_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "A patient's UUID",
+    }
+    retry_after = {"Retry-After": {"schema": {"type": "integer", "minimum": 1, "maximum": 30}}}
+    etag = {"ETag": {"schema": {"type": "string"}}}
+    spec.path(
+        path="/api/jobs/{job_id}",
+        operations={
+            "get": {
+                "summary": "The processing status of an async job (scope job:read)",
+                "security": secured,
+                "parameters": [
+                    job_id,
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                        "description": "Long poll: answer when the job leaves pending, or"
+                        " after this many seconds",
+                    },
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "Pending, failed or failed_with_error",
+                        "headers": {**etag, **retry_after},
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "oneOf": [
+                                        _ref("PendingJobEnvelope"),
+                                        _ref("FailedWithMessageJobEnvelope"),
+                                        _ref("FailedWithTypedErrorJobEnvelope"),
+                                        _ref("FailedValidationJobEnvelope"),
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "303": {
+                        "description": "Processed: links to what was created (no Location)",
+                        "headers": etag,
+                        "content": {JSON: {"schema": _ref("ProcessedJobEnvelope")}},
+                    },
+                    "304": {"description": "Unchanged since the ETag given", "headers": etag},
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            }
+        },
+    )
+    for method, body, summary in (
+        ("post", "EncounterPackage", "Submit an encounter package (scope encounter:write)"),
+        ("patch", "EncounterCancel", "Cancel a submitted encounter (scope encounter:write)"),
+    ):
+        spec.path(
+            path="/api/patients/{patient_id}/encounter_package",
+            operations={
+                method: {
+                    "summary": summary,
+                    "security": secured,
+                    "parameters": [patient_id],
+                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref(body)}}},
+                    "responses": {
+                        "202": {
+                            "description": "Accepted: the pending job",
+                            "headers": {
+                                "Location": {"schema": {"type": "string"}},
+                                **retry_after,
+                            },
+                            "content": {JSON: {"schema": _ref("PendingJobEnvelope")}},
+                        },
+                        **_errors(401, 403, 404, 413, 422, 503, 500),
+                    },
+                }
+            },
+        )
+    spec.path(
+        path="/api/patients/{patient_id}/{collection}/{entity_id}",
+        operations={
+            "get": {
+                "summary": "An entity a processed job created (scope <entity>:read)",
+                "security": secured,
+                "parameters": [
+                    patient_id,
+                    {
+                        "name": "collection",
+                        "in": "path",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "enum": [kind.collection for kind in ALL_ENTITY_KINDS],
+                        },
+                    },
+                    {
+                        "name": "entity_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The entity",
+                        "headers": etag,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "oneOf": [
+                                        _ref(f"{kind.entity.title().replace('_', '')}Envelope")
+                                        for kind in ALL_ENTITY_KINDS
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "304": {"description": "Unchanged since the ETag given", "headers": etag},
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            }
+        },
+    )
+    for path, summary in (
+        ("/health/live", "The process serves requests"),
+        ("/health/ready", "MongoDB and the broker answer"),
+    ):
+        spec.path(
+            path=path,
+            operations={
+                "get": {
+                    "summary": summary,
+                    "responses": {
+                        "200": _json(_ref("HealthEnvelope"), "Ready"),
+                        "503": _json(_ref("HealthEnvelope"), "Not ready"),
+                    },
+                }
+            },
+        )
+    return spec.to_dict()
+
+
+def openapi_document() -> bytes:
+    return orjson.dumps(build_openapi())

@@ -1,0 +1,112 @@
+"""The OpenAPI document: valid, served, and true to what the running service answers
+(schemathesis over it finds no server error and no response that does not conform)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from openapi_spec_validator import validate
+
+from service.embedded_mongo import free_port
+from tests.conftest import TEST_SECRET, bearer
+
+ALL_SCOPES = (
+    "job:read encounter:write encounter:read condition:read observation:read "
+    "allergy_intolerance:read immunization:read risk_assessment:read device:read "
+    "medication_statement:read medication_administration:read diagnostic_report:read "
+    "procedure:read"
+)
+
+
+async def test_the_served_document_is_valid_openapi(api) -> None:
+    response = await api.get("/api/openapi.json")
+    assert response.status == 200
+    document = await response.json()
+    validate(document)
+    assert document["openapi"].startswith("3.")
+    assert {"/api/jobs/{job_id}", "/api/patients/{patient_id}/encounter_package"} <= set(
+        document["paths"]
+    )
+
+
+@pytest.fixture
+def running_api(settings, tmp_path):
+    """`medevents api` in a process of its own (schemathesis calls it synchronously)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "MONGODB_URL": settings.mongodb_url,
+        "MONGODB_DB": settings.mongodb_db,
+        "AMQP_PREFIX": settings.amqp_prefix,
+        "JWT_SECRET": TEST_SECRET,
+        "HTTP_PORT": str(port),
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "warning",
+        "MAX_REQUEST_BYTES": "65536",
+        "DATA_DIR": str(tmp_path / "data"),
+    }
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "medevents"), "api"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"{base}/health/live", timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, "the API did not start"
+                time.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.timeout(300)
+def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(running_api):
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_headers_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    schema = schemathesis.openapi.from_url(f"{running_api}/api/openapi.json")
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+        response_headers_conformance,
+    ]
+    headers = bearer(client_id="fuzz-client", scopes=tuple(ALL_SCOPES.split()))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 6
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @hypothesis_settings(
+            max_examples=25,
+            deadline=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def conforms(case) -> None:
+            case.call_and_validate(base_url=running_api, headers=headers, checks=checks)
+
+        conforms()
