@@ -164,7 +164,7 @@ async def test_an_unexpected_exception_fails_with_500_after_bounded_retries(
     assert (await db["jobs"].find_one({"_id": job_id}))["attempts"] == 3
 
 
-async def test_http_submission_end_to_end(api, db, start_consumer):
+async def test_http_submission_end_to_end(api, db, start_consumer, captured_logs):
     await start_consumer()
     data = example("encounter_package")["data"]
     url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
@@ -181,6 +181,11 @@ async def test_http_submission_end_to_end(api, db, start_consumer):
     assert response.status == 303 and body["data"]["status"] == "processed"
     job = await db["jobs"].find_one({"_id": job_id})
     assert job["request_id"] == "req-http-1"
+    # One id finds everything: the HTTP request's lines, the consumer's, the job document.
+    finished = [e for e in captured_logs.events("job_finished") if e.get("job_id") == job_id]
+    assert [event["request_id"] for event in finished] == ["req-http-1"]
+    submitted = captured_logs.events("job_submitted")
+    assert [event["request_id"] for event in submitted] == ["req-http-1"]
 
 
 async def test_http_cancel_end_to_end(api, db, start_consumer):
