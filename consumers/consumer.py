@@ -54,7 +54,7 @@ from service.broker import (
 from service.eta import DEFAULT_MEAN_SECONDS, ConsumerStats, MovingAverage
 from service.job_events import declare_events_exchange, publish_job_finished
 from service.jobs import is_valid_job_id, job_href
-from service.metrics import DEAD_LETTERED, JOB_PROCESSING, REDELIVERIES
+from service.metrics import DEAD_LETTERED, REDELIVERIES
 from service.middlewares import SANE_REQUEST_ID
 from service.store import StoreUnavailable
 
@@ -157,6 +157,7 @@ class JobConsumer:
         self._stats = stats
         self._id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._mean = MovingAverage()
+        processor.on_finished = self._mean.add
         self._reporting: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -248,8 +249,6 @@ class JobConsumer:
                 await publish_job_finished(self._events, job_id)
             await settle(message, "ack")
             elapsed = time.perf_counter() - started
-            JOB_PROCESSING.labels(job.get("type", "unknown")).observe(elapsed)
-            self._mean.add(elapsed)
             log.debug("message_acked", duration_ms=round(elapsed * 1000, 2))
 
     async def _after_unexpected_failure(
@@ -269,6 +268,8 @@ class JobConsumer:
             log.exception("message_dead_lettered", reason="failed at its last delivery")
             await settle(message, "reject")
             return
+        if self._events is not None:
+            await publish_job_finished(self._events, job_id)
         await settle(message, "ack")
 
     async def _process_until_stored(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +30,7 @@ from schemas.submission import MAX_BODY_BYTES, SUBMISSION
 from schemas.validation import invalid_entries, json_object, single_entry
 from service.entity_store import EntityStore, PatientStore
 from service.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
-from service.metrics import JOBS_FINISHED
+from service.metrics import JOB_PROCESSING, JOBS_FINISHED
 from service.store import JobStore, NewJob, StoreUnavailable, utcnow
 
 log = structlog.get_logger("medevents.processing")
@@ -81,12 +82,6 @@ def parse_body(body: bytes) -> ParsedBody:
         return ParsedBody(raw, None, invalid_entries(exc.messages))
 
 
-def _finished(job: dict[str, Any]) -> None:
-    status = JobStatus(job["status"]).label
-    log.info("job_finished", type=job.get("type"), status=status, status_code=job["status_code"])
-    JOBS_FINISHED.labels(job.get("type", UNKNOWN_TYPE), status, str(job["status_code"])).inc()
-
-
 def _short_text(mapping: Any, key: str, limit: int = 255) -> str | None:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= limit else None
@@ -111,6 +106,10 @@ class SubmissionProcessor:
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.estimate_eta = estimate_eta
+        # Told the processing time of each job this processor finished (the consumer's
+        # moving average for the ETA); redeliveries of finished jobs and waits for MongoDB
+        # are not processing time.
+        self.on_finished: Callable[[float], None] | None = None
 
     async def process(self, delivery: Delivery) -> dict[str, Any]:
         """Accept and complete; returns the job as it ends."""
@@ -154,7 +153,7 @@ class SubmissionProcessor:
         finished = await self.jobs.finish(job_id, INTERNAL_ERROR)
         if finished is not None:
             log.error("job_given_up", status_code=500)
-            _finished(finished)
+            self._finished(finished, None)
 
     async def complete(
         self, job: dict[str, Any], parsed: ParsedBody, data_root: list[str] | None = None
@@ -163,6 +162,7 @@ class SubmissionProcessor:
         if JobStatus(job["status"]).is_terminal:
             log.info("job_already_finished", status=JobStatus(job["status"]).label)
             return job
+        started = time.perf_counter()
         counted = False  # whether the attempt that gives the outcome was counted already
         while True:
             try:
@@ -185,8 +185,23 @@ class SubmissionProcessor:
         finished = await self.jobs.finish(job_id, outcome, count_attempt=not counted)
         if finished is None:  # finished by another delivery between our read and our write
             return await self.jobs.get(job_id) or job
-        _finished(finished)
+        self._finished(finished, time.perf_counter() - started)
         return finished
+
+    def type_label(self, job_type: str | None) -> str:
+        """A job type as a metric label: only the registry's names, so that a producer's
+        invented types cannot grow the metrics without bound."""
+        return job_type if job_type and self.registry.get(job_type) else UNKNOWN_TYPE
+
+    def _finished(self, job: dict[str, Any], seconds: float | None) -> None:
+        status, code = JobStatus(job["status"]).label, str(job["status_code"])
+        log.info("job_finished", type=job.get("type"), status=status, status_code=code)
+        label = self.type_label(job.get("type"))
+        JOBS_FINISHED.labels(label, status, code).inc()
+        if seconds is not None:
+            JOB_PROCESSING.labels(label).observe(seconds)
+            if self.on_finished is not None:
+                self.on_finished(seconds)
 
     async def _outcome(
         self, job: dict[str, Any], parsed: ParsedBody, data_root: list[str]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 
 import structlog
@@ -42,7 +43,9 @@ def build_consumer(
         stats=stats,
     )
     # Jobs a producer published straight to the broker get their ETA here.
-    processor.estimate_eta = EtaEstimator(stats, consumer.queue_depth).eta
+    processor.estimate_eta = functools.partial(
+        EtaEstimator(stats, consumer.queue_depth).eta, in_progress=True
+    )
     return consumer
 
 

@@ -206,9 +206,10 @@ class SubmissionPublisher:
         return await ready_messages(self._queue)
 
     async def ready(self) -> bool:
-        """Whether a message could be published now: connected, or connecting works."""
+        """Whether a message could be published now: connected (a robust connection that is
+        reconnecting is not), or connecting works."""
         if self._connection is not None and not self._connection.is_closed:
-            return True
+            return self._connection.connected.is_set()
         try:
             await self.connect()
         except BrokerUnavailable:

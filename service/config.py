@@ -64,7 +64,7 @@ class Settings:
             jwt_issuer=reader.text("JWT_ISSUER"),
             log_format=reader.choice("LOG_FORMAT", defaults.log_format, LOG_FORMATS),
             log_level=reader.choice("LOG_LEVEL", defaults.log_level, LOG_LEVELS),
-            job_ttl_days=reader.integer("JOB_TTL_DAYS", defaults.job_ttl_days, 1),
+            job_ttl_days=reader.integer("JOB_TTL_DAYS", defaults.job_ttl_days, 1, 3650),
             consumer_prefetch=reader.integer(
                 "CONSUMER_PREFETCH", defaults.consumer_prefetch, 1, 65535
             ),

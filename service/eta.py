@@ -95,7 +95,9 @@ class EtaEstimator:
         self._load = Load(0, DEFAULT_MEAN_SECONDS, 1)
         self._read_at = -math.inf
 
-    async def eta(self, now: datetime | None = None) -> datetime:
+    async def eta(self, now: datetime | None = None, *, in_progress: bool = False) -> datetime:
+        """The ETA of a job about to be queued; `in_progress` for one whose message is being
+        processed already (the messages in the queue are then behind it, not ahead)."""
         now = now or utcnow()
         if time.monotonic() - self._read_at >= REFRESH_SECONDS:
             self._read_at = time.monotonic()
@@ -103,7 +105,10 @@ class EtaEstimator:
                 self._load = await self._current_load(now)
             except StoreUnavailable:
                 pass  # the last load it knew
-        return self._load.eta(now)
+        load = self._load
+        if in_progress:
+            load = Load(0, load.mean_seconds, load.parallelism)
+        return load.eta(now)
 
     async def _current_load(self, now: datetime) -> Load:
         consumers = await self._stats.live(now)

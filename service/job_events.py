@@ -52,25 +52,53 @@ class JobEvents:
         self._topology = topology
         self._connection: AbstractRobustConnection | None = None
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._retrying: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Subscribe now if the broker answers, else keep trying in the background (long
+        polls answer at the end of their wait meanwhile). Once subscribed, aio-pika's robust
+        connection re-subscribes by itself after a broker restart."""
+        if not await self._subscribe():
+            self._retrying = asyncio.create_task(self._subscribe_eventually())
+
+    async def _subscribe(self) -> bool:
         try:
-            self._connection = await connect(self._url)
-            channel = await self._connection.channel()
+            connection = await connect(self._url)
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            log.warning("job_events_unavailable", error=repr(exc))
+            return False
+        try:
+            channel = await connection.channel()
             exchange = await declare_events_exchange(channel, self._topology)
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(exchange)
             await queue.consume(self._on_event, no_ack=True)
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-            # Long polls still answer, at the end of their wait.
             log.warning("job_events_unavailable", error=repr(exc))
-            await self.close()
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await connection.close()
+            return False
+        self._connection = connection
+        return True
+
+    async def _subscribe_eventually(self) -> None:
+        delay = 1.0
+        while True:
+            await asyncio.sleep(delay)
+            if await self._subscribe():
+                log.info("job_events_subscribed")
+                return
+            delay = min(delay * 2, 30.0)
 
     @property
     def subscribed(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
 
     async def close(self) -> None:
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retrying
         if self._connection is not None:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await self._connection.close()

@@ -77,6 +77,8 @@ class JobService:
             log.info("submission_deduplicated", job_id=existing["_id"])
             return existing, False
         job_id = new_job_id()
+        # Estimated before the message is queued: the queue holds what is ahead of it.
+        eta = await self.estimator.eta() if self.estimator else pending_eta(utcnow())
         # The client posted `data` itself: the paths of a 422 are to be relative to it.
         await self.publisher.publish(submission, job_id, request_id, data_root="$")
         job, _ = await self.store.create_pending(
@@ -87,7 +89,7 @@ class JobService:
                 client_id=principal.client_id,
                 user_id=principal.user_id,
                 request_id=request_id,
-                eta=await self.estimator.eta() if self.estimator else pending_eta(utcnow()),
+                eta=eta,
             )
         )
         log.info("job_submitted", job_id=job_id, type=job_type)

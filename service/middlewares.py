@@ -33,6 +33,8 @@ REQUEST_ID_HEADER = "x-request-id"
 # A caller's request id is kept when it is sane: short, and nothing a log reader would trip on.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 RETRY_AFTER_OUTAGE_SECONDS = "5"
+# Metric labels take these, and "other": a client can send any token as a method.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _SCOPE_ATTRIBUTE = "_medevents_required_scope"
 
 HandlerFunction = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -89,8 +91,9 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             duration_ms=round(elapsed * 1000, 2),
         )
         route = route_pattern(request)
-        HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-        HTTP_LATENCY.labels(route, request.method).observe(elapsed)
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        HTTP_REQUESTS.labels(route, method, str(response.status)).inc()
+        HTTP_LATENCY.labels(route, method).observe(elapsed)
     return response
 
 

@@ -20,27 +20,27 @@ def json_response(
 
 
 def entity_tag(data: Any) -> str:
-    """A strong ETag of what a response says (`data`), not of its `meta`, which names the
-    request: the same state polled twice has the same tag."""
-    return '"' + hashlib.blake2b(orjson.dumps(data), digest_size=16).hexdigest() + '"'
+    """A weak ETag of what a response says (`data`), not of its `meta`, which names the
+    request: the same state polled twice has the same tag, though not the same bytes."""
+    return 'W/"' + hashlib.blake2b(orjson.dumps(data), digest_size=16).hexdigest() + '"'
 
 
 def conditional_json_response(
     request: web.Request, body: dict[str, Any], status: int = 200
 ) -> web.Response:
-    """`json_response` with an ETag; 304 without a body when `If-None-Match` names it."""
+    """`json_response` with an ETag; 304 without a body when `If-None-Match` names it and
+    the answer would be a 2xx (RFC 9110: a 303 stays a 303)."""
     tag = entity_tag(body["data"])
-    if _matches(request.headers.get("If-None-Match"), tag):
+    if 200 <= status < 300 and _matches(request.headers.getall("If-None-Match", []), tag):
         return web.Response(status=304, headers={"ETag": tag})
     return json_response(body, status, headers={"ETag": tag})
 
 
-def _matches(if_none_match: str | None, tag: str) -> bool:
-    if not if_none_match:
-        return False
-    candidates = {candidate.strip() for candidate in if_none_match.split(",")}
+def _matches(if_none_match: list[str], tag: str) -> bool:
+    candidates = {c.strip() for header in if_none_match for c in header.split(",")}
     # Weak comparison, as RFC 9110 asks for If-None-Match: W/"x" matches "x".
-    return "*" in candidates or tag in {c.removeprefix("W/") for c in candidates}
+    opaque = tag.removeprefix("W/")
+    return "*" in candidates or opaque in {c.removeprefix("W/") for c in candidates}
 
 
 def error_response(

@@ -53,6 +53,8 @@ class RetentionSweeper:
                 await self.sweep_once()
             except StoreUnavailable as exc:
                 log.warning("retention_sweep_skipped", error=str(exc)[:200])
+            except Exception:
+                log.exception("retention_sweep_failed")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
                     await self._stop.wait()

@@ -105,7 +105,8 @@ def long_poll_seconds(request: web.Request) -> tuple[float, bool]:
     asked = request.query.get("wait")
     preferred = False
     if asked is None:
-        for preference in request.headers.get("Prefer", "").split(","):
+        preferences = ",".join(request.headers.getall("Prefer", []))
+        for preference in preferences.split(","):
             name, _, value = preference.strip().partition("=")
             if name.strip().lower() == "wait":
                 asked, preferred = value.strip(), True

@@ -98,3 +98,24 @@ def test_how_long_to_wait(query, prefer, expected):
     headers = {"Prefer": prefer} if prefer else {}
     request = make_mocked_request("GET", f"/api/jobs/x{query}", headers=headers)
     assert long_poll_seconds(request) == expected
+
+
+async def test_the_events_subscription_is_retried_until_the_broker_answers(settings):
+    from service.broker import Topology
+    from service.embedded_mongo import free_port
+    from service.job_events import JobEvents
+
+    events = JobEvents(
+        f"amqp://guest:guest@127.0.0.1:{free_port()}/", Topology(settings.amqp_prefix)
+    )
+    await events.start()
+    try:
+        assert not events.subscribed
+        events._url = settings.amqp_url  # the broker is back
+        for _ in range(100):
+            if events.subscribed:
+                break
+            await asyncio.sleep(0.1)
+        assert events.subscribed
+    finally:
+        await events.close()

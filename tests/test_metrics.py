@@ -101,3 +101,30 @@ def test_a_consumer_running_alone_serves_its_metrics(settings, tmp_path):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+async def test_invented_job_types_do_not_become_metric_labels(api, raw_publisher, start_consumer):
+    await start_consumer()
+    job_ids = []
+    for number in range(3):
+        job_id = new_job_id()
+        job_ids.append(job_id)
+        submission = {**example("encounter_package"), "type": f"invented.type.{number}"}
+        await raw_publisher.publish(submission, message_id=job_id)
+    for job_id in job_ids:
+        await poll(api, job_id, bearer(client_id=DEMO_CLIENT))
+    found = await samples(api)
+    labels = {
+        dict(labels).get("type") for (name, labels) in found if name.startswith("medevents_jobs")
+    }
+    assert not any(label and label.startswith("invented") for label in labels)
+    assert (
+        value(
+            found,
+            "medevents_jobs_finished_total",
+            type="unknown",
+            status="failed",
+            status_code="422",
+        )
+        >= 3
+    )

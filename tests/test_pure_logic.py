@@ -63,7 +63,8 @@ def test_every_variable_is_read() -> None:
     [
         ({"HTTP_PORT": "x"}, "HTTP_PORT must be an integer"),
         ({"HTTP_PORT": "70000"}, "HTTP_PORT must be between 0 and 65535"),
-        ({"JOB_TTL_DAYS": "0"}, "JOB_TTL_DAYS must be >= 1"),
+        ({"JOB_TTL_DAYS": "0"}, "JOB_TTL_DAYS must be between 1 and 3650"),
+        ({"JOB_TTL_DAYS": "1000000"}, "JOB_TTL_DAYS must be between 1 and 3650"),
         ({"AUTH_MODE": "basic"}, "AUTH_MODE must be one of jwt, gateway"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT must be one of"),
         ({"JWT_SECRET": "s" * 32, "JWT_PUBLIC_KEY": "/k.pem"}, "not both"),

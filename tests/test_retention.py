@@ -52,3 +52,28 @@ async def test_the_sweeper_runs_until_stopped_and_stops_between_sweeps(store, db
     async with asyncio.timeout(5):
         await sweeper.stop()
     assert await db["jobs"].count_documents({"_id": old}) == 0
+
+
+async def test_the_sweeper_outlives_an_unexpected_error(store, db, monkeypatch):
+    old = await stored(store, db, JobOutcome.processed([]), 10)
+    original = store.remove_finished_before
+    calls = 0
+
+    async def fails_once(cutoff):
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug in one sweep")
+        return await original(cutoff)
+
+    monkeypatch.setattr(store, "remove_finished_before", fails_once)
+    sweeper = RetentionSweeper(store, ttl_days=7, interval_seconds=0.05)
+    sweeper.start()
+    for _ in range(100):
+        if await db["jobs"].count_documents({"_id": old}) == 0:
+            break
+        await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        await sweeper.stop()
+    assert calls >= 2
+    assert await db["jobs"].count_documents({"_id": old}) == 0
