@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store import StoreUnavailable, unavailable_on_outage, utcnow
@@ -55,14 +54,13 @@ class ConsumerStats:
 
     @unavailable_on_outage
     async def report(self, consumer_id: str, mean_seconds: float, prefetch: int) -> None:
-        await self._consumers.find_one_and_update(
+        await self._consumers.update_one(
             {"_id": consumer_id},
             {
                 "$set": {"mean_seconds": mean_seconds, "prefetch": prefetch},
                 "$currentDate": {"updated_at": True},
             },
             upsert=True,
-            return_document=ReturnDocument.AFTER,
         )
 
     @unavailable_on_outage

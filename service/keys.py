@@ -26,6 +26,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 # `meta.url`: the URL the client asked for, computed once (see middlewares.request_url).
 REQUEST_URL = web.RequestKey("request_url", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
+# Set by a request that waits (long poll): its latency is measured apart.
+LONG_POLL = web.RequestKey("long_poll", bool)
 
 
 def principal_of(request: web.Request) -> Principal:

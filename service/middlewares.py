@@ -22,7 +22,14 @@ from aiohttp.typedefs import Handler
 
 from service.broker import BrokerUnavailable
 from service.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
-from service.keys import AUTHENTICATOR, PRINCIPAL, REQUEST_ID, REQUEST_URL, SETTINGS
+from service.keys import (
+    AUTHENTICATOR,
+    LONG_POLL,
+    PRINCIPAL,
+    REQUEST_ID,
+    REQUEST_URL,
+    SETTINGS,
+)
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from service.responses import error_response
 from service.store import StoreUnavailable
@@ -101,7 +108,9 @@ def route_pattern(request: web.Request) -> str:
     """The route as declared (`/api/jobs/{job_id}`), so that metrics do not grow a label per
     id; "unmatched" for a path no route knows."""
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    if resource is None:
+        return "unmatched"
+    return resource.canonical + ("?wait" if request.get(LONG_POLL) else "")
 
 
 @web.middleware

@@ -24,6 +24,7 @@ from service.keys import (
     JOB_EVENTS,
     JOB_SERVICE,
     JOB_STORE,
+    LONG_POLL,
     OPENAPI_DOCUMENT,
     REQUEST_ID,
     REQUEST_URL,
@@ -80,6 +81,7 @@ async def get_job(request: web.Request) -> web.Response:
 
     job = await current()
     wait, preferred = long_poll_seconds(request)
+    request[LONG_POLL] = bool(wait)
     if wait and job["status"] == JobStatus.PENDING:
         with request.app[JOB_EVENTS].waiting_for(job_id) as finished:
             job = await current()  # it may have finished before we listened
