@@ -6,6 +6,7 @@
     medevents publish FILE     publish a submission to RabbitMQ (`--wait`: poll it to the end)
     medevents token            a development JWT for the given client and scopes
     medevents patient add ID   add or update a patient (local use)
+    medevents dead-letters count|replay [--limit N]   the dead-letter queue
 
 Configuration comes from the environment (README, "Configuration").
 """
@@ -26,7 +27,9 @@ from aiohttp import web
 from consumers.worker import run_consumer
 from service.app import create_app
 from service.auth import mint_token, signing_secret
+from service.broker import Topology
 from service.config import ConfigError, Settings
+from service.dead_letters import count_dead_letters, replay_dead_letters
 from service.embedded_mongo import EmbeddedMongo
 from service.entity_store import PatientStore
 from service.logs import configure_logging
@@ -84,6 +87,16 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
             wait_seconds=args.timeout,
         )
     )
+
+
+def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    topology = Topology(settings.amqp_prefix)
+    if args.action == "count":
+        print(asyncio.run(count_dead_letters(settings.amqp_url, topology)))
+    else:
+        replayed = asyncio.run(replay_dead_letters(settings.amqp_url, topology, args.limit))
+        print(f"replayed {replayed}")
+    return 0
 
 
 def add_patient(settings: Settings, args: argparse.Namespace) -> int:
@@ -172,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     producer.add_argument("--api", help="the API to poll (default: http://127.0.0.1:HTTP_PORT)")
     producer.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
     producer.set_defaults(func=publish)
+
+    dead = commands.add_parser("dead-letters", help="count or replay the dead-letter queue")
+    dead.add_argument("action", choices=["count", "replay"])
+    dead.add_argument("--limit", type=int, help="replay at most this many (oldest first)")
+    dead.set_defaults(func=dead_letters)
 
     patient = commands.add_parser("patient", help="patients (local use)")
     patient_commands = patient.add_subparsers(dest="patient_command", required=True)
