@@ -54,6 +54,10 @@ def configure_logging(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # The driver's own command monitoring is far too chatty at INFO.
     logging.getLogger("pymongo").setLevel(max(logging.WARNING, root.level))
+    # At DEBUG the AMQP client logs every frame, message bodies included: package contents
+    # must not reach the logs, whatever LOG_LEVEL says.
+    for name in ("aiormq", "aio_pika"):
+        logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
     structlog.configure(
         processors=[
