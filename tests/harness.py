@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -148,3 +151,24 @@ def submission_with(submission: dict[str, Any], **changes: Any) -> dict[str, Any
     changed = copy.deepcopy(submission)
     changed.update(changes)
     return changed
+
+
+def start_medevents(command: str, settings: Settings, data_dir: Path, output=None, **env: str):
+    """`medevents COMMAND` in a process of its own, on the test's database and topology."""
+    environment = {
+        **os.environ,
+        "MONGODB_URL": settings.mongodb_url or "",
+        "MONGODB_DB": settings.mongodb_db,
+        "AMQP_URL": settings.amqp_url,
+        "AMQP_PREFIX": settings.amqp_prefix,
+        "LOG_FORMAT": "json",
+        "METRICS_PORT": "0",
+        "DATA_DIR": str(data_dir),
+        **env,
+    }
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "medevents"), command],
+        env=environment,
+        stdout=output if output is not None else subprocess.DEVNULL,
+        stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
+    )

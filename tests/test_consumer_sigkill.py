@@ -5,36 +5,28 @@ last process, stopped with SIGTERM under load, exits cleanly."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from service.jobs import JobStatus, new_job_id
-from tests.harness import entity_counts, example, package_entity_count, wait_for_jobs
+from tests.harness import (
+    entity_counts,
+    example,
+    package_entity_count,
+    start_medevents,
+    wait_for_jobs,
+)
 
 VALID, UNKNOWN_PATIENT, INVALID = 440, 30, 30
 
 
 def start_consumer_process(settings, log_file: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "MONGODB_URL": settings.mongodb_url,
-        "MONGODB_DB": settings.mongodb_db,
-        "AMQP_URL": settings.amqp_url,
-        "AMQP_PREFIX": settings.amqp_prefix,
-        "CONSUMER_PREFETCH": "16",
-        "METRICS_PORT": "0",
-        "LOG_FORMAT": "json",
-        "DATA_DIR": str(log_file.parent / "data"),
-    }
-    medevents = Path(sys.executable).parent / "medevents"
     with log_file.open("ab") as output:
-        return subprocess.Popen(
-            [str(medevents), "consumer"], env=env, stdout=output, stderr=subprocess.STDOUT
+        return start_medevents(
+            "consumer", settings, log_file.parent / "data", output, CONSUMER_PREFETCH="16"
         )
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.embedded_mongo import free_port
 from service.jobs import new_job_id
 from tests.conftest import bearer
-from tests.harness import DEMO_CLIENT, example, poll
+from tests.harness import DEMO_CLIENT, example, poll, start_medevents
 
 
 async def samples(api) -> dict[tuple[str, frozenset], float]:
@@ -73,21 +70,7 @@ async def test_queue_depth_is_the_brokers_count(api, publisher):
 
 def test_a_consumer_running_alone_serves_its_metrics(settings, tmp_path):
     port = free_port()
-    env = {
-        **os.environ,
-        "MONGODB_URL": settings.mongodb_url,
-        "MONGODB_DB": settings.mongodb_db,
-        "AMQP_PREFIX": settings.amqp_prefix,
-        "METRICS_PORT": str(port),
-        "LOG_FORMAT": "json",
-        "DATA_DIR": str(tmp_path / "data"),
-    }
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "medevents"), "consumer"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = start_medevents("consumer", settings, tmp_path / "data", METRICS_PORT=str(port))
     try:
         for _ in range(100):
             try:

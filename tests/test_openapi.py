@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given
@@ -17,6 +13,7 @@ from openapi_spec_validator import validate
 
 from service.embedded_mongo import free_port
 from tests.conftest import TEST_SECRET, bearer
+from tests.harness import start_medevents
 
 ALL_SCOPES = (
     "job:read encounter:write encounter:read condition:read observation:read "
@@ -41,23 +38,14 @@ async def test_the_served_document_is_valid_openapi(api) -> None:
 def running_api(settings, tmp_path):
     """`medevents api` in a process of its own (schemathesis calls it synchronously)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "MONGODB_URL": settings.mongodb_url,
-        "MONGODB_DB": settings.mongodb_db,
-        "AMQP_PREFIX": settings.amqp_prefix,
-        "JWT_SECRET": TEST_SECRET,
-        "HTTP_PORT": str(port),
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "warning",
-        "MAX_REQUEST_BYTES": "65536",
-        "DATA_DIR": str(tmp_path / "data"),
-    }
-    process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "medevents"), "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    process = start_medevents(
+        "api",
+        settings,
+        tmp_path / "data",
+        JWT_SECRET=TEST_SECRET,
+        HTTP_PORT=str(port),
+        LOG_LEVEL="warning",
+        MAX_REQUEST_BYTES="65536",
     )
     base = f"http://127.0.0.1:{port}"
     try:
