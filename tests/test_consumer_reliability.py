@@ -454,3 +454,50 @@ async def test_a_cancel_completes_one_that_failed_half_way(mongodb_url):
 def make_processor_with(processor):
     processor.retry_delay = 0
     return processor
+
+
+@pytest.mark.timeout(180)
+async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
+    settings, raw_publisher, tmp_path, aiohttp_client
+):
+    from service.app import create_app
+    from tests.conftest import bearer
+
+    write = bearer(client_id="demo-mis", scopes=("job:read", "encounter:write"))
+    async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, _):
+        api = await aiohttp_client(
+            create_app(settings.with_changes(mongodb_url=server.url, mongodb_timeout_ms=300))
+        )
+        url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
+
+        async def submit() -> tuple[int, dict]:
+            response = await api.post(url, json=example("encounter_package")["data"], headers=write)
+            return response.status, await response.json()
+
+        accepted = []
+        for _ in range(3):
+            status, body = await submit()
+            assert status == 202
+            accepted.append(body["data"]["links"][0]["href"].rsplit("/", 1)[-1])
+        server.stop()
+        direct = [new_job_id() for _ in range(3)]  # producers go on publishing meanwhile
+        for job_id in direct:
+            await raw_publisher.publish(example("encounter_package"), message_id=job_id)
+        stopped_at = asyncio.get_running_loop().time()
+        while asyncio.get_running_loop().time() - stopped_at < 10:
+            status, body = await submit()
+            assert status == 503 and body["error"]["type"] == "service_unavailable"
+            polled = await api.get(f"/api/jobs/{accepted[0]}", headers=write)
+            assert polled.status == 503
+            await asyncio.sleep(1)
+        server.start()
+
+        jobs = await wait_for_jobs(db, accepted + direct, timeout=90)
+        assert [job["status"] for job in jobs.values()] == [JobStatus.PROCESSED] * 6
+        assert await db["jobs"].count_documents({"status": 0}) == 0  # the 503s left nothing
+        for _ in range(100):
+            polled = await api.get(f"/api/jobs/{accepted[0]}", headers=write, allow_redirects=False)
+            if polled.status != 503:
+                break
+            await asyncio.sleep(0.2)
+        assert polled.status == 303
