@@ -74,8 +74,8 @@ def parse_body(body: bytes) -> ParsedBody:
         )
         return ParsedBody(None, None, single_entry([], rule))
     raw, invalid = json_object(body)
-    if raw is None:
-        return ParsedBody(None, None, invalid)
+    if invalid is not None:
+        return ParsedBody(raw, None, invalid)
     try:
         return ParsedBody(raw, SUBMISSION.load(raw), None)
     except ValidationError as exc:

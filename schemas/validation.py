@@ -6,6 +6,7 @@ Every error is reported at once, each at a JSONPath with list indices
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -83,11 +84,56 @@ def single_entry(parts: list[str | int], rule: Rule) -> list[dict[str, Any]]:
 
 
 def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
-    """The body as a JSON object, or the `invalid` entries that say why it is none."""
+    """The body as a JSON object, and the `invalid` entries that say why it is unusable (None
+    when it is usable). A body with a key given twice in one object is read (so that its
+    requester can still be known) but unusable: which value was meant cannot be told."""
     try:
-        value = orjson.loads(body)
+        value = orjson.loads(body)  # strict: no invalid UTF-8, lone surrogates or NaN
     except orjson.JSONDecodeError as exc:
         return None, single_entry([], Rule("json", f"is not valid JSON: {exc}"))
     if not isinstance(value, dict):
         return None, single_entry([], type_rule("object"))
+    duplicated = duplicated_keys(body)
+    if duplicated:
+        return value, [
+            {"entry_type": ENTRY_TYPE, "entry": json_path(path), "rules": [DUPLICATED_KEY]}
+            for path in duplicated
+        ]
     return value, None
+
+
+DUPLICATED_KEY = Rule("unique", "the property is given more than once").to_document()
+
+
+class _Object(dict):
+    duplicated: tuple[str, ...] = ()
+
+
+def _object_of(pairs: list[tuple[str, Any]]) -> _Object:
+    found = _Object(pairs)
+    if len(found) != len(pairs):
+        seen: set[str] = set()
+        found.duplicated = tuple(key for key, _ in pairs if key in seen or seen.add(key))
+    return found
+
+
+def duplicated_keys(body: bytes) -> list[list[str | int]]:
+    """The paths of keys given twice in one object. orjson keeps the last silently; the
+    standard library's parser, with a hook, sees every pair (about 30 us for a package)."""
+    try:
+        tree = json.loads(body, object_pairs_hook=_object_of)
+    except (ValueError, RecursionError):  # read by orjson already; too deep to check here
+        return []
+    found: list[list[str | int]] = []
+
+    def walk(node: Any, path: list[str | int]) -> None:
+        if isinstance(node, _Object):
+            found.extend([*path, key] for key in dict.fromkeys(node.duplicated))
+            for key, child in node.items():
+                walk(child, [*path, key])
+        elif isinstance(node, list):
+            for index, child in enumerate(node):
+                walk(child, [*path, index])
+
+    walk(tree, [])
+    return found

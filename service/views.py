@@ -178,6 +178,6 @@ def _uuid(text: str, not_found: str) -> str:
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
     data, invalid = json_object(await request.read())  # bounded: 413 past MAX_REQUEST_BYTES
-    if data is None:
-        raise RequestValidationFailed("The body must be a JSON object", invalid=invalid)
+    if data is None or invalid is not None:
+        raise RequestValidationFailed("The body is not a usable JSON object", invalid=invalid)
     return data

@@ -312,3 +312,14 @@ async def test_an_http_body_just_under_the_limit_is_processed(api, db, settings,
     too_big = {**data, "encounter": {**data["encounter"], "pad": "x" * settings.max_request_bytes}}
     response = await api.post(url, data=orjson.dumps(too_big), headers=WRITE)
     assert response.status == 413
+
+
+async def test_an_http_body_with_a_key_given_twice_is_422_at_once(api, db):
+    url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
+    body = b'{"encounter": {"status": "finished", "status": "x"}}'
+    response = await api.post(url, data=body, headers=WRITE)
+    payload = await response.json()
+    assert response.status == 422
+    assert payload["error"]["invalid"][0]["entry"] == "$.encounter.status"
+    assert payload["error"]["invalid"][0]["rules"][0]["rule"] == "unique"
+    assert await db["jobs"].count_documents({}) == 0

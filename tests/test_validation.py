@@ -231,3 +231,21 @@ def test_a_job_type_is_registered_once() -> None:
         ProcessorRegistry([job_type, job_type])
     extra = JobType("episode.create", job_type.schema, job_type.handler, "episode:write")
     assert builtin_registry().with_types(extra).get("episode.create") is extra
+
+
+def test_a_key_given_twice_is_a_422_at_its_path_and_the_requester_is_still_known() -> None:
+    body = (
+        b'{"type": "encounter_package.create",'
+        b' "patient_id": "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f",'
+        b' "requested_by": {"client_id": "mis-1", "user_id": "u", "scope": "encounter:write"},'
+        b' "data": {"encounter": {"id": "a", "status": "finished", "status": "entered_in_error"},'
+        b' "conditions": [{"id": 1}, {"code": 1, "code": 2, "x": {"a.b": 1, "a.b": 2}}]}}'
+    )
+    parsed = parse_body(body)
+    assert parsed.raw["requested_by"]["client_id"] == "mis-1"
+    assert [entry["entry"] for entry in parsed.invalid] == [
+        "$.data.encounter.status",
+        "$.data.conditions[1].code",
+        "$.data.conditions[1].x['a.b']",
+    ]
+    assert {entry["rules"][0]["rule"] for entry in parsed.invalid} == {"unique"}
