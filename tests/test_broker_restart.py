@@ -20,6 +20,7 @@ async def rabbitmqctl(*args: str) -> None:
     await asyncio.to_thread(subprocess.run, ["rabbitmqctl", "-q", *args], check=True, timeout=120)
 
 
+@pytest.mark.faults
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the local broker's CLI")
 @pytest.mark.timeout(240)
 async def test_the_broker_restarting_in_the_middle_of_a_run(api, db, start_consumer):

@@ -138,6 +138,7 @@ async def process_with_crashes(mongodb_url: str, deliveries: list[Delivery], mod
         write_number += 1
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("mode", ["before", "after", "half"])
 async def test_a_crash_between_any_two_writes_ends_as_one_delivery(mongodb_url, mode):
     submission = example("encounter_package")
@@ -153,6 +154,7 @@ async def test_a_crash_between_any_two_writes_ends_as_one_delivery(mongodb_url, 
     assert crash_points >= 12  # job, 11 entity kinds, finish: every one was a crash point
 
 
+@pytest.mark.faults
 async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
     submission = example("encounter_package")
     cancel = example("cancel_encounter_package", new_ids=False)
@@ -171,6 +173,7 @@ async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
             assert cancelled == count, (write_number, kind_collection)
 
 
+@pytest.mark.faults
 async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url):
     first = example("encounter_package")
     second = example("encounter_package")
@@ -269,6 +272,7 @@ async def test_a_message_without_id_gets_one_and_the_producer_is_told(
     assert jobs[answer["job_id"]]["status"] == JobStatus.PROCESSED
 
 
+@pytest.mark.faults
 async def test_mongodb_outage_holds_the_message_until_it_is_back(
     settings, raw_publisher, tmp_path, captured_logs
 ):
@@ -290,6 +294,7 @@ async def test_mongodb_outage_holds_the_message_until_it_is_back(
         assert waits == sorted(waits)  # backing off, never a hot loop
 
 
+@pytest.mark.faults
 async def test_stop_finishes_in_flight_messages_and_loses_none(db, raw_publisher, start_consumer):
     submissions = [example("encounter_package") for _ in range(40)]
     job_ids = [new_job_id() for _ in submissions]
@@ -337,6 +342,7 @@ def broker_connections() -> set[str]:
     return {line.strip() for line in listed.splitlines() if line.strip().startswith("<")}
 
 
+@pytest.mark.faults
 @pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the local broker's CLI")
 async def test_mongodb_outage_then_a_broker_connection_drop_loses_nothing(
     settings, raw_publisher, tmp_path
@@ -370,6 +376,7 @@ async def test_mongodb_outage_then_a_broker_connection_drop_loses_nothing(
             await consumer_db["patients"].find_one({})
 
 
+@pytest.mark.faults
 async def test_a_message_failing_outside_the_job_ends_it_500_at_its_last_delivery(
     db, raw_publisher, start_consumer, monkeypatch, captured_logs
 ):
@@ -456,6 +463,7 @@ def make_processor_with(processor):
     return processor
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(180)
 async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
     settings, raw_publisher, tmp_path, aiohttp_client

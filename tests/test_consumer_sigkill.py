@@ -43,6 +43,7 @@ async def wait_until_finished(db, at_least: int, process: subprocess.Popen, time
     raise AssertionError(f"fewer than {at_least} jobs finished in {timeout}s")
 
 
+@pytest.mark.faults
 @pytest.mark.timeout(400)
 async def test_sigkill_in_the_middle_of_a_batch(settings, db, patients, publisher, tmp_path):
     valid = [example("encounter_package") for _ in range(VALID)]

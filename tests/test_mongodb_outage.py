@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from pymongo import AsyncMongoClient
 
 from service.app import create_app
@@ -17,6 +18,7 @@ from tests.conftest import bearer, new_job
 BOUND_SECONDS = 15
 
 
+@pytest.mark.faults
 async def test_store_outage_answers_503_then_recovers(aiohttp_client, settings, tmp_path) -> None:
     server = EmbeddedMongo(tmp_path / "own-server", port=free_port())
     url = server.start()
