@@ -61,3 +61,24 @@ def test_the_command(settings, monkeypatch, capsys) -> None:
     assert capsys.readouterr().out.strip() == "0"
     assert main(["dead-letters", "replay", "--limit", "5"]) == 0
     assert capsys.readouterr().out.strip() == "replayed 0"
+
+
+async def test_redeliveries_past_the_limit_land_in_the_dead_queue(raw_publisher):
+    """The topology itself: a message returned more often than the delivery limit allows is
+    dead-lettered by the broker (what a message that crashes every consumer would meet)."""
+    from service.broker import DELIVERY_LIMIT
+
+    await raw_publisher.publish(b'{"poison": true}', message_id="crashes-everything")
+    returned = 0
+    for _ in range(DELIVERY_LIMIT + 5):
+        message = await raw_publisher.queue.get(no_ack=False, fail=False)
+        if message is None:
+            await asyncio.sleep(0.05)
+            message = await raw_publisher.queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+        await message.nack(requeue=True)
+        returned += 1
+    assert returned == DELIVERY_LIMIT + 1  # the first delivery and DELIVERY_LIMIT more
+    dead = await raw_publisher.dead_letters(expected=1)
+    assert [message.message_id for message in dead] == ["crashes-everything"]
