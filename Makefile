@@ -24,9 +24,10 @@ run: install services
 services:
 	scripts/ensure-rabbitmq
 
-# Processing throughput against bare consumers, measured in the same run; then 60 s of load.
+# Processing and polling against bare baselines measured in the same run; then 60 s of load.
 bench: install services
 	$(BIN)/python bench/consumer_throughput.py
+	$(BIN)/python bench/polling.py
 	$(BIN)/python bench/load.py
 
 # pytest exits 5 when it collected no test: that is a failed suite, not a pass.
