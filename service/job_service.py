@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from typing import Any
 
 import structlog
@@ -9,7 +11,7 @@ import structlog
 from service.auth import Principal
 from service.broker import BrokerUnavailable, SubmissionPublisher
 from service.eta import EtaEstimator
-from service.jobs import is_valid_job_id, new_job_id, pending_eta, submission_hash
+from service.jobs import JobStatus, is_valid_job_id, new_job_id, pending_eta, submission_hash
 from service.store import JobStore, NewJob, utcnow
 
 log = structlog.get_logger("medevents.jobs")
@@ -17,6 +19,36 @@ log = structlog.get_logger("medevents.jobs")
 
 class JobNotFound(Exception):
     """No such job for this client: it does not exist, or another client submitted it."""
+
+
+class FinishedJobs:
+    """Finished jobs as their responses need them, kept in memory for a few minutes: a
+    terminal job never changes, so a poller that asks again is answered without a database
+    round trip. Bounded in size; an entry outlives the job's removal by retention (days
+    later) by at most `KEEP_SECONDS`."""
+
+    KEEP_SECONDS = 300.0
+    MAX_ENTRIES = 10_000
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[tuple[str, str], tuple[dict[str, Any], float]] = OrderedDict()
+
+    def get(self, job_id: str, client_id: str) -> dict[str, Any] | None:
+        entry = self._jobs.get((job_id, client_id))
+        if entry is None:
+            return None
+        job, kept_at = entry
+        if time.monotonic() - kept_at > self.KEEP_SECONDS:
+            del self._jobs[(job_id, client_id)]
+            return None
+        return job
+
+    def keep(self, job_id: str, client_id: str, job: dict[str, Any]) -> None:
+        if job["status"] == JobStatus.PENDING:
+            return
+        self._jobs[(job_id, client_id)] = (job, time.monotonic())
+        if len(self._jobs) > self.MAX_ENTRIES:
+            self._jobs.popitem(last=False)
 
 
 class JobService:
@@ -29,6 +61,7 @@ class JobService:
         self.store = store
         self.publisher = publisher
         self.estimator = estimator
+        self._finished = FinishedJobs()
 
     async def broker_ready(self) -> bool:
         return self.publisher is not None and await self.publisher.ready()
@@ -38,9 +71,13 @@ class JobService:
         so that nothing shaped like an operator or a path ever reaches the database."""
         if not is_valid_job_id(job_id):
             raise JobNotFound(job_id)
+        job = self._finished.get(job_id, client_id)
+        if job is not None:
+            return job
         job = await self.store.get_for_client(job_id, client_id)
         if job is None:
             raise JobNotFound(job_id)
+        self._finished.keep(job_id, client_id, job)
         return job
 
     async def submit(
