@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -51,6 +54,12 @@ class FinishedJobs:
             self._jobs.popitem(last=False)
 
 
+class _Turn:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class JobService:
     def __init__(
         self,
@@ -62,6 +71,7 @@ class JobService:
         self.publisher = publisher
         self.estimator = estimator
         self._finished = FinishedJobs()
+        self._submitting: dict[str, _Turn] = {}
 
     async def broker_ready(self) -> bool:
         return self.publisher is not None and await self.publisher.ready()
@@ -109,25 +119,42 @@ class JobService:
             "data": data,
         }
         request_hash = submission_hash(submission)
-        existing = await self.store.find_pending(request_hash)
-        if existing is not None:
-            log.info("submission_deduplicated", job_id=existing["_id"])
-            return existing, False
-        job_id = new_job_id()
-        # Estimated before the message is queued: the queue holds what is ahead of it.
-        eta = await self.estimator.eta() if self.estimator else pending_eta(utcnow())
-        # The client posted `data` itself: the paths of a 422 are to be relative to it.
-        await self.publisher.publish(submission, job_id, request_id, data_root="$")
-        job, _ = await self.store.create_pending(
-            NewJob(
-                job_id=job_id,
-                type=job_type,
-                hash=request_hash,
-                client_id=principal.client_id,
-                user_id=principal.user_id,
-                request_id=request_id,
-                eta=eta,
+        # Identical submissions arriving together (a double click) wait for each other in
+        # this process, so that the second finds the first's job. Across API processes the
+        # check stays racy, as the original's was.
+        async with self._one_at_a_time(request_hash):
+            existing = await self.store.find_pending(request_hash)
+            if existing is not None:
+                log.info("submission_deduplicated", job_id=existing["_id"])
+                return existing, False
+            job_id = new_job_id()
+            # Estimated before the message is queued: the queue holds what is ahead of it.
+            eta = await self.estimator.eta() if self.estimator else pending_eta(utcnow())
+            # The client posted `data` itself: the paths of a 422 are to be relative to it.
+            await self.publisher.publish(submission, job_id, request_id, data_root="$")
+            job, _ = await self.store.create_pending(
+                NewJob(
+                    job_id=job_id,
+                    type=job_type,
+                    hash=request_hash,
+                    client_id=principal.client_id,
+                    user_id=principal.user_id,
+                    request_id=request_id,
+                    eta=eta,
+                )
             )
-        )
         log.info("job_submitted", job_id=job_id, type=job_type)
         return job, True
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, request_hash: str) -> AsyncIterator[None]:
+        """A lock per hash, dropped when nobody holds or waits for it (counted)."""
+        entry = self._submitting.setdefault(request_hash, _Turn())
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._submitting[request_hash]

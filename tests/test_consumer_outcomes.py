@@ -3,6 +3,7 @@ HTTP), processed by the consumer into MongoDB, polled through `GET /api/jobs/{id
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import orjson
@@ -12,6 +13,7 @@ from consumers.registry import JobType, builtin_registry
 from schemas.encounter_package import ALL_ENTITY_KINDS
 from schemas.rules import StrictSchema
 from service.jobs import new_job_id
+from service.keys import JOB_SERVICE
 from tests.conftest import bearer
 from tests.harness import (
     ACTIVE_PATIENT,
@@ -323,3 +325,14 @@ async def test_an_http_body_with_a_key_given_twice_is_422_at_once(api, db):
     assert payload["error"]["invalid"][0]["entry"] == "$.encounter.status"
     assert payload["error"]["invalid"][0]["rules"][0]["rule"] == "unique"
     assert await db["jobs"].count_documents({}) == 0
+
+
+async def test_identical_submissions_arriving_together_make_one_job(api, db):
+    data = example("encounter_package")["data"]
+    url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
+    responses = await asyncio.gather(*(api.post(url, json=data, headers=WRITE) for _ in range(5)))
+    bodies = [await response.json() for response in responses]
+    assert {response.status for response in responses} == {202}
+    assert len({body["data"]["links"][0]["href"] for body in bodies}) == 1
+    assert await db["jobs"].count_documents({}) == 1
+    assert api.app[JOB_SERVICE]._submitting == {}  # nothing kept once they are through
