@@ -1,22 +1,35 @@
-# The service image. In production MONGODB_URL and AMQP_URL name real servers; the embedded
-# MongoDB stand-in is for local use only.
-FROM python:3.11-slim
+# One image for every role: `api` (the default) or `consumer`, chosen by the command.
+# In production MONGODB_URL and AMQP_URL name real servers; the embedded MongoDB stand-in is
+# for local use only.
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    LOG_FORMAT=json \
-    HTTP_HOST=0.0.0.0 \
-    DATA_DIR=/var/lib/medevents
-
-WORKDIR /app
+# --- build: wheels of the project and its dependencies, with whatever compiling needs ---
+FROM python:3.11-slim AS build
+WORKDIR /src
 COPY pyproject.toml setup.cfg README.md ./
 COPY service ./service
 COPY consumers ./consumers
 COPY schemas ./schemas
-RUN pip install --no-cache-dir . \
-    && useradd --system --home-dir /var/lib/medevents --create-home medevents
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
+# --- runtime: the wheels installed, no build tools, a user without privileges ---
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LOG_FORMAT=json \
+    HTTP_HOST=0.0.0.0 \
+    METRICS_PORT=9464 \
+    DATA_DIR=/var/lib/medevents
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links=/wheels medevents \
+    && rm -rf /wheels \
+    && useradd --system --home-dir /var/lib/medevents --create-home medevents
 USER medevents
-EXPOSE 8080
+WORKDIR /var/lib/medevents
+EXPOSE 8080 9464
+# Liveness of the API; a consumer container overrides it (see docker-compose.yml).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('HTTP_PORT', '8080'), timeout=2)"
+# SIGTERM stops either role cleanly: in-flight work finishes (30 s at most) or goes back.
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["medevents"]
 CMD ["api"]
