@@ -1,0 +1,144 @@
+"""Scale-out throughput: N submissions over HTTP, to terminal, with 1 API and 1 consumer
+process, then with 2 API and 3 consumer processes, on one broker and one MongoDB server.
+
+    .venv/bin/python bench/scale.py [--jobs 3000]
+
+Prints jobs/s (first submission to last terminal job) for both, their ratio, and the checks:
+every job processed, attempts 1, entity counts exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import orjson
+from pymongo import AsyncMongoClient
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from schemas.encounter_package import ALL_ENTITY_KINDS  # noqa: E402
+from service.auth import mint_token  # noqa: E402
+from service.broker import Topology, delete_topology  # noqa: E402
+from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
+from service.entity_store import PatientStore  # noqa: E402
+from service.producer import with_new_ids  # noqa: E402
+
+EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
+SECRET = "scale-benchmark-secret-scale-benchmark-se"
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+async def wait_up(url: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+async def run(mongodb_url: str, apis: int, consumers: int, jobs: int, data_dir: str) -> dict:
+    db_name, prefix = f"scale_{uuid.uuid4().hex[:8]}", f"scale.{uuid.uuid4().hex[:8]}."
+    client = AsyncMongoClient(mongodb_url, tz_aware=True)
+    db = client[db_name]
+    await PatientStore(db).put(EXAMPLE["patient_id"], "active")
+    ports = [free_port() for _ in range(apis)]
+    env = {
+        **os.environ,
+        "MONGODB_URL": mongodb_url,
+        "MONGODB_DB": db_name,
+        "AMQP_URL": AMQP_URL,
+        "AMQP_PREFIX": prefix,
+        "JWT_SECRET": SECRET,
+        "LOG_LEVEL": "warning",
+        "METRICS_PORT": "0",
+        "DATA_DIR": data_dir,
+    }
+    medevents = str(Path(sys.executable).parent / "medevents")
+    processes = [
+        subprocess.Popen(
+            [medevents, "api"],
+            env={**env, "HTTP_PORT": str(port)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ] + [
+        subprocess.Popen(
+            [medevents, "consumer"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(consumers)
+    ]
+    try:
+        for port in ports:
+            await wait_up(f"http://127.0.0.1:{port}/health/ready")
+        token = mint_token(SECRET, "scale-mis", ["job:read", "encounter:write"], "u", 3600)
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        urls = itertools.cycle(
+            f"http://127.0.0.1:{port}/api/patients/{EXAMPLE['patient_id']}/encounter_package"
+            for port in ports
+        )
+        bodies = [orjson.dumps(with_new_ids(EXAMPLE)["data"]) for _ in range(jobs)]
+        started = time.perf_counter()
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=32)) as http:
+
+            async def submit(body: bytes) -> None:
+                async with http.post(next(urls), data=body, headers=headers) as response:
+                    assert response.status == 202, await response.text()
+
+            await asyncio.gather(*(submit(body) for body in bodies))
+        while await db["jobs"].count_documents({"status": {"$ne": 0}}) < jobs:
+            await asyncio.sleep(0.1)
+        elapsed = time.perf_counter() - started
+        processed = await db["jobs"].count_documents({"status": 1, "attempts": 1})
+        entities = {
+            kind.collection: await db[kind.collection].count_documents({})
+            for kind in ALL_ENTITY_KINDS
+        }
+        return {"rate": jobs / elapsed, "processed": processed, "entities": entities}
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+        await client.drop_database(db_name)
+        await client.close()
+        await delete_topology(AMQP_URL, Topology(prefix))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=3000)
+    args = parser.parse_args()
+    expected = {kind.collection: args.jobs for kind in ALL_ENTITY_KINDS}
+    with tempfile.TemporaryDirectory() as data_dir, EmbeddedMongo(Path(data_dir)) as url:
+        rates = {}
+        for apis, consumers in ((1, 1), (2, 3)):
+            result = asyncio.run(run(url, apis, consumers, args.jobs, data_dir))
+            rates[(apis, consumers)] = result["rate"]
+            exact = result["processed"] == args.jobs and result["entities"] == expected
+            print(
+                f"{apis} API, {consumers} consumer(s): {args.jobs} jobs, "
+                f"{result['rate']:.1f} jobs/s; processed once, entities exact: {exact}",
+                flush=True,
+            )
+        print(f"ratio 2+3 / 1+1 = {rates[(2, 3)] / rates[(1, 1)]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
