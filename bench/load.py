@@ -32,6 +32,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import percentile, wait_up  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
@@ -42,24 +43,6 @@ EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "load-benchmark-secret-load-benchmark-secret"
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DOCUMENTED = {200, 202, 303, 304, 404}
-
-
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else float("nan")
-
-
-async def wait_until_up(url: str) -> None:
-    async with aiohttp.ClientSession() as session:
-        for _ in range(300):
-            try:
-                async with session.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def run_load(base: str, duration: float, rate: float, pollers: int) -> dict:
@@ -166,7 +149,7 @@ def main() -> None:
         ]
         try:
             base = f"http://127.0.0.1:{port}"
-            asyncio.run(wait_until_up(f"{base}/health/ready"))
+            asyncio.run(wait_up(f"{base}/health/ready"))
             result = asyncio.run(run_load(base, args.duration, args.rate, args.pollers))
             job_ids = [href.rsplit("/", 1)[-1] for href in result["submitted"]]
             times, lost = asyncio.run(job_times(mongodb_url, db_name, job_ids))

@@ -30,6 +30,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import wait_up  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
 from service.jobs import JobOutcome, Link, new_job_id  # noqa: E402
@@ -96,18 +97,6 @@ async def measure(base: str, job_ids: list[str], concurrency: int, seconds: floa
     }
 
 
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url) as response:
-                    await response.read()
-                    return
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5)
@@ -153,7 +142,7 @@ def main() -> None:
         }
         try:
             for port in ports.values():
-                asyncio.run(wait_up(f"http://127.0.0.1:{port}/api/jobs/x"))
+                asyncio.run(wait_up(f"http://127.0.0.1:{port}/api/jobs/x", any_status=True))
             print(f"{args.seconds:g} s per run; requests/s, p50/p99 ms; ratio = ours / baseline")
             for kind in ("pending", "finished"):
                 for concurrency in CONCURRENCY:

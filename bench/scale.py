@@ -27,6 +27,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import wait_up  # noqa: E402
 from schemas.encounter_package import ALL_ENTITY_KINDS  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
@@ -37,19 +38,6 @@ from service.producer import with_new_ids  # noqa: E402
 EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "scale-benchmark-secret-scale-benchmark-se"
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def run(mongodb_url: str, apis: int, consumers: int, jobs: int, data_dir: str) -> dict:

@@ -23,6 +23,13 @@ async def stored(store, db, outcome, finished_days_ago: float) -> str:
     return job["_id"]
 
 
+async def until_removed(db, job_id: str) -> None:
+    for _ in range(100):
+        if await db["jobs"].count_documents({"_id": job_id}) == 0:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def test_finished_jobs_go_after_the_retention_period_pending_ones_stay(store, db):
     processed = JobOutcome.processed([])
     failed = JobOutcome.failed(404, "not_found", "Patient not found")
@@ -45,10 +52,7 @@ async def test_the_sweeper_runs_until_stopped_and_stops_between_sweeps(store, db
     old = await stored(store, db, JobOutcome.processed([]), 10)
     sweeper = RetentionSweeper(store, ttl_days=7, interval_seconds=0.05)
     sweeper.start()
-    for _ in range(100):
-        if await db["jobs"].count_documents({"_id": old}) == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until_removed(db, old)
     async with asyncio.timeout(5):
         await sweeper.stop()
     assert await db["jobs"].count_documents({"_id": old}) == 0
@@ -69,10 +73,7 @@ async def test_the_sweeper_outlives_an_unexpected_error(store, db, monkeypatch):
     monkeypatch.setattr(store, "remove_finished_before", fails_once)
     sweeper = RetentionSweeper(store, ttl_days=7, interval_seconds=0.05)
     sweeper.start()
-    for _ in range(100):
-        if await db["jobs"].count_documents({"_id": old}) == 0:
-            break
-        await asyncio.sleep(0.05)
+    await until_removed(db, old)
     async with asyncio.timeout(5):
         await sweeper.stop()
     assert calls >= 2
