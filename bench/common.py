@@ -3,8 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
+
+AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def service_env(
+    mongodb_url: str, db_name: str, prefix: str, secret: str, data_dir: str, **extra: str
+) -> dict[str, str]:
+    """The environment of a `medevents` process under benchmark: its own database and
+    exchanges and queues, quiet logs unless told otherwise, no metrics port."""
+    return {
+        **os.environ,
+        "MONGODB_URL": mongodb_url,
+        "MONGODB_DB": db_name,
+        "AMQP_URL": AMQP_URL,
+        "AMQP_PREFIX": prefix,
+        "JWT_SECRET": secret,
+        "LOG_LEVEL": "warning",
+        "LOG_FORMAT": "json",
+        "METRICS_PORT": "0",
+        "DATA_DIR": data_dir,
+        **extra,
+    }
 
 
 async def wait_up(url: str, attempts: int = 300, *, any_status: bool = False) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import statistics
 import subprocess
@@ -32,7 +31,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import percentile, wait_up  # noqa: E402
+from bench.common import AMQP_URL, percentile, service_env, wait_up  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
@@ -41,7 +40,6 @@ from service.producer import with_new_ids  # noqa: E402
 
 EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "load-benchmark-secret-load-benchmark-secret"
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 DOCUMENTED = {200, 202, 303, 304, 404}
 
 
@@ -130,19 +128,7 @@ def main() -> None:
     medevents = str(Path(sys.executable).parent / "medevents")
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedMongo(Path(data_dir)) as mongodb_url:
         asyncio.run(seed(mongodb_url, db_name))
-        env = {
-            **os.environ,
-            "MONGODB_URL": mongodb_url,
-            "MONGODB_DB": db_name,
-            "AMQP_URL": AMQP_URL,
-            "AMQP_PREFIX": prefix,
-            "JWT_SECRET": SECRET,
-            "HTTP_PORT": str(port),
-            "LOG_LEVEL": "warning",
-            "LOG_FORMAT": "json",
-            "METRICS_PORT": "0",
-            "DATA_DIR": data_dir,
-        }
+        env = service_env(mongodb_url, db_name, prefix, SECRET, data_dir, HTTP_PORT=str(port))
         processes = [
             subprocess.Popen([medevents, command], env=env, stdout=subprocess.DEVNULL)
             for command in ("api", "consumer")

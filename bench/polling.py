@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -30,8 +29,9 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import wait_up  # noqa: E402
+from bench.common import AMQP_URL, service_env, wait_up  # noqa: E402
 from service.auth import mint_token  # noqa: E402
+from service.broker import Topology, delete_topology  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
 from service.jobs import JobOutcome, Link, new_job_id  # noqa: E402
 from service.store import JobStore, NewJob  # noqa: E402
@@ -107,16 +107,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedMongo(Path(data_dir)) as mongodb_url:
         jobs = asyncio.run(seed(mongodb_url, db_name, args.jobs))
         ports = {name: free_port() for name in ("ours", "find", "constant")}
-        env = {
-            **os.environ,
-            "MONGODB_URL": mongodb_url,
-            "MONGODB_DB": db_name,
-            "JWT_SECRET": SECRET,
-            "HTTP_PORT": str(ports["ours"]),
-            "LOG_FORMAT": "json",
-            "AMQP_PREFIX": f"poll.{uuid.uuid4().hex[:8]}.",
-            "DATA_DIR": data_dir,
-        }
+        prefix = f"poll.{uuid.uuid4().hex[:8]}."
+        # Logs at info, as in production: their cost is part of what is measured.
+        env = service_env(
+            mongodb_url,
+            db_name,
+            prefix,
+            SECRET,
+            data_dir,
+            HTTP_PORT=str(ports["ours"]),
+            LOG_LEVEL="info",
+        )
         commands = {
             "ours": [str(Path(python).parent / "medevents"), "api"],
             "find": [
@@ -173,14 +174,8 @@ def main() -> None:
                 server.terminate()
             for server in servers.values():
                 server.wait(timeout=30)
-            from service.broker import Topology, delete_topology
 
-            asyncio.run(
-                delete_topology(
-                    os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
-                    Topology(env["AMQP_PREFIX"]),
-                )
-            )
+            asyncio.run(delete_topology(AMQP_URL, Topology(prefix)))
 
 
 if __name__ == "__main__":

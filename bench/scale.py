@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import wait_up  # noqa: E402
+from bench.common import AMQP_URL, service_env, wait_up  # noqa: E402
 from schemas.encounter_package import ALL_ENTITY_KINDS  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
@@ -37,7 +36,6 @@ from service.producer import with_new_ids  # noqa: E402
 
 EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "scale-benchmark-secret-scale-benchmark-se"
-AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 async def run(mongodb_url: str, apis: int, consumers: int, jobs: int, data_dir: str) -> dict:
@@ -46,17 +44,7 @@ async def run(mongodb_url: str, apis: int, consumers: int, jobs: int, data_dir: 
     db = client[db_name]
     await PatientStore(db).put(EXAMPLE["patient_id"], "active")
     ports = [free_port() for _ in range(apis)]
-    env = {
-        **os.environ,
-        "MONGODB_URL": mongodb_url,
-        "MONGODB_DB": db_name,
-        "AMQP_URL": AMQP_URL,
-        "AMQP_PREFIX": prefix,
-        "JWT_SECRET": SECRET,
-        "LOG_LEVEL": "warning",
-        "METRICS_PORT": "0",
-        "DATA_DIR": data_dir,
-    }
+    env = service_env(mongodb_url, db_name, prefix, SECRET, data_dir)
     medevents = str(Path(sys.executable).parent / "medevents")
     processes = [
         subprocess.Popen(

@@ -18,6 +18,7 @@ from pathlib import Path
 import jwt
 import pytest
 
+from schemas.encounter_package import ALL_ENTITY_KINDS
 from service.broker import Topology, delete_topology
 from service.cli import main
 from service.config import Settings
@@ -99,15 +100,20 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    try:
-        token = subprocess.run(
-            [*medevents, "token", "--client-id", "demo-mis", "--scope", "job:read"],
+
+    def mint(*scopes: str) -> str:
+        """A token from `medevents token`, as the README has a new user make one."""
+        return subprocess.run(
+            [*medevents, "token", "--client-id", "demo-mis", "--scope", " ".join(scopes)],
             cwd=tmp_path,
             env=env,
             check=True,
             capture_output=True,
             text=True,
         ).stdout.strip()
+
+    try:
+        token = mint("job:read")
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -139,28 +145,8 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         assert len(final_body["data"]["links"]) == 11
 
         # Over HTTP, as the README shows: submit, long-poll once, follow every link.
-        kinds = [
-            "encounter",
-            "condition",
-            "observation",
-            "allergy_intolerance",
-            "immunization",
-            "risk_assessment",
-            "device",
-            "medication_statement",
-            "medication_administration",
-            "diagnostic_report",
-            "procedure",
-        ]
-        scopes = " ".join(["job:read", "encounter:write", *(f"{k}:read" for k in kinds)])
-        reader = subprocess.run(
-            [*medevents, "token", "--client-id", "demo-mis", "--scope", scopes],
-            cwd=tmp_path,
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
+        scopes = ["job:read", "encounter:write", *(f"{k.entity}:read" for k in ALL_ENTITY_KINDS)]
+        reader = mint(*scopes)
         base = f"http://127.0.0.1:{port}"
         package = with_new_ids(json.loads((EXAMPLES / "encounter_package.json").read_text()))
         status, headers, accepted = _send(
