@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format services bench clean
+.PHONY: install run test lint format services test-tools bench compose-up compose-down clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ run: install services
 services:
 	scripts/ensure-rabbitmq
 
+# OS packages only the tests use (Debian's docker-compose, for the compose file's checks).
+test-tools:
+	scripts/ensure-test-tools
+
 # Processing and polling against bare baselines measured in the same run; then 60 s of load.
 bench: install services
 	$(BIN)/python bench/consumer_throughput.py
@@ -31,10 +35,22 @@ bench: install services
 	$(BIN)/python bench/load.py
 
 # pytest exits 5 when it collected no test: that is a failed suite, not a pass.
-test: install services
+test: install services test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
+
+# The production-like stack of docker-compose.yml, where a Docker engine runs (not on the
+# development machines). JWT_SECRET and RABBITMQ_PASSWORD must be set.
+# Compose v2 waits for the health checks (--wait); v1 (Debian's docker-compose) starts in order.
+compose-up:
+	if docker compose version >/dev/null 2>&1; then \
+	  docker compose --project-name medevents up --detach --build --wait; \
+	else docker-compose --project-name medevents up --detach --build; fi
+
+compose-down:
+	if docker compose version >/dev/null 2>&1; then docker compose --project-name medevents down; \
+	else docker-compose --project-name medevents down; fi
 
 lint: install
 	$(BIN)/ruff check .

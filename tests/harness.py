@@ -19,6 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from schemas.encounter_package import ALL_ENTITY_KINDS
 from service.broker import Topology, declare_topology
 from service.config import Settings
+from service.embedded_mongo import free_port
 from service.jobs import JobStatus
 from service.producer import with_new_ids
 
@@ -172,3 +173,42 @@ def start_medevents(command: str, settings: Settings, data_dir: Path, output=Non
         stdout=output if output is not None else subprocess.DEVNULL,
         stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
     )
+
+
+class GatedProxy:
+    """A TCP forwarder to `target` on a port of its own that refuses connections until
+    `open()`: a server that comes up after the processes that need it."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.port = free_port()
+        self._target = (target_host, target_port)
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task] = set()
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for pipe in list(self._pipes):
+            pipe.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
+        for source, sink in ((reader, upstream_writer), (upstream_reader, writer)):
+            pipe = asyncio.create_task(_copy(source, sink))
+            self._pipes.add(pipe)
+            pipe.add_done_callback(self._pipes.discard)
+
+
+async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    try:
+        while data := await source.read(65536):
+            sink.write(data)
+            await sink.drain()
+    except ConnectionError:
+        pass
+    finally:
+        sink.close()

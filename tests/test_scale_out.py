@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bench.common import wait_up
 from service.embedded_mongo import free_port
 from tests.conftest import TEST_SECRET, bearer
 from tests.harness import (
@@ -40,19 +41,6 @@ def consumers_that_finished(logs: list[Path]) -> dict[str, int]:
                 finished_by[event["job_id"]] = number
             assert event.get("event") != "job_already_finished", "a job delivered twice"
     return finished_by
-
-
-async def wait_up(url: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(url) as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} did not come up")
 
 
 @pytest.mark.timeout(240)
