@@ -56,6 +56,11 @@ class Delivery:
     # Where the client's document sits, for the paths of a 422 (see broker.DATA_ROOT_HEADER).
     data_root: list[str] = field(default_factory=lambda: ["data"])
 
+    @property
+    def wrapped_by_api(self) -> bool:
+        """A submission the HTTP API wrapped: its client's document is the whole `data`."""
+        return not self.data_root
+
 
 @dataclass(frozen=True, slots=True)
 class ParsedBody:
@@ -126,24 +131,24 @@ class SubmissionProcessor:
         """
         raw = parsed.raw or {}
         request_hash = submission_hash(raw) if raw else hashlib.sha256(delivery.body).hexdigest()
-        job = await self.jobs.get(delivery.job_id)
-        if job is not None:
-            if parsed.raw is not None and job.get("hash") != request_hash:
-                raise JobIdTaken(delivery.job_id)
-            return job
-        requested_by = raw.get("requested_by")
-        new = NewJob(
-            job_id=delivery.job_id,
-            type=_short_text(raw, "type", 100) or UNKNOWN_TYPE,
-            hash=request_hash,
-            # Read from the body even when it is invalid, so that its client can read the 422.
-            client_id=_short_text(requested_by, "client_id"),
-            user_id=_short_text(requested_by, "user_id"),
-            request_id=delivery.request_id or delivery.job_id,
-            eta=await self.estimate_eta() if self.estimate_eta else pending_eta(utcnow()),
-        )
-        job, _ = await self.jobs.create_pending(new)
-        if parsed.raw is not None and job.get("hash") != request_hash:  # taken meanwhile
+        # One round trip in the usual case: the HTTP API records its job as it publishes, so
+        # read first; a producer's message has no job yet, so insert first (an existing job
+        # comes back from `create_pending` all the same).
+        job = await self.jobs.get(delivery.job_id) if delivery.wrapped_by_api else None
+        if job is None:
+            requested_by = raw.get("requested_by")
+            new = NewJob(
+                job_id=delivery.job_id,
+                type=_short_text(raw, "type", 100) or UNKNOWN_TYPE,
+                hash=request_hash,
+                # Read from the body even when it is invalid, so that its client can read the 422.
+                client_id=_short_text(requested_by, "client_id"),
+                user_id=_short_text(requested_by, "user_id"),
+                request_id=delivery.request_id or delivery.job_id,
+                eta=await self.estimate_eta() if self.estimate_eta else pending_eta(utcnow()),
+            )
+            job, _ = await self.jobs.create_pending(new)
+        if parsed.raw is not None and job.get("hash") != request_hash:
             raise JobIdTaken(delivery.job_id)
         return job
 

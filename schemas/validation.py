@@ -109,20 +109,26 @@ class _Object(dict):
     duplicated: tuple[str, ...] = ()
 
 
-def _object_of(pairs: list[tuple[str, Any]]) -> _Object:
-    found = _Object(pairs)
-    if len(found) != len(pairs):
-        seen: set[str] = set()
-        found.duplicated = tuple(key for key, _ in pairs if key in seen or seen.add(key))
-    return found
-
-
 def duplicated_keys(body: bytes) -> list[list[str | int]]:
     """The paths of keys given twice in one object. orjson keeps the last silently; the
-    standard library's parser, with a hook, sees every pair (about 30 us for a package)."""
+    standard library's parser, with a hook, sees every pair (about 30 us for a package). The
+    tree is walked for the paths only when the hook saw a duplicate."""
+    seen_any = False
+
+    def object_of(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal seen_any
+        found = _Object(pairs)
+        if len(found) != len(pairs):
+            seen_any = True
+            seen: set[str] = set()
+            found.duplicated = tuple(key for key, _ in pairs if key in seen or seen.add(key))
+        return found
+
     try:
-        tree = json.loads(body, object_pairs_hook=_object_of)
+        tree = json.loads(body, object_pairs_hook=object_of)
     except (ValueError, RecursionError):  # read by orjson already; too deep to check here
+        return []
+    if not seen_any:
         return []
     found: list[list[str | int]] = []
 
