@@ -23,6 +23,7 @@ from pathlib import Path
 
 import structlog
 from aiohttp import web
+from uvloop import new_event_loop
 
 from consumers.worker import run_consumer
 from service.app import create_app
@@ -69,7 +70,8 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
 
 def run_consumer_only(settings: Settings, _: argparse.Namespace) -> int:
     with mongodb_for(settings) as settings:
-        asyncio.run(run_consumer(settings))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(run_consumer(settings))
     return 0
 
 
@@ -145,6 +147,7 @@ def _serve(app: web.Application, settings: Settings) -> None:
         access_log=None,  # the request_context middleware logs each request
         print=None,
         handle_signals=True,
+        loop=new_event_loop(),
     )
 
 

@@ -1,8 +1,10 @@
 """structlog set-up: one event per line, JSON in production, console in development.
 
-Everything goes through the standard library's root handler, so that the lines of aiohttp,
-PyMongo and aio-pika come out in the same format and carry the same context variables
-(`request_id` above all) as the project's own events.
+The project's own events are rendered by structlog and written straight to the stream: the
+standard library's logging machinery cost more than the rest of a poll's logging (README,
+"Polling"). The lines of aiohttp, PyMongo and aio-pika go through the standard library's root
+handler, rendered by the same processors, so they come out in the same format and carry the
+same context variables (`request_id` above all).
 """
 
 from __future__ import annotations
@@ -17,6 +19,48 @@ import structlog
 
 def _json_dumps(event: dict, **_: object) -> str:
     return orjson.dumps(event, default=str).decode()
+
+
+class _Output:
+    """Where, from which level and through which processors the project's events are
+    written. Loggers are cached on first use, so they read these at each event (the list of
+    processors is changed in place): a later `configure_logging` applies to them too."""
+
+    stream: TextIO = sys.stderr
+    level: int = logging.INFO
+    processors: list[structlog.types.Processor] = []
+
+
+class EventLogger:
+    """structlog's output for the project's events: one rendered line per event."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name  # for `add_logger_name`
+
+    def msg(self, message: str) -> None:
+        stream = _Output.stream
+        stream.write(message + "\n")
+        stream.flush()
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _drop_below_level(_: object, method_name: str, event_dict: dict) -> dict:
+    if _LEVELS.get(method_name, logging.INFO) < _Output.level:
+        raise structlog.DropEvent
+    return event_dict
+
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 
 def configure_logging(
@@ -59,14 +103,19 @@ def configure_logging(
     for name in ("aiormq", "aio_pika"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))
 
+    _Output.stream = stream
+    _Output.level = root.level
+    _Output.processors[:] = [
+        _drop_below_level,
+        *shared,
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.processors.StackInfoRenderer(),
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=_Output.processors,
+        logger_factory=EventLogger,
+        # Filtering is `_drop_below_level`'s, so that the level can change after first use.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=True,
     )
