@@ -21,11 +21,11 @@ from marshmallow import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from consumers.processing import parse_body  # noqa: E402
-from schemas.encounter_package import ALL_ENTITY_KINDS, EncounterPackageSchema  # noqa: E402
-from schemas.jobs import dump_job  # noqa: E402
-from schemas.validation import invalid_entries  # noqa: E402
-from service.jobs import JobOutcome, JobStatus, Link, entity_href  # noqa: E402
+from consumers.processing import parse_body
+from schemas.encounter_package import ALL_ENTITY_KINDS, EncounterPackageSchema
+from schemas.jobs import dump_job
+from schemas.validation import invalid_entries
+from service.jobs import JobOutcome, JobStatus, Link, entity_href
 
 EXAMPLE = orjson.loads(
     (Path(__file__).resolve().parents[1] / "examples/encounter_package.json").read_bytes()
@@ -96,22 +96,22 @@ def per_call(call: Callable[[], object], repeats: int, minimum_seconds: float = 
     return statistics.median(timings) * 1e6
 
 
+def line(name: str, microseconds: float) -> None:
+    print(f"  {name:40s} {microseconds:8.1f}")
+
+
 def main(repeats: int) -> None:
     print(f"microseconds per call, median of {repeats} batches")
     for name, outcome in OUTCOMES.items():
         job = stored_job(outcome)
         us = per_call(lambda job=job: dump_job(job, URL, REQUEST_ID), repeats)
-        print(f"  dump {name:28s} {us:8.1f}")
+        line(f"dump {name}", us)
 
     package = EncounterPackageSchema()
     body = orjson.dumps(EXAMPLE)
-    print(
-        f"  {'parse the example message (JSON, keys)':33s} {per_call(lambda: parse_body(body), repeats):8.1f}"
-    )
+    line("parse the example message (JSON, keys)", per_call(lambda: parse_body(body), repeats))
     data = EXAMPLE["data"]
-    print(
-        f"  {'load+validate the example package':33s} {per_call(lambda: package.load(data), repeats):8.1f}"
-    )
+    line("load+validate the example package", per_call(lambda: package.load(data), repeats))
 
     invalid = orjson.loads(fifty_errors())["data"]
 
@@ -125,7 +125,7 @@ def main(repeats: int) -> None:
         raise AssertionError("the package was valid")
 
     assert len(build_422()) == 50
-    print(f"  {'a 422 with 50 errors (load+build)':33s} {per_call(build_422, repeats):8.1f}")
+    line("a 422 with 50 errors (load+build)", per_call(build_422, repeats))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 import orjson
 import structlog
@@ -28,7 +28,7 @@ class _Output:
 
     stream: TextIO = sys.stderr
     level: int = logging.INFO
-    processors: list[structlog.types.Processor] = []
+    processors: ClassVar[list[structlog.types.Processor]] = []
 
 
 class EventLogger:
