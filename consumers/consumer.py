@@ -200,6 +200,9 @@ class JobConsumer:
                 log.warning("consumer_stopped_with_messages_in_flight", in_flight=len(pending))
         if self._reporting is not None:
             await self._reporting  # ends between reports, never inside one
+        if self._processor.outcomes is not None:  # the drained jobs' counts too
+            with contextlib.suppress(StoreUnavailable):
+                await self._processor.outcomes.flush()
         if self._connection is not None:
             await self._connection.close()
         log.info("consumer_stopped")
@@ -303,6 +306,8 @@ class JobConsumer:
                 await self._stats.report(
                     self._id, self._mean.value or DEFAULT_MEAN_SECONDS, self._prefetch
                 )
+                if self._processor.outcomes is not None:
+                    await self._processor.outcomes.flush()
             except StoreUnavailable:
                 pass
             with contextlib.suppress(TimeoutError):

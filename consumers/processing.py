@@ -31,6 +31,7 @@ from schemas.validation import invalid_entries, json_object, single_entry
 from service.entity_store import EntityStore, PatientStore
 from service.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
 from service.metrics import JOB_PROCESSING, JOBS_FINISHED
+from service.outcome_stats import OutcomeRecorder
 from service.store import JobStore, NewJob, StoreUnavailable, utcnow
 
 log = structlog.get_logger("medevents.processing")
@@ -115,6 +116,9 @@ class SubmissionProcessor:
         # moving average for the ETA); redeliveries of finished jobs and waits for MongoDB
         # are not processing time.
         self.on_finished: Callable[[float], None] | None = None
+        # Counts finished jobs per minute for the operators (service.outcome_stats); the
+        # consumer writes them with its load reports.
+        self.outcomes: OutcomeRecorder | None = None
 
     async def process(self, delivery: Delivery) -> dict[str, Any]:
         """Accept and complete; returns the job as it ends."""
@@ -146,6 +150,7 @@ class SubmissionProcessor:
                 user_id=_short_text(requested_by, "user_id"),
                 request_id=delivery.request_id or delivery.job_id,
                 eta=await self.estimate_eta() if self.estimate_eta else pending_eta(utcnow()),
+                patient_id=_short_text(raw, "patient_id", 64),
             )
             job, _ = await self.jobs.create_pending(new)
         if parsed.raw is not None and job.get("hash") != request_hash:
@@ -203,6 +208,8 @@ class SubmissionProcessor:
         log.info("job_finished", type=job.get("type"), status=status, status_code=code)
         label = self.type_label(job.get("type"))
         JOBS_FINISHED.labels(label, status, code).inc()
+        if self.outcomes is not None:
+            self.outcomes.record(utcnow(), status, job["status_code"], seconds)
         if seconds is not None:
             JOB_PROCESSING.labels(label).observe(seconds)
             if self.on_finished is not None:

@@ -20,6 +20,7 @@ from service.entity_store import EntityStore, PatientStore
 from service.eta import ConsumerStats, EtaEstimator
 from service.indexes import ensure_indexes_or_later, stop_trying
 from service.metrics import QUEUE_DEPTH
+from service.outcome_stats import OutcomeRecorder, OutcomeStats
 from service.retention import RetentionSweeper
 from service.store import JobStore, open_mongo_client
 
@@ -35,6 +36,7 @@ def build_consumer(
     stats: ConsumerStats,
 ) -> JobConsumer:
     processor = SubmissionProcessor(jobs, entities, patients, builtin_registry())
+    processor.outcomes = OutcomeRecorder(jobs.database)
     consumer = JobConsumer(
         settings.amqp_url,
         processor,
@@ -70,7 +72,7 @@ async def run_consumer(settings: Settings) -> None:
             Topology(settings.amqp_prefix),
             ConsumerStats(db),
         )
-        sweeper = RetentionSweeper(jobs, settings.job_ttl_days)
+        sweeper = RetentionSweeper(jobs, settings.job_ttl_days, OutcomeStats(db))
         sweeper.start()
         serve_metrics(settings)
         depth = asyncio.create_task(_track_queue_depth(consumer, stop))

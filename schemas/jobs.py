@@ -100,20 +100,40 @@ FAILED_WITH_TYPED_ERROR = envelope_schema(
 FAILED_VALIDATION = envelope_schema(FailedValidationJobSchema, "FailedValidationJobEnvelope")
 
 
-def job_response_schema(job: dict[str, Any]) -> tuple[int, Schema]:
-    """The HTTP status and the envelope schema for a stored job."""
+# Each variant: the HTTP status of `GET /api/jobs/{id}`, its envelope, and its `data` alone.
+VARIANTS: dict[str, tuple[int, Schema, Schema]] = {
+    "pending": (200, PENDING, PendingJobSchema()),
+    # 303 with no Location header, as the original did: the links are in the body.
+    "processed": (303, PROCESSED, ProcessedJobSchema()),
+    "failed_validation": (200, FAILED_VALIDATION, FailedValidationJobSchema()),
+    "failed_with_message": (200, FAILED_WITH_MESSAGE, FailedWithMessageJobSchema()),
+    "failed_with_typed_error": (200, FAILED_WITH_TYPED_ERROR, FailedWithTypedErrorJobSchema()),
+}
+
+
+def variant_of(job: dict[str, Any]) -> str:
     status = JobStatus(job["status"])
     if status is JobStatus.PENDING:
-        return 200, PENDING
+        return "pending"
     if status is JobStatus.PROCESSED:
-        # 303 with no Location header, as the original did: the links are in the body.
-        return 303, PROCESSED
+        return "processed"
     status_code = job.get("status_code")
     if status_code == 422:
-        return 200, FAILED_VALIDATION
+        return "failed_validation"
     if status_code in MESSAGE_ONLY_STATUS_CODES:
-        return 200, FAILED_WITH_MESSAGE
-    return 200, FAILED_WITH_TYPED_ERROR
+        return "failed_with_message"
+    return "failed_with_typed_error"
+
+
+def job_response_schema(job: dict[str, Any]) -> tuple[int, Schema]:
+    """The HTTP status and the envelope schema for a stored job."""
+    http_status, envelope, _ = VARIANTS[variant_of(job)]
+    return http_status, envelope
+
+
+def job_data_schema(job: dict[str, Any]) -> Schema:
+    """The schema of the job's `data` alone, as `GET /api/jobs/{id}` renders it."""
+    return VARIANTS[variant_of(job)][2]
 
 
 def dump_job(job: dict[str, Any], url: str, request_id: str) -> tuple[int, dict[str, Any]]:

@@ -26,12 +26,15 @@ from service.keys import (
     JOB_SERVICE,
     JOB_STORE,
     OPENAPI_DOCUMENT,
+    OPERATOR_SERVICE,
     PATIENT_STORE,
     SETTINGS,
     TOPOLOGY,
 )
 from service.middlewares import MIDDLEWARES
 from service.openapi import openapi_document
+from service.operations import OperatorService
+from service.outcome_stats import OutcomeStats
 from service.retention import RetentionSweeper
 from service.routes import setup_routes
 from service.store import JobStore, open_mongo_client
@@ -88,6 +91,13 @@ async def publisher(app: web.Application) -> AsyncIterator[None]:
         log.warning("broker_unavailable_at_start")
     estimator = EtaEstimator(ConsumerStats(app[JOB_STORE].database), submissions.queue_depth)
     app[JOB_SERVICE] = JobService(app[JOB_STORE], submissions, estimator)
+    app[OPERATOR_SERVICE] = OperatorService(
+        app[JOB_STORE],
+        OutcomeStats(app[JOB_STORE].database),
+        submissions,
+        settings.amqp_url,
+        app[TOPOLOGY],
+    )
     yield
     await submissions.close()
 
@@ -117,7 +127,9 @@ async def consumer(app: web.Application) -> AsyncIterator[None]:
         app[TOPOLOGY],
         ConsumerStats(app[JOB_STORE].database),
     )
-    sweeper = RetentionSweeper(app[JOB_STORE], settings.job_ttl_days)
+    sweeper = RetentionSweeper(
+        app[JOB_STORE], settings.job_ttl_days, OutcomeStats(app[JOB_STORE].database)
+    )
     sweeper.start()
     starting = asyncio.create_task(jobs_consumer.start())
     starting.add_done_callback(_stop_process_if_failed)

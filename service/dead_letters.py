@@ -10,6 +10,7 @@ replayed twice in one run.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import aio_pika
@@ -43,8 +44,15 @@ async def count_dead_letters(amqp_url: str, topology: Topology) -> int:
         return queue.declaration_result.message_count or 0
 
 
-async def replay_dead_letters(amqp_url: str, topology: Topology, limit: int | None = None) -> int:
-    """Publish dead letters again, oldest first; returns how many were replayed."""
+async def replay_dead_letters(
+    amqp_url: str,
+    topology: Topology,
+    limit: int | None = None,
+    job_ids: Collection[str] | None = None,
+) -> int:
+    """Publish dead letters again, oldest first; returns how many were replayed. With
+    `job_ids`, only the messages of those jobs: the others are held until the end of the run
+    and then go back to the dead queue as they were."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -52,30 +60,36 @@ async def replay_dead_letters(amqp_url: str, topology: Topology, limit: int | No
         queue = await _dead_queue(channel, topology)
         waiting = queue.declaration_result.message_count or 0
         todo = waiting if limit is None else min(limit, waiting)
+        wanted = None if job_ids is None else set(job_ids)
         replayed = 0
-        while replayed < todo:
+        for _ in range(waiting):
+            if replayed >= todo:
+                break
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-            headers: dict[str, Any] = {
-                key: value
-                for key, value in (message.headers or {}).items()
-                if key not in BROKER_HEADERS
-            }
+            if wanted is not None and message.message_id not in wanted:
+                continue  # held, unacked: requeued when the channel closes
             await exchange.publish(
-                aio_pika.Message(
-                    message.body,
-                    message_id=message.message_id,
-                    correlation_id=message.correlation_id,
-                    reply_to=message.reply_to,
-                    content_type=message.content_type,
-                    timestamp=message.timestamp,
-                    headers=headers,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=message.routing_key or "replayed",
-                mandatory=True,
+                _copy_of(message), routing_key=message.routing_key or "replayed", mandatory=True
             )
             await message.ack()  # only once the broker confirmed the copy
             replayed += 1
         return replayed
+
+
+def _copy_of(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:
+    """The message as its producer sent it: the broker's own headers left out."""
+    headers: dict[str, Any] = {
+        key: value for key, value in (message.headers or {}).items() if key not in BROKER_HEADERS
+    }
+    return aio_pika.Message(
+        message.body,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        content_type=message.content_type,
+        timestamp=message.timestamp,
+        headers=headers,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )

@@ -141,6 +141,7 @@ class JobService:
                     user_id=principal.user_id,
                     request_id=request_id,
                     eta=eta,
+                    patient_id=patient_id,
                 )
             )
         log.info("job_submitted", job_id=job_id, type=job_type)

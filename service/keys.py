@@ -10,6 +10,7 @@ from service.config import Settings
 from service.entity_store import EntityStore, PatientStore
 from service.job_events import JobEvents
 from service.job_service import JobService
+from service.operations import OperatorService
 from service.store import JobStore
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,6 +22,7 @@ PATIENT_STORE = web.AppKey("patient_store", PatientStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 JOB_EVENTS = web.AppKey("job_events", JobEvents)
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
+OPERATOR_SERVICE = web.AppKey("operator_service", OperatorService)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 # `meta.url`: the URL the client asked for, computed once (see middlewares.request_url).

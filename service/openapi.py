@@ -14,6 +14,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
+from schemas import admin as admin_schemas
 from schemas import jobs as job_schemas
 from schemas.encounter_package import (
     ALL_ENTITY_KINDS,
@@ -63,6 +64,7 @@ def build_openapi() -> dict[str, Any]:
     plugin.map_to_openapi_type(job_schemas.StatusCode, fields.String)
     plugin.map_to_openapi_type(job_schemas.StatusLabel, fields.String)
     plugin.map_to_openapi_type(UtcDateTime, fields.DateTime)
+    plugin.map_to_openapi_type(admin_schemas.Cursor, fields.String)
     spec.components.security_scheme(
         "bearer", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
     )
@@ -233,7 +235,75 @@ def build_openapi() -> dict[str, Any]:
                 }
             },
         )
+    _admin_paths(spec, secured, job_id)
     return spec.to_dict()
+
+
+def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> None:
+    """The operators' endpoints (scope jobs:admin)."""
+    for name, schema in {
+        "AdminJobPage": admin_schemas.ADMIN_JOB_PAGE,
+        "AdminJobEnvelope": admin_schemas.ADMIN_JOB,
+        "StatsEnvelope": admin_schemas.STATS,
+        "ReplayedEnvelope": admin_schemas.REPLAYED,
+        "ReplayRequest": admin_schemas.REPLAY_REQUEST,
+    }.items():
+        spec.components.schema(name, schema=schema)
+    errors = _errors(401, 403, 422, 503, 500)
+    spec.path(
+        path="/api/admin/jobs",
+        operations={
+            "get": {
+                "summary": "Jobs of every client, newest first, a page at a time (jobs:admin)",
+                "security": secured,
+                "parameters": [{"in": "query", "schema": admin_schemas.AdminJobsQuerySchema}],
+                "responses": {"200": _json(_ref("AdminJobPage"), "A page of jobs"), **errors},
+            }
+        },
+    )
+    spec.path(
+        path="/api/admin/jobs/{job_id}",
+        operations={
+            "get": {
+                "summary": "Any client's job (jobs:admin)",
+                "security": secured,
+                "parameters": [job_id],
+                "responses": {
+                    "200": _json(_ref("AdminJobEnvelope"), "The job"),
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/admin/stats",
+        operations={
+            "get": {
+                "summary": "Pending jobs, finished jobs by outcome, processing time, queues"
+                " (jobs:admin)",
+                "security": secured,
+                "responses": {
+                    "200": _json(_ref("StatsEnvelope"), "The counts"),
+                    **_errors(401, 403, 503, 500),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/admin/dead-letters/replay",
+        operations={
+            "post": {
+                "summary": "Move dead-lettered messages back to the work queue: all, by job id,"
+                " or the oldest N (jobs:admin)",
+                "security": secured,
+                "requestBody": {"content": {JSON: {"schema": _ref("ReplayRequest")}}},
+                "responses": {
+                    "200": _json(_ref("ReplayedEnvelope"), "How many were replayed"),
+                    **errors,
+                },
+            }
+        },
+    )
 
 
 def openapi_document() -> bytes:

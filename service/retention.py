@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from service.outcome_stats import KEPT_FOR as OUTCOME_MINUTES_KEPT_FOR
+from service.outcome_stats import OutcomeStats
 from service.store import JobStore, StoreUnavailable, utcnow
 
 log = structlog.get_logger("medevents.retention")
@@ -23,16 +25,24 @@ SWEEP_INTERVAL_SECONDS = 300.0
 
 class RetentionSweeper:
     def __init__(
-        self, jobs: JobStore, ttl_days: int, interval_seconds: float = SWEEP_INTERVAL_SECONDS
+        self,
+        jobs: JobStore,
+        ttl_days: int,
+        outcome_stats: OutcomeStats | None = None,
+        interval_seconds: float = SWEEP_INTERVAL_SECONDS,
     ) -> None:
         self._jobs = jobs
+        self._outcome_stats = outcome_stats
         self._ttl = timedelta(days=ttl_days)
         self._interval = interval_seconds
         self._stop = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     async def sweep_once(self, now: datetime | None = None) -> int:
-        removed = await self._jobs.remove_finished_before((now or utcnow()) - self._ttl)
+        now = now or utcnow()
+        if self._outcome_stats is not None:  # the dashboard's minutes, kept two days
+            await self._outcome_stats.remove_before(now - OUTCOME_MINUTES_KEPT_FOR)
+        removed = await self._jobs.remove_finished_before(now - self._ttl)
         if removed:
             log.info("finished_jobs_removed", count=removed)
         return removed

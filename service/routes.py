@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import views
+from service import admin_views, views
 
 
 def setup_routes(app: web.Application) -> None:
@@ -20,3 +20,10 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get(
         "/api/patients/{patient_id}/{collection}/{entity_id}", views.get_entity, name="entity"
     )
+    # Operators: the dashboard and the endpoints it reads (scope `jobs:admin`).
+    app.router.add_get("/dashboard", admin_views.dashboard, name="dashboard")
+    app.router.add_get("/dashboard/{name}", admin_views.dashboard_asset)
+    app.router.add_get("/api/admin/jobs", admin_views.list_jobs, name="admin_jobs")
+    app.router.add_get("/api/admin/jobs/{job_id}", admin_views.get_job, name="admin_job")
+    app.router.add_get("/api/admin/stats", admin_views.stats, name="admin_stats")
+    app.router.add_post("/api/admin/dead-letters/replay", admin_views.replay_dead_letters)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
@@ -75,6 +75,8 @@ class NewJob:
     user_id: str
     request_id: str
     eta: datetime
+    # Shown to operators (the dashboard); None when the body did not say.
+    patient_id: str | None = None
 
     def to_document(self, now: datetime) -> dict[str, Any]:
         return {
@@ -86,11 +88,35 @@ class NewJob:
             "client_id": self.client_id,
             "user_id": self.user_id,
             "request_id": self.request_id,
+            "patient_id": self.patient_id,
             "eta": self.eta,
             "inserted_at": now,
             "updated_at": now,
             "attempts": 0,
         }
+
+
+TIES_MARGIN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """What an operator asks of the job list. `after` is the (inserted_at, id) of the last
+    job of the previous page."""
+
+    status: JobStatus | None = None
+    type: str | None = None
+    client_id: str | None = None
+    since: datetime | None = None
+    after: tuple[datetime, str] | None = None
+    oldest_first: bool = False
+    limit: int = 50
+
+
+def _shown_before(job: dict[str, Any], query: JobQuery) -> bool:
+    if query.after is None or job.get("inserted_at") != query.after[0]:
+        return False
+    return job["_id"] <= query.after[1] if query.oldest_first else job["_id"] >= query.after[1]
 
 
 class JobStore:
@@ -105,6 +131,9 @@ class JobStore:
         await self._jobs.create_index([("hash", ASCENDING), ("status", ASCENDING)])
         # Finding finished jobs past their retention period.
         await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
+        # The operators' list, newest or oldest first, of all jobs or of one status.
+        await self._jobs.create_index([("inserted_at", DESCENDING)])
+        await self._jobs.create_index([("status", ASCENDING), ("inserted_at", DESCENDING)])
 
     async def ping(self) -> bool:
         """Whether the server answers now (readiness)."""
@@ -177,6 +206,43 @@ class JobStore:
             update,
             return_document=ReturnDocument.AFTER,
         )
+
+    @unavailable_on_outage
+    async def list_jobs(self, query: JobQuery) -> list[dict[str, Any]]:
+        """A page of jobs for operators, in `inserted_at` order (ties by id), after
+        `query.after`; `query.limit + 1` of them at most, so the caller knows whether more
+        follow. Served by the `{inserted_at}` and `{status, inserted_at}` indexes."""
+        direction = ASCENDING if query.oldest_first else DESCENDING
+        conditions: dict[str, Any] = {}
+        if query.status is not None:
+            conditions["status"] = int(query.status)
+        if query.type:
+            conditions["type"] = query.type
+        if query.client_id:
+            conditions["client_id"] = query.client_id
+        bounds: dict[str, Any] = {}
+        if query.since is not None:
+            bounds["$gte"] = query.since
+        if query.after is not None:
+            bounds["$gte" if query.oldest_first else "$lte"] = query.after[0]
+        if bounds:
+            conditions["inserted_at"] = bounds
+        # Jobs inserted in the same millisecond as the cursor's come first and are dropped
+        # below when already shown: the margin covers that many ties.
+        wanted = query.limit + 1 + (TIES_MARGIN if query.after is not None else 0)
+        cursor = (
+            self._jobs.find(conditions, {"hash": 0})
+            .sort([("inserted_at", direction), ("_id", direction)])
+            .limit(wanted)
+        )
+        page = [job async for job in cursor if not _shown_before(job, query)]
+        return page[: query.limit + 1]
+
+    @unavailable_on_outage
+    async def count_pending(self, cap: int) -> int:
+        """Pending jobs, counted up to `cap` (a read of the index, never of every job)."""
+        found = self._jobs.find({"status": int(JobStatus.PENDING)}, {"_id": 1}).limit(cap)
+        return len(await found.to_list())
 
     @unavailable_on_outage
     async def remove_finished_before(self, cutoff: datetime) -> int:

@@ -155,7 +155,7 @@ async def get_entity(request: web.Request) -> web.Response:
 
 async def _submit(request: web.Request, job_type: str) -> web.Response:
     patient_id = _patient_id(request)
-    data = await _json_object(request)
+    data = await read_json_object(request)
     job, _ = await request.app[JOB_SERVICE].submit(
         principal_of(request), job_type, patient_id, data, request[REQUEST_ID]
     )
@@ -176,7 +176,7 @@ def _uuid(text: str, not_found: str) -> str:
         raise NotFound(not_found) from None
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def read_json_object(request: web.Request) -> dict[str, Any]:
     data, invalid = json_object(await request.read())  # bounded: 413 past MAX_REQUEST_BYTES
     if data is None or invalid is not None:
         raise RequestValidationFailed("The body is not a usable JSON object", invalid=invalid)

@@ -19,7 +19,7 @@ ALL_SCOPES = (
     "job:read encounter:write encounter:read condition:read observation:read "
     "allergy_intolerance:read immunization:read risk_assessment:read device:read "
     "medication_statement:read medication_administration:read diagnostic_report:read "
-    "procedure:read"
+    "procedure:read jobs:admin"
 )
 
 
