@@ -22,8 +22,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels medevents \
     && rm -rf /wheels \
-    && useradd --system --home-dir /var/lib/medevents --create-home medevents
-USER medevents
+    && useradd --system --uid 10001 --user-group --home-dir /var/lib/medevents --create-home medevents
+# Numeric, so that Kubernetes' runAsNonRoot can verify it (deploy/k8s).
+USER 10001
 WORKDIR /var/lib/medevents
 EXPOSE 8080 9464
 # Liveness of the API; a consumer container overrides it (see docker-compose.yml).

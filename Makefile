@@ -28,11 +28,16 @@ services:
 test-tools:
 	scripts/ensure-test-tools
 
-# Processing and polling against bare baselines measured in the same run; then 60 s of load.
+# Processing and polling against bare baselines measured in the same run, cost per call, 60 s
+# of load, the dashboard with 1,000 and 100,000 jobs, then memory over a million polls (about
+# 12 minutes): about 25 minutes in all.
 bench: install services
 	$(BIN)/python bench/consumer_throughput.py
-	$(BIN)/python bench/polling.py
+	$(BIN)/python bench/polling.py --seconds 10
+	$(BIN)/python bench/costs.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/dashboard.py
+	$(BIN)/python bench/memory.py
 
 # pytest exits 5 when it collected no test: that is a failed suite, not a pass.
 test: install services test-tools

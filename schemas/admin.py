@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,33 +24,35 @@ STATUS_LABELS = tuple(status.label for status in JobStatus)
 
 
 class Cursor(fields.Field):
-    """Where a page ends: the last job's `inserted_at` and id, opaque to clients."""
+    """Where a page ends (the last job's `order_key`), opaque to clients."""
+
+    PATTERN = re.compile(r"\d{17}\|[A-Za-z0-9_-]{1,64}")
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
             return None
-        at, job_id = value
-        raw = f"{at.astimezone(UTC).isoformat(timespec='milliseconds')}|{job_id}"
-        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+        return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=")
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         try:
-            raw = base64.urlsafe_b64decode(str(value) + "=" * (-len(str(value)) % 4)).decode()
-            at, job_id = raw.split("|", 1)
-            moment = datetime.fromisoformat(at)
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+            padded = str(value) + "=" * (-len(str(value)) % 4)
+            key = base64.urlsafe_b64decode(padded.encode("ascii")).decode()
+        except (ValueError, binascii.Error, UnicodeError):
             raise ValidationError("is not a cursor this API gave") from None
-        if moment.tzinfo is None or not job_id:
+        if not self.PATTERN.fullmatch(key):
             raise ValidationError("is not a cursor this API gave")
-        return moment.astimezone(UTC), job_id
+        return key
 
 
 class AwareDateTime(fields.DateTime):
-    """An ISO 8601 date-time; without an offset it is taken as UTC."""
+    """An ISO 8601 date-time, in UTC (without an offset it is taken as UTC)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
         moment = super()._deserialize(value, attr, data, **kwargs)
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        try:
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except (OverflowError, ValueError):  # 0001-01-01T00:00:00+05:00 has no UTC time
+            raise ValidationError("is out of range") from None
 
 
 class AdminJobsQuerySchema(Schema):

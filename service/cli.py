@@ -134,6 +134,7 @@ medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
   token:   TOKEN=$(.venv/bin/medevents token --client-id demo-mis \\
              --scope "job:read encounter:write")
   poll:    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/jobs/JOB_ID?wait=30"
+  operate: {api}/dashboard with .venv/bin/medevents token --client-id ops --scope jobs:admin
   demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}
 """
 

@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractQueue
 
-from service.broker import Topology, declare_topology
+from service.broker import CONNECT_TIMEOUT_SECONDS, Topology, declare_topology
 
 # Headers the broker wrote while dead-lettering or redelivering: not the producer's.
 BROKER_HEADERS = (
@@ -37,7 +37,7 @@ async def _dead_queue(channel: aio_pika.abc.AbstractChannel, topology: Topology)
 
 
 async def count_dead_letters(amqp_url: str, topology: Topology) -> int:
-    connection = await aio_pika.connect(amqp_url)
+    connection = await aio_pika.connect(amqp_url, timeout=CONNECT_TIMEOUT_SECONDS)
     async with connection:
         channel = await connection.channel()
         queue = await _dead_queue(channel, topology)
@@ -53,7 +53,7 @@ async def replay_dead_letters(
     """Publish dead letters again, oldest first; returns how many were replayed. With
     `job_ids`, only the messages of those jobs: the others are held until the end of the run
     and then go back to the dead queue as they were."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await aio_pika.connect(amqp_url, timeout=CONNECT_TIMEOUT_SECONDS)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchange, _ = await declare_topology(channel, topology)
@@ -68,7 +68,7 @@ async def replay_dead_letters(
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-            if wanted is not None and message.message_id not in wanted:
+            if wanted is not None and _job_id(message) not in wanted:
                 continue  # held, unacked: requeued when the channel closes
             await exchange.publish(
                 _copy_of(message), routing_key=message.routing_key or "replayed", mandatory=True
@@ -76,6 +76,17 @@ async def replay_dead_letters(
             await message.ack()  # only once the broker confirmed the copy
             replayed += 1
         return replayed
+
+
+def _job_id(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
+    """The job id the consumer gave the message (derived from the body when the producer set
+    no `message_id`), so that every dead letter the dashboard shows can be replayed by it."""
+    from consumers.consumer import job_id_of  # the consumer's own rule; imported late
+    from consumers.processing import parse_body
+
+    if message.message_id is not None:
+        return message.message_id
+    return job_id_of(message, parse_body(message.body))
 
 
 def _copy_of(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:

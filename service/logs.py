@@ -39,8 +39,11 @@ class EventLogger:
 
     def msg(self, message: str) -> None:
         stream = _Output.stream
-        stream.write(message + "\n")
-        stream.flush()
+        try:
+            stream.write(message + "\n")
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: as logging's handlers do,
+            pass  # never fail the caller over its log line
 
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 

@@ -10,7 +10,12 @@ from typing import Any
 
 import structlog
 
-from service.broker import CONNECTION_EXCEPTIONS, SubmissionPublisher, Topology
+from service.broker import (
+    CONNECTION_EXCEPTIONS,
+    BrokerUnavailable,
+    SubmissionPublisher,
+    Topology,
+)
 from service.dead_letters import count_dead_letters, replay_dead_letters
 from service.job_service import JobNotFound
 from service.jobs import JobStatus, is_valid_job_id
@@ -38,14 +43,12 @@ class OperatorService:
         self._amqp_url = amqp_url
         self._topology = topology
 
-    async def jobs_page(
-        self, query: JobQuery
-    ) -> tuple[list[dict[str, Any]], tuple[datetime, str] | None]:
-        """A page of jobs and the cursor of the next one (None on the last page)."""
+    async def jobs_page(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of jobs and where the next one starts (None on the last page)."""
         found = await self.jobs.list_jobs(query)
         page = found[: query.limit]
         more = len(found) > query.limit
-        return page, ((page[-1]["inserted_at"], page[-1]["_id"]) if more and page else None)
+        return page, (page[-1]["order_key"] if more and page else None)
 
     async def job(self, job_id: str) -> dict[str, Any]:
         """Any client's job, by id."""
@@ -91,7 +94,10 @@ class OperatorService:
             return None
 
     async def replay(self, job_ids: Collection[str] | None, limit: int | None) -> int:
-        replayed = await replay_dead_letters(self._amqp_url, self._topology, limit, job_ids)
+        try:
+            replayed = await replay_dead_letters(self._amqp_url, self._topology, limit, job_ids)
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            raise BrokerUnavailable(repr(exc)) from exc
         log.info("dead_letters_replayed", count=replayed, by_job_id=job_ids is not None)
         return replayed
 

@@ -51,12 +51,18 @@ class OutcomeRecorder:
 
     @unavailable_on_outage
     async def flush(self) -> None:
-        """Add the counts to `job_minutes`. A minute leaves memory only once written, so an
-        outage delays counts and never loses or doubles them."""
+        """Add the counts to `job_minutes`. A count leaves memory only once written, so an
+        outage delays counts and does not lose them. (A write that reached the server but
+        whose answer was lost is counted again at the next flush: a rare overcount, for a
+        dashboard, where a lost count would be a job that seems never to have finished.)"""
         for minute in list(self._counts):
-            counts = self._counts[minute]
-            await self._minutes.update_one({"_id": minute}, {"$inc": dict(counts)}, upsert=True)
-            del self._counts[minute]
+            # Taken out before the write: jobs finishing meanwhile start a new count.
+            counts = self._counts.pop(minute)
+            try:
+                await self._minutes.update_one({"_id": minute}, {"$inc": dict(counts)}, upsert=True)
+            except BaseException:
+                self._counts.setdefault(minute, Counter()).update(counts)
+                raise
 
 
 class OutcomeStats:

@@ -16,7 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from service.config import Settings
 from service.jobs import JobOutcome, JobStatus
@@ -66,6 +66,17 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def order_key(inserted_at: datetime, job_id: str) -> str:
+    """A job's place in the operators' list: its insertion time as 17 digits (UTC, to the
+    millisecond), so that the strings sort as the times do, then its id, which breaks ties.
+    One field, so that one index serves both the filter and the sort on any MongoDB, and a page
+    ends at a key no other job has (`order_key(since, "")` sorts before every job inserted at
+    `since` or later). Digits, not ISO 8601: the test server compares strings that look like
+    dates as dates, and `$lt` on such a string matches nothing there."""
+    at = inserted_at.astimezone(UTC)
+    return at.strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}|{job_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
     job_id: str
@@ -92,31 +103,23 @@ class NewJob:
             "eta": self.eta,
             "inserted_at": now,
             "updated_at": now,
+            "order_key": order_key(now, self.job_id),
             "attempts": 0,
         }
 
 
-TIES_MARGIN = 100
-
-
 @dataclass(frozen=True, slots=True)
 class JobQuery:
-    """What an operator asks of the job list. `after` is the (inserted_at, id) of the last
-    job of the previous page."""
+    """What an operator asks of the job list. `after` is the `order_key` of the last job of
+    the previous page."""
 
     status: JobStatus | None = None
     type: str | None = None
     client_id: str | None = None
     since: datetime | None = None
-    after: tuple[datetime, str] | None = None
+    after: str | None = None
     oldest_first: bool = False
     limit: int = 50
-
-
-def _shown_before(job: dict[str, Any], query: JobQuery) -> bool:
-    if query.after is None or job.get("inserted_at") != query.after[0]:
-        return False
-    return job["_id"] <= query.after[1] if query.oldest_first else job["_id"] >= query.after[1]
 
 
 class JobStore:
@@ -131,9 +134,10 @@ class JobStore:
         await self._jobs.create_index([("hash", ASCENDING), ("status", ASCENDING)])
         # Finding finished jobs past their retention period.
         await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
-        # The operators' list, newest or oldest first, of all jobs or of one status.
-        await self._jobs.create_index([("inserted_at", DESCENDING)])
-        await self._jobs.create_index([("status", ASCENDING), ("inserted_at", DESCENDING)])
+        # The operators' list, newest or oldest first, of all jobs or of one status; the
+        # second also counts the pending jobs from the index alone.
+        await self._jobs.create_index([("order_key", DESCENDING)])
+        await self._jobs.create_index([("status", ASCENDING), ("order_key", DESCENDING)])
 
     async def ping(self) -> bool:
         """Whether the server answers now (readiness)."""
@@ -149,17 +153,26 @@ class JobStore:
         client's: the caller cannot tell the two apart, by design."""
         # The `find` command itself, not `find_one`: the same query and single round trip,
         # without a cursor object around it; the hottest read there is (README, "Polling").
-        reply = await self._jobs.database.command(
-            {
-                "find": self._jobs.name,
-                "filter": {"_id": job_id, "client_id": client_id},
-                "projection": JOB_RESPONSE_FIELDS,
-                "limit": 1,
-                "singleBatch": True,
-            },
-            read_preference=self._jobs.read_preference,
-            codec_options=self._jobs.codec_options,
-        )
+        command = {
+            "find": self._jobs.name,
+            "filter": {"_id": job_id, "client_id": client_id},
+            "projection": JOB_RESPONSE_FIELDS,
+            "limit": 1,
+            "singleBatch": True,
+        }
+        for attempt in (1, 2):
+            try:
+                reply = await self._jobs.database.command(
+                    command,
+                    read_preference=self._jobs.read_preference,
+                    codec_options=self._jobs.codec_options,
+                )
+                break
+            except AutoReconnect:
+                # A run command is not retried by the driver, as `find_one` is: retry once
+                # ourselves (a primary stepping down, a dropped connection), as it would.
+                if attempt == 2:
+                    raise
         batch = reply["cursor"]["firstBatch"]
         return batch[0] if batch else None
 
@@ -209,10 +222,9 @@ class JobStore:
 
     @unavailable_on_outage
     async def list_jobs(self, query: JobQuery) -> list[dict[str, Any]]:
-        """A page of jobs for operators, in `inserted_at` order (ties by id), after
-        `query.after`; `query.limit + 1` of them at most, so the caller knows whether more
-        follow. Served by the `{inserted_at}` and `{status, inserted_at}` indexes."""
-        direction = ASCENDING if query.oldest_first else DESCENDING
+        """A page of jobs for operators in `order_key` order, after `query.after`;
+        `query.limit + 1` of them at most, so that the caller knows whether more follow.
+        Served by the `{order_key}` and `{status, order_key}` indexes."""
         conditions: dict[str, Any] = {}
         if query.status is not None:
             conditions["status"] = int(query.status)
@@ -222,27 +234,25 @@ class JobStore:
             conditions["client_id"] = query.client_id
         bounds: dict[str, Any] = {}
         if query.since is not None:
-            bounds["$gte"] = query.since
+            bounds["$gte"] = order_key(query.since, "")
         if query.after is not None:
-            bounds["$gte" if query.oldest_first else "$lte"] = query.after[0]
+            bounds["$gt" if query.oldest_first else "$lt"] = query.after
         if bounds:
-            conditions["inserted_at"] = bounds
-        # Jobs inserted in the same millisecond as the cursor's come first and are dropped
-        # below when already shown: the margin covers that many ties.
-        wanted = query.limit + 1 + (TIES_MARGIN if query.after is not None else 0)
-        cursor = (
+            conditions["order_key"] = bounds
+        direction = ASCENDING if query.oldest_first else DESCENDING
+        found = (
             self._jobs.find(conditions, {"hash": 0})
-            .sort([("inserted_at", direction), ("_id", direction)])
-            .limit(wanted)
+            .sort("order_key", direction)
+            .limit(query.limit + 1)
         )
-        page = [job async for job in cursor if not _shown_before(job, query)]
-        return page[: query.limit + 1]
+        return await found.to_list()
 
     @unavailable_on_outage
     async def count_pending(self, cap: int) -> int:
-        """Pending jobs, counted up to `cap` (a read of the index, never of every job)."""
-        found = self._jobs.find({"status": int(JobStatus.PENDING)}, {"_id": 1}).limit(cap)
-        return len(await found.to_list())
+        """Pending jobs, counted up to `cap`: a read of the `{status, order_key}` index (the
+        projection keeps it covered on MongoDB), never of every job."""
+        found = self._jobs.find({"status": int(JobStatus.PENDING)}, {"_id": 0, "status": 1})
+        return len(await found.limit(cap).to_list())
 
     @unavailable_on_outage
     async def remove_finished_before(self, cutoff: datetime) -> int:

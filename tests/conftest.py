@@ -38,9 +38,13 @@ CLIENT_ID = "mis-client-1"
 OTHER_CLIENT_ID = "mis-client-2"
 
 
+def _logging_defaults() -> None:
+    configure_logging("console", "info")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
-    configure_logging("console", "info")
+    _logging_defaults()
 
 
 @pytest.fixture(scope="session")
@@ -107,11 +111,12 @@ class CapturedLogs:
 
 
 @pytest.fixture
-def captured_logs() -> CapturedLogs:
+def captured_logs() -> Iterator[CapturedLogs]:
     """The service's log output while the test runs, as JSON lines."""
     logs = CapturedLogs()
     configure_logging("json", "debug", logs.stream)
-    return logs
+    yield logs
+    _logging_defaults()
 
 
 def bearer(client_id: str = CLIENT_ID, scopes: tuple[str, ...] = ("job:read",), **claims) -> dict:

@@ -11,8 +11,8 @@ import pytest
 
 from service.broker import ready_messages
 from service.jobs import JobOutcome, Link, new_job_id
-from service.outcome_stats import OutcomeRecorder
-from service.store import utcnow
+from service.outcome_stats import OutcomeRecorder, OutcomeStats
+from service.store import order_key, utcnow
 from tests.conftest import bearer, new_job
 from tests.harness import example
 from tests.test_dead_letters import dead_letter
@@ -88,24 +88,19 @@ async def test_the_list_is_newest_first_filtered_and_rendered_as_the_seed(api, s
 
 async def test_pages_walk_every_job_once_even_when_they_share_a_millisecond(api, db) -> None:
     at = utcnow()
-    documents = [
-        {**new_job().to_document(at), "_id": f"tie-{n:02d}", "inserted_at": at} for n in range(7)
-    ] + [
-        {
-            **new_job().to_document(at),
-            "_id": f"old-{n:02d}",
-            "inserted_at": at - timedelta(seconds=n + 1),
-        }
-        for n in range(4)
-    ]
-    await db["jobs"].insert_many(documents)
-    for order, expected in (
-        ("newest", [f"tie-{n:02d}" for n in range(6, -1, -1)] + [f"old-{n:02d}" for n in range(4)]),
-        ("oldest", [f"old-{n:02d}" for n in range(3, -1, -1)] + [f"tie-{n:02d}" for n in range(7)]),
-    ):
+    ties = [(at, f"tie-{n:03d}") for n in range(150)]
+    older = [(at - timedelta(seconds=n + 1), f"old-{n:02d}") for n in range(4)]
+    await db["jobs"].insert_many(
+        [
+            {**new_job().to_document(moment), "_id": job_id, "order_key": order_key(moment, job_id)}
+            for moment, job_id in ties + older
+        ]
+    )
+    newest_first = [job_id for _, job_id in ties[::-1] + older]
+    for order, expected in (("newest", newest_first), ("oldest", newest_first[::-1])):
         seen, cursor, pages = [], "", 0
         while True:
-            query = f"limit=3&order={order}" + (f"&cursor={cursor}" if cursor else "")
+            query = f"limit=7&order={order}" + (f"&cursor={cursor}" if cursor else "")
             body = await (await api.get(f"/api/admin/jobs?{query}", headers=ADMIN)).json()
             seen += [job["id"] for job in body["data"]]
             pages += 1
@@ -113,7 +108,7 @@ async def test_pages_walk_every_job_once_even_when_they_share_a_millisecond(api,
             if cursor is None:
                 break
         assert seen == expected
-        assert pages == 4
+        assert pages == 22
 
 
 @pytest.mark.parametrize(
@@ -124,6 +119,8 @@ async def test_pages_walk_every_job_once_even_when_they_share_a_millisecond(api,
         ("limit=1000", "$.limit"),
         ("since=yesterday", "$.since"),
         ("cursor=bm90LWEtY3Vyc29y", "$.cursor"),
+        ("cursor=%E2%82%AC", "$.cursor"),
+        ("since=0001-01-01T00:00:00%2B05:00", "$.since"),
         ("order=random", "$.order"),
         ("colour=blue", "$.colour"),
     ],
@@ -224,3 +221,16 @@ async def test_a_bad_replay_request_is_a_422(api, body) -> None:
     )
     assert response.status == 422
     assert (await response.json())["error"]["type"] == "validation_failed"
+
+
+async def test_jobs_finishing_while_counts_are_written_are_counted_once(db) -> None:
+    recorder = OutcomeRecorder(db)
+    now = utcnow()
+    recorder.record(now, "processed", 200, 0.01)
+    writing = asyncio.create_task(recorder.flush())
+    await asyncio.sleep(0)  # the flush has taken the minute's count and waits for the server
+    recorder.record(now, "processed", 200, 0.01)
+    await writing
+    await recorder.flush()
+    (minute,) = await OutcomeStats(db).since(now - timedelta(minutes=1))
+    assert minute["status"] == {"processed": 2}

@@ -152,7 +152,8 @@ def test_nginx_balances_the_api_replicas_and_outlasts_a_long_poll() -> None:
     from service.views import MAX_WAIT_SECONDS
 
     config = (ROOT / "deploy" / "nginx.conf").read_text()
-    assert "server api:8080;" in config
+    assert "http://api:8080" in config
+    assert re.search(r"resolver 127\.0\.0\.11 valid=\d+s", config)  # replicas re-resolved
     timeout = int(re.search(r"proxy_read_timeout (\d+)s;", config).group(1))
     assert timeout > MAX_WAIT_SECONDS
 
@@ -167,8 +168,8 @@ def test_dockerfile_is_multi_stage_non_root_with_a_liveness_check() -> None:
     final = stages[-1]
     assert "--from=build" in final
     assert not re.search(r"apt-get install|gcc|build-essential", final)
-    user = re.search(r"^USER (\S+)", final, flags=re.MULTILINE)
-    assert user and user.group(1) not in {"root", "0"}
+    user = re.search(r"^USER (\d+)$", final, flags=re.MULTILINE)  # numeric: runAsNonRoot
+    assert user and user.group(1) != "0"
     assert "/health/live" in final
     assert 'ENTRYPOINT ["medevents"]' in final and 'CMD ["api"]' in final
 
@@ -205,6 +206,9 @@ def test_kubernetes_manifests_match_the_service() -> None:
             <= pod["metadata"]["labels"].items()
         )
         assert pod["spec"]["terminationGracePeriodSeconds"] > STOP_TIMEOUT_SECONDS
+        security = pod["spec"]["securityContext"]
+        assert security["runAsNonRoot"] is True
+        assert f"USER {security['runAsUser']}\n" in (ROOT / "Dockerfile").read_text()
         (container,) = pod["spec"]["containers"]
         assert container["args"] == [name.removeprefix("medevents-")]
         sources = {next(iter(source.values()))["name"] for source in container["envFrom"]}
