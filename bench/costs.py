@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consumers.processing import parse_body
 from schemas.encounter_package import ALL_ENTITY_KINDS, EncounterPackageSchema
-from schemas.jobs import dump_job
+from schemas.envelope import Meta, dump_envelope
+from schemas.jobs import dump_job, dump_job_data
 from schemas.validation import invalid_entries
 from service.jobs import JobOutcome, JobStatus, Link, entity_href
 
@@ -106,6 +107,11 @@ def main(repeats: int) -> None:
         job = stored_job(outcome)
         us = per_call(lambda job=job: dump_job(job, URL, REQUEST_ID), repeats)
         line(f"dump {name}", us)
+
+    finished = stored_job(OUTCOMES["processed (11 links)"])
+    _, data = dump_job_data(finished)
+    meta = Meta(303, URL, REQUEST_ID)
+    line("wrap a finished job's kept data", per_call(lambda: dump_envelope(data, meta), repeats))
 
     package = EncounterPackageSchema()
     body = orjson.dumps(EXAMPLE)

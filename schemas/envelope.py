@@ -48,6 +48,16 @@ def envelope_schema(data_schema: type[Schema], name: str) -> Schema:
     return envelope()
 
 
+META = MetaSchema()
+
+
+def dump_envelope(data: dict[str, Any], meta: Meta) -> dict[str, Any]:
+    """`{"data": data, "meta": ...}` for a `data` its own schema dumped already: what the
+    envelope schemas (`envelope_schema`) produce, in two steps, so that a `data` that never
+    changes can be dumped once and wrapped for each request."""
+    return {"data": data, "meta": META.dump(meta)}
+
+
 class RequestErrorSchema(Schema):
     """An error of the request itself (401, 403, 404, 405, 413, 422, 500, 503)."""
 

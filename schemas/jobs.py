@@ -17,7 +17,7 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
-from schemas.envelope import Meta, UtcDateTime, envelope_schema
+from schemas.envelope import Meta, UtcDateTime, dump_envelope, envelope_schema
 from schemas.validation import InvalidEntrySchema
 from service.jobs import JobStatus, job_href
 
@@ -136,12 +136,19 @@ def job_data_schema(job: dict[str, Any]) -> Schema:
     return VARIANTS[variant_of(job)][2]
 
 
+def dump_job_data(job: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the `data` of the response for a stored job: what the variant's
+    schema makes of the job alone (the envelope's `data`), independent of the request."""
+    http_status, _, data_schema = VARIANTS[variant_of(job)]
+    return http_status, data_schema.dump(job)
+
+
 def dump_job(job: dict[str, Any], url: str, request_id: str) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the body of the response for a stored job."""
-    http_status, schema = job_response_schema(job)
-    return http_status, schema.dump({"data": job, "meta": Meta(http_status, url, request_id)})
+    http_status, data = dump_job_data(job)
+    return http_status, dump_envelope(data, Meta(http_status, url, request_id))
 
 
 def dump_accepted(job: dict[str, Any], url: str, request_id: str) -> dict[str, Any]:
     """The body of `202 Accepted` for a submission: the pending job, `meta.code` 202."""
-    return PENDING.dump({"data": job, "meta": Meta(202, url, request_id)})
+    return dump_envelope(VARIANTS["pending"][2].dump(job), Meta(202, url, request_id))

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import structlog
 
@@ -19,6 +20,8 @@ from service.store import JobStore, NewJob, utcnow
 
 log = structlog.get_logger("medevents.jobs")
 
+T = TypeVar("T")
+
 
 class JobNotFound(Exception):
     """No such job for this client: it does not exist, or another client submitted it."""
@@ -27,31 +30,47 @@ class JobNotFound(Exception):
 class FinishedJobs:
     """Finished jobs as their responses need them, kept in memory for a few minutes: a
     terminal job never changes, so a poller that asks again is answered without a database
-    round trip. Bounded in size; an entry outlives the job's removal by retention (days
-    later) by at most `KEEP_SECONDS`."""
+    round trip, and its response's `data` is rendered once (`rendered`). Bounded in size; an
+    entry outlives the job's removal by retention (days later) by at most `KEEP_SECONDS`."""
 
     KEEP_SECONDS = 300.0
     MAX_ENTRIES = 10_000
 
     def __init__(self) -> None:
-        self._jobs: OrderedDict[tuple[str, str], tuple[dict[str, Any], float]] = OrderedDict()
+        self._jobs: OrderedDict[tuple[str, str], _Finished] = OrderedDict()
 
     def get(self, job_id: str, client_id: str) -> dict[str, Any] | None:
         entry = self._jobs.get((job_id, client_id))
         if entry is None:
             return None
-        job, kept_at = entry
-        if time.monotonic() - kept_at > self.KEEP_SECONDS:
+        if time.monotonic() - entry.kept_at > self.KEEP_SECONDS:
             del self._jobs[(job_id, client_id)]
             return None
-        return job
+        return entry.job
 
     def keep(self, job_id: str, client_id: str, job: dict[str, Any]) -> None:
         if job["status"] == JobStatus.PENDING:
             return
-        self._jobs[(job_id, client_id)] = (job, time.monotonic())
+        self._jobs[(job_id, client_id)] = _Finished(job, time.monotonic())
         if len(self._jobs) > self.MAX_ENTRIES:
             self._jobs.popitem(last=False)
+
+    def rendered(self, job_id: str, client_id: str, render: Callable[[], T]) -> T:
+        """What `render` makes of a kept job, made once; made each time for a job not kept
+        (pending, or gone from the cache)."""
+        entry = self._jobs.get((job_id, client_id))
+        if entry is None:
+            return render()
+        if entry.rendered is None:
+            entry.rendered = render()
+        return entry.rendered
+
+
+@dataclass(slots=True)
+class _Finished:
+    job: dict[str, Any]
+    kept_at: float
+    rendered: Any = None
 
 
 class _Turn:
@@ -89,6 +108,10 @@ class JobService:
             raise JobNotFound(job_id)
         self._finished.keep(job_id, client_id, job)
         return job
+
+    def rendered(self, job_id: str, client_id: str, render: Callable[[], T]) -> T:
+        """`render()` of the job `job_for_client` returned, made once per finished job."""
+        return self._finished.rendered(job_id, client_id, render)
 
     async def submit(
         self,

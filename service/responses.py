@@ -26,11 +26,12 @@ def entity_tag(data: Any) -> str:
 
 
 def conditional_json_response(
-    request: web.Request, body: dict[str, Any], status: int = 200
+    request: web.Request, body: dict[str, Any], status: int = 200, tag: str | None = None
 ) -> web.Response:
-    """`json_response` with an ETag; 304 without a body when `If-None-Match` names it and
-    the answer would be a 2xx (RFC 9110: a 303 stays a 303)."""
-    tag = entity_tag(body["data"])
+    """`json_response` with an ETag (of `body["data"]`, unless the caller has it already);
+    304 without a body when `If-None-Match` names it and the answer would be a 2xx (RFC 9110:
+    a 303 stays a 303)."""
+    tag = tag or entity_tag(body["data"])
     if 200 <= status < 300 and _matches(request.headers.getall("If-None-Match", []), tag):
         return web.Response(status=304, headers={"ETag": tag})
     return json_response(body, status, headers={"ETag": tag})

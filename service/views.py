@@ -12,8 +12,9 @@ from aiohttp import web
 
 from schemas.encounter_package import KINDS_BY_COLLECTION
 from schemas.entities import dump_entity
+from schemas.envelope import Meta, dump_envelope
 from schemas.health import dump_health
-from schemas.jobs import dump_accepted, dump_job
+from schemas.jobs import dump_accepted, dump_job_data
 from schemas.validation import json_object
 from service.errors import NotFound, RequestValidationFailed
 from service.eta import retry_after
@@ -32,7 +33,7 @@ from service.keys import (
 )
 from service.metrics import QUEUE_DEPTH, exposition
 from service.middlewares import requires_scope
-from service.responses import conditional_json_response, json_response
+from service.responses import conditional_json_response, entity_tag, json_response
 
 
 async def live(request: web.Request) -> web.Response:
@@ -90,8 +91,10 @@ async def get_job(request: web.Request) -> web.Response:
                     async with asyncio.timeout(wait):
                         await finished.wait()
                 job = await current()
-    status, body = dump_job(job, request[REQUEST_URL], request[REQUEST_ID])
-    response = conditional_json_response(request, body, status)
+    # A finished job's `data` and its ETag never change: made once, wrapped per request.
+    status, data, tag = service.rendered(job_id, client_id, lambda: _rendered(job))
+    body = dump_envelope(data, Meta(status, request[REQUEST_URL], request[REQUEST_ID]))
+    response = conditional_json_response(request, body, status, tag)
     if preferred:
         response.headers["Preference-Applied"] = f"wait={wait:g}"
     if job["status"] == JobStatus.PENDING:
@@ -100,6 +103,11 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 MAX_WAIT_SECONDS = 30.0
+
+
+def _rendered(job: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+    status, data = dump_job_data(job)
+    return status, data, entity_tag(data)
 
 
 def long_poll_seconds(request: web.Request) -> tuple[float, bool]:

@@ -22,6 +22,14 @@ async def test_a_finished_job_is_answered_without_asking_mongodb_again(api, stor
     await db["jobs"].delete_one({"_id": job["_id"]})
     again = await api.get(url, headers=bearer())
     assert again.status == 200 and (await again.json())["data"] == (await first.json())["data"]
+    # Its `data` and ETag are made once; `meta` is each request's own.
+    assert again.headers["ETag"] == first.headers["ETag"]
+    third = await api.get(url, headers={**bearer(), "X-Request-Id": "third-poll"})
+    body = await third.json()
+    assert body["meta"]["request_id"] == "third-poll" and body["meta"]["url"].endswith(url)
+    assert body["data"] == (await first.json())["data"]
+    conditional = await api.get(url, headers={**bearer(), "If-None-Match": first.headers["ETag"]})
+    assert conditional.status == 304
     # Kept per client: another client still cannot see it.
     other = await api.get(url, headers=bearer(client_id=OTHER_CLIENT_ID))
     assert other.status == 404
