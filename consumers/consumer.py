@@ -28,7 +28,6 @@ import orjson
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -52,7 +51,7 @@ from service.broker import (
     ready_messages,
 )
 from service.eta import DEFAULT_MEAN_SECONDS, ConsumerStats, MovingAverage
-from service.job_events import declare_events_exchange, publish_job_finished
+from service.job_events import FinishedEvents, declare_events_exchange
 from service.jobs import is_valid_job_id, job_href
 from service.metrics import DEAD_LETTERED, REDELIVERIES
 from service.middlewares import SANE_REQUEST_ID
@@ -149,7 +148,7 @@ class JobConsumer:
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
-        self._events: AbstractExchange | None = None
+        self._events: FinishedEvents | None = None
         self._consumer_tag: str | None = None
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
@@ -174,7 +173,7 @@ class JobConsumer:
         self._channel = channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
         _, self._queue = await declare_topology(channel, self._topology)
-        self._events = await declare_events_exchange(channel, self._topology)
+        self._events = FinishedEvents(await declare_events_exchange(channel, self._topology))
         self._consumer_tag = await self._queue.consume(self._on_message)
         if self._stats is not None:
             self._reporting = asyncio.create_task(self._report_load())
@@ -203,6 +202,8 @@ class JobConsumer:
         if self._processor.outcomes is not None:  # the drained jobs' counts too
             with contextlib.suppress(StoreUnavailable):
                 await self._processor.outcomes.flush()
+        if self._events is not None:
+            await self._events.close()
         if self._connection is not None:
             await self._connection.close()
         log.info("consumer_stopped")
@@ -249,7 +250,7 @@ class JobConsumer:
             if job is None:
                 return
             if self._events is not None:  # wake the long polls waiting for it
-                await publish_job_finished(self._events, job_id)
+                self._events.add(job_id)
             await settle(message, "ack")
             elapsed = time.perf_counter() - started
             log.debug("message_acked", duration_ms=round(elapsed * 1000, 2))
@@ -272,7 +273,7 @@ class JobConsumer:
             await settle(message, "reject")
             return
         if self._events is not None:
-            await publish_job_finished(self._events, job_id)
+            self._events.add(job_id)
         await settle(message, "ack")
 
     async def _process_until_stored(

@@ -4,9 +4,11 @@ by the consumer's job-finished event through the broker, not by reading MongoDB 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
@@ -118,4 +120,44 @@ async def test_the_events_subscription_is_retried_until_the_broker_answers(setti
             await asyncio.sleep(0.1)
         assert events.subscribed
     finally:
+        await events.close()
+
+
+async def test_jobs_finishing_together_go_out_as_one_event_and_wake_every_waiter(settings):
+    """Over the real broker: the consumer's batches reach the API's subscription, and every
+    waiting request of the batch wakes; a batch is split at `MAX_IDS`."""
+    import aio_pika
+
+    from service.broker import Topology
+    from service.job_events import FinishedEvents, JobEvents, declare_events_exchange
+
+    topology = Topology(settings.amqp_prefix)
+    events = JobEvents(settings.amqp_url, topology)
+    await events.start()
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        exchange = await declare_events_exchange(channel, topology)
+        published: list[list[str]] = []
+        original = exchange.publish
+
+        async def counting_publish(message, routing_key, **kwargs):
+            published.append(orjson.loads(message.body)["job_ids"])
+            return await original(message, routing_key, **kwargs)
+
+        exchange.publish = counting_publish
+        finished = FinishedEvents(exchange)
+        job_ids = [f"job-{n}" for n in range(FinishedEvents.MAX_IDS + 20)]
+        with contextlib.ExitStack() as stack:
+            waiters = [stack.enter_context(events.waiting_for(job_id)) for job_id in job_ids]
+            for job_id in job_ids:
+                finished.add(job_id)
+            await finished.close()
+            async with asyncio.timeout(5):
+                for waiter in waiters:
+                    await waiter.wait()
+        assert [len(batch) for batch in published] == [FinishedEvents.MAX_IDS, 20]
+        assert [job_id for batch in published for job_id in batch] == job_ids
+    finally:
+        await connection.close()
         await events.close()
