@@ -15,7 +15,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from schemas.envelope import MetaSchema, UtcDateTime
+from schemas.envelope import MetaSchema, UtcDateTime, envelope_schema
 from schemas.jobs import StatusCode, StatusLabel, job_data_schema
 from service.jobs import JobStatus
 
@@ -112,11 +112,6 @@ class AdminJobPageSchema(Schema):
     meta = fields.Nested(MetaSchema, required=True)
 
 
-class AdminJobEnvelopeSchema(Schema):
-    data = fields.Nested(AdminJobSchema, required=True)
-    meta = fields.Nested(MetaSchema, required=True)
-
-
 class PendingSchema(Schema):
     count = fields.Integer(required=True)
     # True when there are more than `count`: counting stops there, to read no more.
@@ -156,24 +151,14 @@ class StatsSchema(Schema):
     generated_at = UtcDateTime(required=True)
 
 
-class StatsEnvelopeSchema(Schema):
-    data = fields.Nested(StatsSchema, required=True)
-    meta = fields.Nested(MetaSchema, required=True)
-
-
 class ReplayedSchema(Schema):
     replayed = fields.Integer(required=True)
     dead_letters = fields.Integer(allow_none=True)
 
 
-class ReplayedEnvelopeSchema(Schema):
-    data = fields.Nested(ReplayedSchema, required=True)
-    meta = fields.Nested(MetaSchema, required=True)
-
-
 ADMIN_JOBS_QUERY = AdminJobsQuerySchema()
 REPLAY_REQUEST = ReplayRequestSchema()
 ADMIN_JOB_PAGE = AdminJobPageSchema()
-ADMIN_JOB = AdminJobEnvelopeSchema()
-STATS = StatsEnvelopeSchema()
-REPLAYED = ReplayedEnvelopeSchema()
+ADMIN_JOB = envelope_schema(AdminJobSchema, "AdminJobEnvelope")
+STATS = envelope_schema(StatsSchema, "StatsEnvelope")
+REPLAYED = envelope_schema(ReplayedSchema, "ReplayedEnvelope")
