@@ -42,7 +42,10 @@ class MetaSchema(Schema):
 def envelope_schema(data_schema: type[Schema], name: str) -> Schema:
     """An instance of `{"data": <data_schema>, "meta": MetaSchema}`, built once at import."""
     envelope = Schema.from_dict(
-        {"data": fields.Nested(data_schema, required=True), "meta": fields.Nested(MetaSchema)},
+        {
+            "data": fields.Nested(data_schema, required=True),
+            "meta": fields.Nested(MetaSchema, required=True),
+        },
         name=name,
     )
     return envelope()

@@ -40,18 +40,26 @@ async def publish_jobs_finished(
 ) -> None:
     """Best effort: a lost event only makes a waiting request answer at the end of its wait."""
     try:
-        await exchange.publish(
-            aio_pika.Message(orjson.dumps({"job_ids": job_ids}), content_type="application/json"),
-            routing_key="",
-        )
-    except CONNECTION_EXCEPTIONS as exc:
+        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            await exchange.publish(
+                aio_pika.Message(
+                    orjson.dumps({"job_ids": job_ids}), content_type="application/json"
+                ),
+                routing_key="",
+            )
+    except Exception as exc:  # a closed channel, a dropped connection: a hint is lost
         log.warning("job_event_not_published", jobs=len(job_ids), error=repr(exc))
+
+
+# A blocked broker (a resource alarm) must not hold a consumer's stop.
+PUBLISH_TIMEOUT_SECONDS = 2.0
 
 
 class FinishedEvents:
     """The consumer's side: the jobs finished within `WINDOW_SECONDS` of each other go out as
-    one event. Under load that is one message for many jobs (a message per job cost a tenth
-    of the consumer's throughput); a waiting long poll hears of its job that much later."""
+    one event. Under load that is one message for many jobs (a message per job, awaited
+    before each ack, cost about a fifth of the consumer's throughput); a waiting long poll
+    hears of its job that much later."""
 
     WINDOW_SECONDS = 0.005
     MAX_IDS = 500
@@ -60,22 +68,28 @@ class FinishedEvents:
         self._exchange = exchange
         self._ids: list[str] = []
         self._sending: asyncio.Task | None = None
+        self._closed = False
 
     def add(self, job_id: str) -> None:
+        if self._closed:  # a job still running after the stop's drain: its event is lost
+            return
         self._ids.append(job_id)
         if self._sending is None:
             self._sending = asyncio.create_task(self._send())
 
     async def _send(self) -> None:
-        while self._ids:
-            if len(self._ids) < self.MAX_IDS:
-                await asyncio.sleep(self.WINDOW_SECONDS)
-            batch, self._ids = self._ids[: self.MAX_IDS], self._ids[self.MAX_IDS :]
-            await publish_jobs_finished(self._exchange, batch)
-        self._sending = None
+        try:
+            while self._ids:
+                if len(self._ids) < self.MAX_IDS:
+                    await asyncio.sleep(self.WINDOW_SECONDS)
+                batch, self._ids = self._ids[: self.MAX_IDS], self._ids[self.MAX_IDS :]
+                await publish_jobs_finished(self._exchange, batch)
+        finally:  # whatever happened, the next finished job starts a new batch
+            self._sending = None
 
     async def close(self) -> None:
-        """Send what is waiting (before the channel closes)."""
+        """Send what is waiting (before the channel closes); bounded by the publish timeout."""
+        self._closed = True
         if self._sending is not None:
             await self._sending
 

@@ -55,14 +55,16 @@ class FinishedJobs:
         if len(self._jobs) > self.MAX_ENTRIES:
             self._jobs.popitem(last=False)
 
-    def rendered(self, job_id: str, client_id: str, render: Callable[[], T]) -> T:
-        """What `render` makes of a kept job, made once; made each time for a job not kept
-        (pending, or gone from the cache)."""
+    def rendered(
+        self, job_id: str, client_id: str, job: dict[str, Any], render: Callable[[dict], T]
+    ) -> T:
+        """`render(job)`, made once for the job kept; made each time for any other (a pending
+        job, one gone from the cache, or a read that is not the kept one)."""
         entry = self._jobs.get((job_id, client_id))
-        if entry is None:
-            return render()
+        if entry is None or entry.job is not job:
+            return render(job)
         if entry.rendered is None:
-            entry.rendered = render()
+            entry.rendered = render(job)
         return entry.rendered
 
 
@@ -109,9 +111,11 @@ class JobService:
         self._finished.keep(job_id, client_id, job)
         return job
 
-    def rendered(self, job_id: str, client_id: str, render: Callable[[], T]) -> T:
-        """`render()` of the job `job_for_client` returned, made once per finished job."""
-        return self._finished.rendered(job_id, client_id, render)
+    def rendered(
+        self, job_id: str, client_id: str, job: dict[str, Any], render: Callable[[dict], T]
+    ) -> T:
+        """`render(job)` of the job `job_for_client` returned, made once per finished job."""
+        return self._finished.rendered(job_id, client_id, job, render)
 
     async def submit(
         self,

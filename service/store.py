@@ -75,7 +75,7 @@ def order_key(inserted_at: datetime, job_id: str) -> str:
     `since` or later). Digits, not ISO 8601: the test server compares strings that look like
     dates as dates, and `$lt` on such a string matches nothing there."""
     at = inserted_at.astimezone(UTC)
-    return at.strftime("%Y%m%d%H%M%S") + f"{at.microsecond // 1000:03d}|{job_id}"
+    return f"{at.year:04d}" + at.strftime("%m%d%H%M%S") + f"{at.microsecond // 1000:03d}|{job_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,13 +237,13 @@ class JobStore:
             conditions["type"] = query.type
         if query.client_id:
             conditions["client_id"] = query.client_id
-        bounds: dict[str, Any] = {}
+        # Always bounded below: a job stored before `order_key` existed has none, and stays out.
+        bounds: dict[str, Any] = {"$gte": ""}
         if query.since is not None:
             bounds["$gte"] = order_key(query.since, "")
         if query.after is not None:
             bounds["$gt" if query.oldest_first else "$lt"] = query.after
-        if bounds:
-            conditions["order_key"] = bounds
+        conditions["order_key"] = bounds
         direction = ASCENDING if query.oldest_first else DESCENDING
         found = (
             self._jobs.find(conditions, {"hash": 0})

@@ -92,7 +92,7 @@ async def get_job(request: web.Request) -> web.Response:
                         await finished.wait()
                 job = await current()
     # A finished job's `data` and its ETag never change: made once, wrapped per request.
-    status, data, tag = service.rendered(job_id, client_id, lambda: _rendered(job))
+    status, data, tag = service.rendered(job_id, client_id, job, _rendered)
     body = dump_envelope(data, Meta(status, request[REQUEST_URL], request[REQUEST_ID]))
     response = conditional_json_response(request, body, status, tag)
     if preferred:

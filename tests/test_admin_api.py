@@ -234,3 +234,14 @@ async def test_jobs_finishing_while_counts_are_written_are_counted_once(db) -> N
     await recorder.flush()
     (minute,) = await OutcomeStats(db).since(now - timedelta(minutes=1))
     assert minute["status"] == {"processed": 2}
+
+
+async def test_jobs_stored_before_the_list_existed_are_left_out_not_a_500(api, db, store) -> None:
+    (listed,) = await store_jobs(store, 1)
+    legacy = new_job().to_document(utcnow())
+    del legacy["order_key"]
+    await db["jobs"].insert_one(legacy)
+    for query in ("", "order=oldest", "status=pending&order=oldest", "since=0999-01-01T00:00:00Z"):
+        response = await api.get(f"/api/admin/jobs?{query}", headers=ADMIN)
+        assert response.status == 200, await response.text()
+        assert [job["id"] for job in (await response.json())["data"]] == [listed]

@@ -161,3 +161,26 @@ async def test_jobs_finishing_together_go_out_as_one_event_and_wake_every_waiter
     finally:
         await connection.close()
         await events.close()
+
+
+async def test_a_blocked_broker_does_not_hold_the_consumer_stop(monkeypatch):
+    """A publish that never returns (a broker blocking publishers) ends at the timeout; ids
+    added after the stop are dropped, not sent on a closed channel."""
+    from service import job_events
+
+    class BlockedExchange:
+        published = 0
+
+        async def publish(self, message, routing_key, **kwargs):
+            BlockedExchange.published += 1
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(job_events, "PUBLISH_TIMEOUT_SECONDS", 0.2)
+    finished = job_events.FinishedEvents(BlockedExchange())
+    finished.add("job-1")
+    started = time.monotonic()
+    await finished.close()
+    assert time.monotonic() - started < 1.0
+    finished.add("job-2")
+    await asyncio.sleep(0.05)
+    assert BlockedExchange.published == 1
