@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import aiohttp
 
@@ -28,6 +31,16 @@ def service_env(
         "DATA_DIR": data_dir,
         **extra,
     }
+
+
+def start_medevents(command: str, env: dict[str, str]) -> subprocess.Popen:
+    """`medevents COMMAND` of this virtualenv in a process of its own, its output discarded."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "medevents"), command],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def wait_up(url: str, attempts: int = 300, *, any_status: bool = False) -> None:

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import AMQP_URL, service_env, wait_up  # noqa: E402
+from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
 from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
@@ -112,12 +111,7 @@ def run_size(mongodb_url: str, data_dir: str, count: int, rounds: int) -> dict[s
     print(f"  {count:,} jobs seeded in {time.monotonic() - started:.0f} s", flush=True)
     port = free_port()
     env = service_env(mongodb_url, db_name, prefix, SECRET, data_dir, HTTP_PORT=str(port))
-    api = subprocess.Popen(
-        [str(Path(sys.executable).parent / "medevents"), "api"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    api = start_medevents("api", env)
     try:
         asyncio.run(wait_up(f"http://127.0.0.1:{port}/health/ready"))
         return asyncio.run(measure(f"http://127.0.0.1:{port}", rounds))

@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import multiprocessing
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import AMQP_URL, service_env, wait_up  # noqa: E402
+from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
 from bench.polling import CLIENT, SECRET, seed  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
@@ -87,12 +86,7 @@ def main() -> None:
         env = service_env(
             mongodb_url, db_name, prefix, SECRET, data_dir, HTTP_PORT=str(port), LOG_LEVEL="info"
         )
-        api = subprocess.Popen(
-            [str(Path(sys.executable).parent / "medevents"), "api"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        api = start_medevents("api", env)
         base = f"http://127.0.0.1:{port}"
         try:
             asyncio.run(wait_up(f"{base}/health/live"))

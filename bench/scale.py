@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pymongo import AsyncMongoClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import AMQP_URL, service_env, wait_up  # noqa: E402
+from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
 from schemas.encounter_package import ALL_ENTITY_KINDS  # noqa: E402
 from service.auth import mint_token  # noqa: E402
 from service.broker import Topology, delete_topology  # noqa: E402
@@ -45,20 +44,8 @@ async def run(mongodb_url: str, apis: int, consumers: int, jobs: int, data_dir: 
     await PatientStore(db).put(EXAMPLE["patient_id"], "active")
     ports = [free_port() for _ in range(apis)]
     env = service_env(mongodb_url, db_name, prefix, SECRET, data_dir)
-    medevents = str(Path(sys.executable).parent / "medevents")
-    processes = [
-        subprocess.Popen(
-            [medevents, "api"],
-            env={**env, "HTTP_PORT": str(port)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port in ports
-    ] + [
-        subprocess.Popen(
-            [medevents, "consumer"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        for _ in range(consumers)
+    processes = [start_medevents("api", {**env, "HTTP_PORT": str(port)}) for port in ports] + [
+        start_medevents("consumer", env) for _ in range(consumers)
     ]
     try:
         for port in ports:

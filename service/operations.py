@@ -51,11 +51,10 @@ class OperatorService:
         return page, (page[-1]["order_key"] if more and page else None)
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        """Any client's job, by id."""
+        """Any client's job, by id (rendered by `AdminJobSchema`, which leaves `hash` out)."""
         job = await self.jobs.get(job_id) if is_valid_job_id(job_id) else None
         if job is None:
             raise JobNotFound(job_id)
-        job.pop("hash", None)
         return job
 
     async def stats(self, now: datetime | None = None) -> dict[str, Any]:
