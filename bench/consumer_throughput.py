@@ -38,17 +38,22 @@ from pymongo.asynchronous.database import AsyncDatabase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consumers.consumer import JobConsumer
-from consumers.processing import SubmissionProcessor
-from consumers.registry import builtin_registry
 from schemas.encounter_package import ENCOUNTER, ENCOUNTER_ENTITY_KINDS
-from service.broker import SubmissionPublisher, Topology, declare_topology, delete_topology
+from service.cli.publish import with_new_ids
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
-from service.entity_store import EntityStore, PatientStore
-from service.jobs import new_job_id
-from service.logs import configure_logging
-from service.producer import with_new_ids
-from service.store import JobStore, order_key, utcnow
+from service.domain.jobs import new_job_id
+from service.messaging.broker import (
+    SubmissionPublisher,
+    Topology,
+    declare_topology,
+    delete_topology,
+)
+from service.observability.logs import configure_logging
+from service.storage.embedded import EmbeddedMongo
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.jobs import JobStore, order_key, utcnow
+from service.usecases.job_types import builtin_registry
+from service.usecases.processing import SubmissionProcessor
 
 EXAMPLE = orjson.loads(
     (Path(__file__).resolve().parents[1] / "examples/encounter_package.json").read_bytes()

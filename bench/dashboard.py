@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
-from service.auth import mint_token  # noqa: E402
-from service.broker import Topology, delete_topology  # noqa: E402
-from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
-from service.jobs import JobOutcome, new_job_id  # noqa: E402
-from service.outcome_stats import OutcomeRecorder  # noqa: E402
-from service.store import JobStore, NewJob, utcnow  # noqa: E402
+from service.api.auth import mint_token  # noqa: E402
+from service.domain.jobs import JobOutcome, new_job_id  # noqa: E402
+from service.messaging.broker import Topology, delete_topology  # noqa: E402
+from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
+from service.storage.jobs import JobStore, NewJob, utcnow  # noqa: E402
+from service.storage.outcome_stats import OutcomeRecorder  # noqa: E402
 
 SECRET = "dashboard-benchmark-secret-dashboard-benchmark"
 OUTCOMES = [

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
 from bench.polling import CLIENT, SECRET, seed  # noqa: E402
-from service.auth import mint_token  # noqa: E402
-from service.broker import Topology, delete_topology  # noqa: E402
-from service.embedded_mongo import EmbeddedMongo, free_port  # noqa: E402
+from service.api.auth import mint_token  # noqa: E402
+from service.messaging.broker import Topology, delete_topology  # noqa: E402
+from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
 
 CONCURRENCY = 32
 

@@ -34,14 +34,10 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from consumers.processing import (
-    Delivery,
-    JobIdTaken,
-    ParsedBody,
-    SubmissionProcessor,
-    parse_body,
-)
-from service.broker import (
+from service.api.middlewares import SANE_REQUEST_ID
+from service.domain.eta import DEFAULT_MEAN_SECONDS, ConsumerStats, MovingAverage
+from service.domain.jobs import is_valid_job_id, job_href
+from service.messaging.broker import (
     DATA_ROOT_HEADER,
     DELIVERY_LIMIT,
     REQUEST_ID_HEADER,
@@ -50,12 +46,16 @@ from service.broker import (
     declare_topology,
     ready_messages,
 )
-from service.eta import DEFAULT_MEAN_SECONDS, ConsumerStats, MovingAverage
-from service.job_events import FinishedEvents, declare_events_exchange
-from service.jobs import is_valid_job_id, job_href
-from service.metrics import DEAD_LETTERED, REDELIVERIES
-from service.middlewares import SANE_REQUEST_ID
-from service.store import StoreUnavailable
+from service.messaging.job_events import FinishedEvents, declare_events_exchange
+from service.observability.metrics import DEAD_LETTERED, REDELIVERIES
+from service.storage.jobs import StoreUnavailable
+from service.usecases.processing import (
+    Delivery,
+    JobIdTaken,
+    ParsedBody,
+    SubmissionProcessor,
+    parse_body,
+)
 
 log = structlog.get_logger("medevents.consumer")
 

@@ -12,17 +12,17 @@ import structlog
 from prometheus_client import start_http_server
 
 from consumers.consumer import JobConsumer
-from consumers.processing import SubmissionProcessor
-from consumers.registry import builtin_registry
-from service.broker import Topology
 from service.config import Settings
-from service.entity_store import EntityStore, PatientStore
-from service.eta import ConsumerStats, EtaEstimator
-from service.indexes import ensure_indexes_or_later, stop_trying
-from service.metrics import QUEUE_DEPTH
-from service.outcome_stats import OutcomeRecorder, OutcomeStats
-from service.retention import RetentionSweeper
-from service.store import JobStore, open_mongo_client
+from service.domain.eta import ConsumerStats, EtaEstimator
+from service.messaging.broker import Topology
+from service.observability.metrics import QUEUE_DEPTH
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.indexes import ensure_indexes_or_later, stop_trying
+from service.storage.jobs import JobStore, open_mongo_client
+from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
+from service.usecases.job_types import builtin_registry
+from service.usecases.processing import SubmissionProcessor
+from service.usecases.retention import RetentionSweeper
 
 log = structlog.get_logger("medevents.worker")
 

@@ -17,7 +17,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from schemas.envelope import MetaSchema, UtcDateTime, envelope_schema
 from schemas.jobs import StatusCode, StatusLabel, job_data_schema
-from service.jobs import JobStatus
+from service.domain.jobs import JobStatus
 
 MAX_PAGE = 200
 STATUS_LABELS = tuple(status.label for status in JobStatus)

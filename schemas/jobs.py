@@ -19,7 +19,7 @@ from marshmallow import Schema, fields
 
 from schemas.envelope import Meta, UtcDateTime, dump_envelope, envelope_schema
 from schemas.validation import InvalidEntrySchema
-from service.jobs import JobStatus, job_href
+from service.domain.jobs import JobStatus, job_href
 
 MESSAGE_ONLY_STATUS_CODES = frozenset({403, 404})
 

@@ -20,17 +20,17 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from consumers.consumer import JobConsumer
-from consumers.processing import SubmissionProcessor
-from consumers.registry import ProcessorRegistry, builtin_registry
-from service.app import create_app
-from service.auth import mint_token
-from service.broker import SubmissionPublisher, Topology, delete_topology
+from service.api.app import create_app
+from service.api.auth import mint_token
 from service.config import Settings
-from service.embedded_mongo import EmbeddedMongo
-from service.entity_store import EntityStore, PatientStore
-from service.jobs import new_job_id
-from service.logs import configure_logging
-from service.store import JobStore, NewJob
+from service.domain.jobs import new_job_id
+from service.messaging.broker import SubmissionPublisher, Topology, delete_topology
+from service.observability.logs import configure_logging
+from service.storage.embedded import EmbeddedMongo
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.jobs import JobStore, NewJob
+from service.usecases.job_types import ProcessorRegistry, builtin_registry
+from service.usecases.processing import SubmissionProcessor
 from tests.harness import ACTIVE_PATIENT, INACTIVE_PATIENT, RawPublisher
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"

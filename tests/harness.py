@@ -17,11 +17,11 @@ import pika
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.encounter_package import ALL_ENTITY_KINDS
-from service.broker import Topology, declare_topology
+from service.cli.publish import with_new_ids
 from service.config import Settings
-from service.embedded_mongo import free_port
-from service.jobs import JobStatus
-from service.producer import with_new_ids
+from service.domain.jobs import JobStatus
+from service.messaging.broker import Topology, declare_topology
+from service.storage.embedded import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 ACTIVE_PATIENT = "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f"

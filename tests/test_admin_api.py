@@ -9,10 +9,10 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from service.broker import ready_messages
-from service.jobs import JobOutcome, Link, new_job_id
-from service.outcome_stats import OutcomeRecorder, OutcomeStats
-from service.store import order_key, utcnow
+from service.domain.jobs import JobOutcome, Link, new_job_id
+from service.messaging.broker import ready_messages
+from service.storage.jobs import order_key, utcnow
+from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
 from tests.conftest import bearer, new_job
 from tests.harness import example
 from tests.test_dead_letters import dead_letter

@@ -6,8 +6,8 @@ import time
 
 import jwt
 
-from service import auth
-from service.jobs import JobOutcome
+from service.api import auth
+from service.domain.jobs import JobOutcome
 from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, bearer, new_job
 
 

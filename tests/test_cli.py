@@ -19,11 +19,11 @@ import jwt
 import pytest
 
 from schemas.encounter_package import ALL_ENTITY_KINDS
-from service.broker import Topology, delete_topology
-from service.cli import main
+from service.cli.main import main
+from service.cli.publish import with_new_ids
 from service.config import Settings
-from service.embedded_mongo import free_port
-from service.producer import with_new_ids
+from service.messaging.broker import Topology, delete_topology
+from service.storage.embedded import free_port
 from tests.harness import EXAMPLES
 
 
@@ -177,7 +177,7 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
 
 
 def _secret_in(data_dir: str) -> str:
-    from service.auth import local_secret
+    from service.api.auth import local_secret
 
     return local_secret(Path(data_dir))
 
@@ -195,7 +195,7 @@ def test_processes_starting_at_once_share_one_whole_secret(tmp_path, round_numbe
 
 
 def test_an_emptied_secret_file_is_an_error_not_an_empty_key(tmp_path) -> None:
-    from service.auth import local_secret
+    from service.api.auth import local_secret
 
     (tmp_path / "jwt_secret").write_text("")
     with pytest.raises(ValueError, match="no usable secret"):

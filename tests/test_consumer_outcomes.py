@@ -9,11 +9,11 @@ import uuid
 import orjson
 import pytest
 
-from consumers.registry import JobType, builtin_registry
 from schemas.encounter_package import ALL_ENTITY_KINDS
 from schemas.rules import StrictSchema
-from service.jobs import new_job_id
-from service.keys import JOB_SERVICE
+from service.api.keys import JOB_SERVICE
+from service.domain.jobs import new_job_id
+from service.usecases.job_types import JobType, builtin_registry
 from tests.conftest import bearer
 from tests.harness import (
     ACTIVE_PATIENT,
@@ -268,8 +268,8 @@ async def test_http_submission_needs_the_write_scope_and_a_patient_uuid(api):
 async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_left(
     aiohttp_client, settings, db
 ):
-    from service.app import create_app
-    from service.embedded_mongo import free_port
+    from service.api.app import create_app
+    from service.storage.embedded import free_port
 
     down = settings.with_changes(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     api = await aiohttp_client(create_app(down))

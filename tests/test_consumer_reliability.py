@@ -15,13 +15,13 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from consumers.consumer import LAST_DELIVERY, JobConsumer
-from consumers.processing import Delivery
 from schemas.encounter_package import ENCOUNTER
-from service.broker import Topology
-from service.embedded_mongo import EmbeddedMongo, free_port
-from service.entity_store import EntityStore, PatientStore
-from service.jobs import JobStatus, new_job_id
-from service.store import JobStore, open_mongo_client
+from service.domain.jobs import JobStatus, new_job_id
+from service.messaging.broker import Topology
+from service.storage.embedded import EmbeddedMongo, free_port
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.jobs import JobStore, open_mongo_client
+from service.usecases.processing import Delivery
 from tests.conftest import make_processor
 from tests.harness import (
     ACTIVE_PATIENT,
@@ -468,7 +468,7 @@ def make_processor_with(processor):
 async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
     settings, raw_publisher, tmp_path, aiohttp_client
 ):
-    from service.app import create_app
+    from service.api.app import create_app
     from tests.conftest import bearer
 
     write = bearer(client_id="demo-mis", scopes=("job:read", "encounter:write"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.jobs import JobStatus, new_job_id
+from service.domain.jobs import JobStatus, new_job_id
 from tests.harness import (
     entity_counts,
     example,

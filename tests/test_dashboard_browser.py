@@ -16,9 +16,9 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from bench.common import wait_up
-from service.auth import mint_token
-from service.embedded_mongo import free_port
-from service.jobs import new_job_id
+from service.api.auth import mint_token
+from service.domain.jobs import new_job_id
+from service.storage.embedded import free_port
 from tests.conftest import TEST_SECRET
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example, start_medevents
 from tests.test_dead_letters import dead_letter

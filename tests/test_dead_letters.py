@@ -6,9 +6,9 @@ import asyncio
 
 import aio_pika
 
-from service.cli import main
-from service.dead_letters import count_dead_letters, replay_dead_letters
-from service.jobs import JobStatus, new_job_id
+from service.cli.main import main
+from service.domain.jobs import JobStatus, new_job_id
+from service.messaging.dead_letters import count_dead_letters, replay_dead_letters
 from tests.harness import example, wait_for_jobs
 
 
@@ -66,7 +66,7 @@ def test_the_command(settings, monkeypatch, capsys) -> None:
 async def test_redeliveries_past_the_limit_land_in_the_dead_queue(raw_publisher):
     """The topology itself: a message returned more often than the delivery limit allows is
     dead-lettered by the broker (what a message that crashes every consumer would meet)."""
-    from service.broker import DELIVERY_LIMIT
+    from service.messaging.broker import DELIVERY_LIMIT
 
     await raw_publisher.publish(b'{"poison": true}', message_id="crashes-everything")
     returned = 0

@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from consumers.consumer import STOP_TIMEOUT_SECONDS
-from service.broker import Topology
-from service.cli import build_parser
+from service.api.routes import setup_routes
+from service.cli.main import build_parser
 from service.config import Settings
-from service.routes import setup_routes
+from service.messaging.broker import Topology
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -149,7 +149,7 @@ def test_compose_commands_and_environment_are_ones_the_service_accepts() -> None
 
 
 def test_nginx_balances_the_api_replicas_and_outlasts_a_long_poll() -> None:
-    from service.views import MAX_WAIT_SECONDS
+    from service.api.views.jobs import MAX_WAIT_SECONDS
 
     config = (ROOT / "deploy" / "nginx.conf").read_text()
     assert "http://api:8080" in config

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.eta import ConsumerStats, Load, MovingAverage, retry_after
-from service.jobs import new_job_id
-from service.store import utcnow
+from service.domain.eta import ConsumerStats, Load, MovingAverage, retry_after
+from service.domain.jobs import new_job_id
+from service.storage.jobs import utcnow
 from tests.conftest import bearer
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example
 
@@ -78,9 +78,9 @@ async def test_a_submission_gets_its_eta_from_the_load(api, db, publisher) -> No
 
 async def test_a_running_consumer_reports_its_processing_time(db, settings, patients, publisher):
     from consumers.worker import build_consumer
-    from service.broker import Topology
-    from service.entity_store import EntityStore, PatientStore
-    from service.store import JobStore
+    from service.messaging.broker import Topology
+    from service.storage.entities import EntityStore, PatientStore
+    from service.storage.jobs import JobStore
 
     consumer = build_consumer(
         settings,

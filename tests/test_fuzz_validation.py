@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from consumers.processing import parse_body
 from schemas.encounter_package import EncounterPackageSchema
-from service.jobs import MAX_ERROR_BYTES, JobOutcome
+from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
+from service.usecases.processing import parse_body
 from tests.harness import example
 
 PACKAGE = EncounterPackageSchema()

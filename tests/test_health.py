@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.app import create_app
-from service.embedded_mongo import free_port
+from service.api.app import create_app
+from service.storage.embedded import free_port
 
 
 async def test_live_and_ready(api) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from service.jobs import JobOutcome, Link, entity_href
+from service.domain.jobs import JobOutcome, Link, entity_href
 from tests.conftest import bearer, new_job
 
 EXAMPLES = Path(__file__).parent / "seed_examples"

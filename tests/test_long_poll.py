@@ -12,8 +12,8 @@ import orjson
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from service.keys import JOB_SERVICE
-from service.views import long_poll_seconds
+from service.api.keys import JOB_SERVICE
+from service.api.views.jobs import long_poll_seconds
 from tests.conftest import bearer
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example
 
@@ -103,9 +103,9 @@ def test_how_long_to_wait(query, prefer, expected):
 
 
 async def test_the_events_subscription_is_retried_until_the_broker_answers(settings):
-    from service.broker import Topology
-    from service.embedded_mongo import free_port
-    from service.job_events import JobEvents
+    from service.messaging.broker import Topology
+    from service.messaging.job_events import JobEvents
+    from service.storage.embedded import free_port
 
     events = JobEvents(
         f"amqp://guest:guest@127.0.0.1:{free_port()}/", Topology(settings.amqp_prefix)
@@ -128,8 +128,8 @@ async def test_jobs_finishing_together_go_out_as_one_event_and_wake_every_waiter
     waiting request of the batch wakes; a batch is split at `MAX_IDS`."""
     import aio_pika
 
-    from service.broker import Topology
-    from service.job_events import FinishedEvents, JobEvents, declare_events_exchange
+    from service.messaging.broker import Topology
+    from service.messaging.job_events import FinishedEvents, JobEvents, declare_events_exchange
 
     topology = Topology(settings.amqp_prefix)
     events = JobEvents(settings.amqp_url, topology)
@@ -166,7 +166,7 @@ async def test_jobs_finishing_together_go_out_as_one_event_and_wake_every_waiter
 async def test_a_blocked_broker_does_not_hold_the_consumer_stop(monkeypatch):
     """A publish that never returns (a broker blocking publishers) ends at the timeout; ids
     added after the stop are dropped, not sent on a closed channel."""
-    from service import job_events
+    from service.messaging import job_events
 
     class BlockedExchange:
         published = 0

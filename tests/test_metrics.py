@@ -9,8 +9,8 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.embedded_mongo import free_port
-from service.jobs import new_job_id
+from service.domain.jobs import new_job_id
+from service.storage.embedded import free_port
 from tests.conftest import bearer
 from tests.harness import DEMO_CLIENT, example, poll, start_medevents
 

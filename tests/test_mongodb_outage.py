@@ -9,9 +9,9 @@ import time
 import pytest
 from pymongo import AsyncMongoClient
 
-from service.app import create_app
-from service.embedded_mongo import EmbeddedMongo, free_port
-from service.store import JobStore
+from service.api.app import create_app
+from service.storage.embedded import EmbeddedMongo, free_port
+from service.storage.jobs import JobStore
 from tests.conftest import bearer, new_job
 
 # Far above what the timeouts below allow, far below a hanging request.

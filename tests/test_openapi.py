@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from openapi_spec_validator import validate
 
-from service.embedded_mongo import free_port
+from service.storage.embedded import free_port
 from tests.conftest import TEST_SECRET, bearer
 from tests.harness import start_medevents
 

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.envelope import UtcDateTime
 from service.config import ConfigError, Settings
-from service.jobs import MAX_ERROR_BYTES, cap_error, is_valid_job_id, new_job_id
+from service.domain.jobs import MAX_ERROR_BYTES, cap_error, is_valid_job_id, new_job_id
 
 
 def test_defaults_work_for_local_use() -> None:

@@ -16,8 +16,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from service.app import create_app
-from service.auth import mint_token
+from service.api.app import create_app
+from service.api.auth import mint_token
 from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, TEST_SECRET, bearer, new_job
 
 SCOPE_MESSAGE = "Your scope does not allow to access this resource. Missing allowances: job:read"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-from service.jobs import JobOutcome, JobStatus
-from service.retention import RetentionSweeper
-from service.store import utcnow
+from service.domain.jobs import JobOutcome, JobStatus
+from service.storage.jobs import utcnow
+from service.usecases.retention import RetentionSweeper
 from tests.conftest import new_job
 
 

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from bench.common import wait_up
-from service.embedded_mongo import free_port
+from service.storage.embedded import free_port
 from tests.conftest import TEST_SECRET, bearer
 from tests.harness import (
     ACTIVE_PATIENT,

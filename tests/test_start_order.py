@@ -16,7 +16,7 @@ import pytest
 
 from bench.common import wait_up
 from consumers.consumer import STOP_TIMEOUT_SECONDS
-from service.embedded_mongo import free_port
+from service.storage.embedded import free_port
 from tests.conftest import TEST_SECRET, bearer
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, GatedProxy, example, start_medevents
 

@@ -10,11 +10,11 @@ import orjson
 import pytest
 from marshmallow import ValidationError
 
-from consumers.processing import parse_body
-from consumers.registry import JobType, ProcessorRegistry, builtin_registry
 from schemas.encounter_package import ENCOUNTER_ENTITY_KINDS, EncounterPackageSchema
 from schemas.validation import invalid_entries, json_path
-from service.jobs import MAX_ERROR_BYTES, JobOutcome
+from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
+from service.usecases.job_types import JobType, ProcessorRegistry, builtin_registry
+from service.usecases.processing import parse_body
 from tests.harness import example
 
 PACKAGE = EncounterPackageSchema()

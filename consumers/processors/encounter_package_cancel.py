@@ -3,9 +3,9 @@ entered in error. Only the client that submitted the encounter may cancel it."""
 
 from __future__ import annotations
 
-from consumers.registry import JobContext, JobType
 from schemas.encounter_package import ENCOUNTER, EncounterCancelSchema
-from service.jobs import JobOutcome, JobStatus, Link, entity_href
+from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
+from service.usecases.job_types import JobContext, JobType
 
 
 async def cancel_encounter_package(context: JobContext) -> JobOutcome:

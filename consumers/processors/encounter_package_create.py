@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from consumers.registry import JobContext, JobType
 from schemas.encounter_package import ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EncounterPackageSchema
-from service.entity_store import entity_document
-from service.jobs import JobOutcome, Link, entity_href
+from service.domain.jobs import JobOutcome, Link, entity_href
+from service.storage.entities import entity_document
+from service.usecases.job_types import JobContext, JobType
 
 
 def _already_exists(entity: str, entity_id: str) -> JobOutcome:

@@ -11,15 +11,8 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from service.auth import build_authenticator
-from service.broker import BrokerUnavailable, SubmissionPublisher, Topology
-from service.config import Settings
-from service.entity_store import EntityStore, PatientStore
-from service.eta import ConsumerStats, EtaEstimator
-from service.indexes import ensure_indexes_or_later, stop_trying
-from service.job_events import JobEvents
-from service.job_service import JobService
-from service.keys import (
+from service.api.auth import build_authenticator
+from service.api.keys import (
     AUTHENTICATOR,
     ENTITY_STORE,
     JOB_EVENTS,
@@ -31,13 +24,20 @@ from service.keys import (
     SETTINGS,
     TOPOLOGY,
 )
-from service.middlewares import MIDDLEWARES
-from service.openapi import openapi_document
-from service.operations import OperatorService
-from service.outcome_stats import OutcomeStats
-from service.retention import RetentionSweeper
-from service.routes import setup_routes
-from service.store import JobStore, open_mongo_client
+from service.api.middlewares import MIDDLEWARES
+from service.api.openapi import openapi_document
+from service.api.routes import setup_routes
+from service.config import Settings
+from service.domain.eta import ConsumerStats, EtaEstimator
+from service.messaging.broker import BrokerUnavailable, SubmissionPublisher, Topology
+from service.messaging.job_events import JobEvents
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.indexes import ensure_indexes_or_later, stop_trying
+from service.storage.jobs import JobStore, open_mongo_client
+from service.storage.outcome_stats import OutcomeStats
+from service.usecases.jobs import JobService
+from service.usecases.operations import OperatorService
+from service.usecases.retention import RetentionSweeper
 
 log = structlog.get_logger("medevents.app")
 

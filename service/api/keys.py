@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.auth import Authenticator, Principal
-from service.broker import Topology
+from service.api.auth import Authenticator, Principal
 from service.config import Settings
-from service.entity_store import EntityStore, PatientStore
-from service.job_events import JobEvents
-from service.job_service import JobService
-from service.operations import OperatorService
-from service.store import JobStore
+from service.messaging.broker import Topology
+from service.messaging.job_events import JobEvents
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.jobs import JobStore
+from service.usecases.jobs import JobService
+from service.usecases.operations import OperatorService
 
 SETTINGS = web.AppKey("settings", Settings)
 TOPOLOGY = web.AppKey("topology", Topology)

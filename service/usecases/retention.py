@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from service.outcome_stats import KEPT_FOR as OUTCOME_MINUTES_KEPT_FOR
-from service.outcome_stats import OutcomeStats
-from service.store import JobStore, StoreUnavailable, utcnow
+from service.storage.jobs import JobStore, StoreUnavailable, utcnow
+from service.storage.outcome_stats import KEPT_FOR as OUTCOME_MINUTES_KEPT_FOR
+from service.storage.outcome_stats import OutcomeStats
 
 log = structlog.get_logger("medevents.retention")
 

@@ -24,15 +24,15 @@ from typing import Any
 import structlog
 from marshmallow import ValidationError
 
-from consumers.registry import JobContext, ProcessorRegistry
 from schemas.rules import Rule
 from schemas.submission import MAX_BODY_BYTES, SUBMISSION
 from schemas.validation import invalid_entries, json_object, single_entry
-from service.entity_store import EntityStore, PatientStore
-from service.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
-from service.metrics import JOB_PROCESSING, JOBS_FINISHED
-from service.outcome_stats import OutcomeRecorder
-from service.store import JobStore, NewJob, StoreUnavailable, utcnow
+from service.domain.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
+from service.observability.metrics import JOB_PROCESSING, JOBS_FINISHED
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.jobs import JobStore, NewJob, StoreUnavailable, utcnow
+from service.storage.outcome_stats import OutcomeRecorder
+from service.usecases.job_types import JobContext, ProcessorRegistry
 
 log = structlog.get_logger("medevents.processing")
 

@@ -16,11 +16,8 @@ from schemas.envelope import Meta, dump_envelope
 from schemas.health import dump_health
 from schemas.jobs import dump_accepted, dump_job_data
 from schemas.validation import json_object
-from service.errors import NotFound, RequestValidationFailed
-from service.eta import retry_after
-from service.job_service import JobNotFound
-from service.jobs import JobStatus, job_href
-from service.keys import (
+from service.api.errors import NotFound, RequestValidationFailed
+from service.api.keys import (
     ENTITY_STORE,
     JOB_EVENTS,
     JOB_SERVICE,
@@ -31,9 +28,12 @@ from service.keys import (
     REQUEST_URL,
     principal_of,
 )
-from service.metrics import QUEUE_DEPTH, exposition
-from service.middlewares import requires_scope
-from service.responses import conditional_json_response, entity_tag, json_response
+from service.api.middlewares import requires_scope
+from service.api.responses import conditional_json_response, entity_tag, json_response
+from service.domain.eta import retry_after
+from service.domain.jobs import JobStatus, job_href
+from service.observability.metrics import QUEUE_DEPTH, exposition
+from service.usecases.jobs import JobNotFound
 
 
 async def live(request: web.Request) -> web.Response:

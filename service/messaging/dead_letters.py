@@ -16,7 +16,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractQueue
 
-from service.broker import CONNECT_TIMEOUT_SECONDS, Topology, declare_topology
+from service.messaging.broker import CONNECT_TIMEOUT_SECONDS, Topology, declare_topology
 
 # Headers the broker wrote while dead-lettering or redelivering: not the producer's.
 BROKER_HEADERS = (
@@ -82,7 +82,7 @@ def _job_id(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
     """The job id the consumer gave the message (derived from the body when the producer set
     no `message_id`), so that every dead letter the dashboard shows can be replayed by it."""
     from consumers.consumer import job_id_of  # the consumer's own rule; imported late
-    from consumers.processing import parse_body
+    from service.usecases.processing import parse_body
 
     if message.message_id is not None:
         return message.message_id

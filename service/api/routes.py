@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service import admin_views, views
+from service.api.views import admin as admin_views
+from service.api.views import jobs as views
 
 
 def setup_routes(app: web.Application) -> None:

@@ -10,17 +10,17 @@ from typing import Any
 
 import structlog
 
-from service.broker import (
+from service.domain.jobs import JobStatus, is_valid_job_id
+from service.messaging.broker import (
     CONNECTION_EXCEPTIONS,
     BrokerUnavailable,
     SubmissionPublisher,
     Topology,
 )
-from service.dead_letters import count_dead_letters, replay_dead_letters
-from service.job_service import JobNotFound
-from service.jobs import JobStatus, is_valid_job_id
-from service.outcome_stats import OutcomeStats, minute_key, percentile_ms
-from service.store import JobQuery, JobStore, utcnow
+from service.messaging.dead_letters import count_dead_letters, replay_dead_letters
+from service.storage.jobs import JobQuery, JobStore, utcnow
+from service.storage.outcome_stats import OutcomeStats, minute_key, percentile_ms
+from service.usecases.jobs import JobNotFound
 
 log = structlog.get_logger("medevents.operations")
 

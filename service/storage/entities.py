@@ -20,7 +20,7 @@ from schemas.encounter_package import (
     ENCOUNTER_ENTITY_KINDS,
     EntityKind,
 )
-from service.store import unavailable_on_outage, utcnow
+from service.storage.jobs import unavailable_on_outage, utcnow
 
 DUPLICATE_KEY = 11000
 PATIENT_STATUSES = ("active", "inactive")

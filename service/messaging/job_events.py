@@ -22,7 +22,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from service.broker import Topology, connect
+from service.messaging.broker import Topology, connect
 
 log = structlog.get_logger("medevents.job_events")
 

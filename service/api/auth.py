@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from multidict import CIMultiDictProxy
 
+from service.api.errors import Forbidden, Unauthorized
 from service.config import Settings
-from service.errors import Forbidden, Unauthorized
 
 log = structlog.get_logger("medevents.auth")
 

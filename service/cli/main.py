@@ -26,16 +26,16 @@ from aiohttp import web
 from uvloop import new_event_loop
 
 from consumers.worker import run_consumer
-from service.app import create_app
-from service.auth import mint_token, signing_secret
-from service.broker import Topology
+from service.api.app import create_app
+from service.api.auth import mint_token, signing_secret
+from service.cli.publish import publish_submission, read_submission
 from service.config import ConfigError, Settings
-from service.dead_letters import count_dead_letters, replay_dead_letters
-from service.embedded_mongo import EmbeddedMongo
-from service.entity_store import PatientStore
-from service.logs import configure_logging
-from service.producer import publish_submission, read_submission
-from service.store import open_mongo_client
+from service.messaging.broker import Topology
+from service.messaging.dead_letters import count_dead_letters, replay_dead_letters
+from service.observability.logs import configure_logging
+from service.storage.embedded import EmbeddedMongo
+from service.storage.entities import PatientStore
+from service.storage.jobs import open_mongo_client
 
 log = structlog.get_logger("medevents.cli")
 

@@ -19,7 +19,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from service.config import Settings
-from service.jobs import JobOutcome, JobStatus
+from service.domain.jobs import JobOutcome, JobStatus
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -19,17 +19,17 @@ from schemas.admin import (
 )
 from schemas.envelope import Meta
 from schemas.validation import invalid_entries
-from service.errors import NotFound, RequestValidationFailed
-from service.job_service import JobNotFound
-from service.jobs import JobStatus
-from service.keys import OPERATOR_SERVICE, REQUEST_ID, REQUEST_URL
-from service.middlewares import requires_scope
-from service.responses import json_response
-from service.store import JobQuery
-from service.views import read_json_object
+from service.api.errors import NotFound, RequestValidationFailed
+from service.api.keys import OPERATOR_SERVICE, REQUEST_ID, REQUEST_URL
+from service.api.middlewares import requires_scope
+from service.api.responses import json_response
+from service.api.views.jobs import read_json_object
+from service.domain.jobs import JobStatus
+from service.storage.jobs import JobQuery
+from service.usecases.jobs import JobNotFound
 
 ADMIN_SCOPE = "jobs:admin"
-DASHBOARD = resources.files("service") / "dashboard"
+DASHBOARD = resources.files("service.api") / "dashboard"
 STATUS_BY_LABEL = {status.label: status for status in JobStatus}
 
 

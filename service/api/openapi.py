@@ -24,7 +24,7 @@ from schemas.encounter_package import (
 from schemas.entities import ENTITY_ENVELOPES
 from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
 from schemas.health import HEALTH
-from service.views import MAX_WAIT_SECONDS
+from service.api.views.jobs import MAX_WAIT_SECONDS
 
 JSON = "application/json"
 

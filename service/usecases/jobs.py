@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 import structlog
 
-from service.auth import Principal
-from service.broker import BrokerUnavailable, SubmissionPublisher
-from service.eta import EtaEstimator
-from service.jobs import JobStatus, is_valid_job_id, new_job_id, pending_eta, submission_hash
-from service.store import JobStore, NewJob, utcnow
+from service.api.auth import Principal
+from service.domain.eta import EtaEstimator
+from service.domain.jobs import JobStatus, is_valid_job_id, new_job_id, pending_eta, submission_hash
+from service.messaging.broker import BrokerUnavailable, SubmissionPublisher
+from service.storage.jobs import JobStore, NewJob, utcnow
 
 log = structlog.get_logger("medevents.jobs")
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service.store import StoreUnavailable, unavailable_on_outage, utcnow
+from service.storage.jobs import StoreUnavailable, unavailable_on_outage, utcnow
 
 DEFAULT_MEAN_SECONDS = 1.0
 LIVE_WITHIN = timedelta(seconds=30)

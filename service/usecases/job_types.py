@@ -14,9 +14,9 @@ from typing import Any
 
 from marshmallow import Schema
 
-from service.entity_store import EntityStore, PatientStore
-from service.jobs import JobOutcome
-from service.store import JobStore
+from service.domain.jobs import JobOutcome
+from service.storage.entities import EntityStore, PatientStore
+from service.storage.jobs import JobStore
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service.store import unavailable_on_outage
+from service.storage.jobs import unavailable_on_outage
 
 # Upper bounds of the processing-time buckets, in milliseconds; slower jobs count as "inf".
 BUCKET_BOUNDS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000)

@@ -8,8 +8,8 @@ import contextlib
 
 import structlog
 
-from service.entity_store import EntityStore
-from service.store import JobStore, StoreUnavailable
+from service.storage.entities import EntityStore
+from service.storage.jobs import JobStore, StoreUnavailable
 
 log = structlog.get_logger("medevents.indexes")
 

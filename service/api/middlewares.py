@@ -20,9 +20,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.broker import BrokerUnavailable
-from service.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
-from service.keys import (
+from service.api.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
+from service.api.keys import (
     AUTHENTICATOR,
     LONG_POLL,
     PRINCIPAL,
@@ -30,9 +29,10 @@ from service.keys import (
     REQUEST_URL,
     SETTINGS,
 )
-from service.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from service.responses import error_response
-from service.store import StoreUnavailable
+from service.api.responses import error_response
+from service.messaging.broker import BrokerUnavailable
+from service.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from service.storage.jobs import StoreUnavailable
 
 log = structlog.get_logger("medevents.http")
 

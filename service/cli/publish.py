@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from service.auth import mint_token, signing_secret
-from service.broker import BrokerUnavailable, SubmissionPublisher, Topology
+from service.api.auth import mint_token, signing_secret
 from service.config import Settings
-from service.jobs import job_href, new_job_id
+from service.domain.jobs import job_href, new_job_id
+from service.messaging.broker import BrokerUnavailable, SubmissionPublisher, Topology
 
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
