@@ -38,21 +38,20 @@ from pymongo.asynchronous.database import AsyncDatabase
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from consumers.consumer import JobConsumer
-from schemas.encounter_package import ENCOUNTER, ENCOUNTER_ENTITY_KINDS
+from consumers.processors import builtin_registry
 from service.cli.publish import with_new_ids
 from service.config import Settings
-from service.domain.jobs import new_job_id
-from service.messaging.broker import (
-    SubmissionPublisher,
-    Topology,
-    declare_topology,
-    delete_topology,
-)
+from service.domain.clock import utcnow
+from service.domain.entities import ENCOUNTER, ENCOUNTER_ENTITY_KINDS
+from service.domain.jobs import new_job_id, order_key
+from service.messaging.broker import Topology, declare_topology, delete_topology
+from service.messaging.job_queue import JobQueue
+from service.messaging.publisher import SubmissionPublisher
 from service.observability.logs import configure_logging
 from service.storage.embedded import EmbeddedMongo
-from service.storage.entities import EntityStore, PatientStore
-from service.storage.jobs import JobStore, order_key, utcnow
-from service.usecases.job_types import builtin_registry
+from service.storage.entities import EntityStore
+from service.storage.jobs import JobStore
+from service.storage.patients import PatientStore
 from service.usecases.processing import SubmissionProcessor
 
 EXAMPLE = orjson.loads(
@@ -125,7 +124,7 @@ async def run_ours(
     await jobs.ensure_indexes()
     await entities.ensure_indexes()
     processor = CountingProcessor(jobs, entities, PatientStore(db), builtin_registry())
-    consumer = JobConsumer(settings.amqp_url, processor, prefetch=PREFETCH, topology=topology)
+    consumer = JobConsumer(JobQueue(settings.amqp_url, topology, prefetch=PREFETCH), processor)
     await consumer.start()
     started = time.perf_counter()
     await publish_all(settings.amqp_url, topology, submissions)

@@ -21,12 +21,13 @@ from marshmallow import ValidationError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from schemas.encounter_package import ALL_ENTITY_KINDS, EncounterPackageSchema
+from schemas.encounter_package import EncounterPackageSchema
 from schemas.envelope import Meta, dump_envelope
 from schemas.jobs import dump_job, dump_job_data
 from schemas.validation import invalid_entries
+from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
-from service.usecases.processing import parse_body
+from service.usecases.submissions import parse_body
 
 EXAMPLE = orjson.loads(
     (Path(__file__).resolve().parents[1] / "examples/encounter_package.json").read_bytes()

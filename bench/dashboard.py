@@ -30,10 +30,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
 from service.api.auth import mint_token  # noqa: E402
-from service.domain.jobs import JobOutcome, new_job_id  # noqa: E402
+from service.domain.clock import utcnow  # noqa: E402
+from service.domain.jobs import (  # noqa: E402
+    JobOutcome,
+    NewJob,
+    new_job_id,
+)
 from service.messaging.broker import Topology, delete_topology  # noqa: E402
 from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
-from service.storage.jobs import JobStore, NewJob, utcnow  # noqa: E402
+from service.storage.jobs import JobStore  # noqa: E402
 from service.storage.outcome_stats import OutcomeRecorder  # noqa: E402
 
 SECRET = "dashboard-benchmark-secret-dashboard-benchmark"

@@ -36,7 +36,7 @@ from service.api.auth import mint_token  # noqa: E402
 from service.cli.publish import with_new_ids  # noqa: E402
 from service.messaging.broker import Topology, delete_topology  # noqa: E402
 from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
-from service.storage.entities import PatientStore  # noqa: E402
+from service.storage.patients import PatientStore  # noqa: E402
 
 EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "load-benchmark-secret-load-benchmark-secret"

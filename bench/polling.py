@@ -31,10 +31,15 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import AMQP_URL, service_env, wait_up  # noqa: E402
 from service.api.auth import mint_token  # noqa: E402
-from service.domain.jobs import JobOutcome, Link, new_job_id  # noqa: E402
+from service.domain.jobs import (  # noqa: E402
+    JobOutcome,
+    Link,
+    NewJob,
+    new_job_id,
+)
 from service.messaging.broker import Topology, delete_topology  # noqa: E402
 from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
-from service.storage.jobs import JobStore, NewJob  # noqa: E402
+from service.storage.jobs import JobStore  # noqa: E402
 
 SECRET = "polling-benchmark-secret-polling-benchmark"
 CLIENT = "bench-mis"

@@ -26,12 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import AMQP_URL, service_env, start_medevents, wait_up  # noqa: E402
-from schemas.encounter_package import ALL_ENTITY_KINDS  # noqa: E402
 from service.api.auth import mint_token  # noqa: E402
 from service.cli.publish import with_new_ids  # noqa: E402
+from service.domain.entities import ALL_ENTITY_KINDS  # noqa: E402
 from service.messaging.broker import Topology, delete_topology  # noqa: E402
 from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
-from service.storage.entities import PatientStore  # noqa: E402
+from service.storage.patients import PatientStore  # noqa: E402
 
 EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "scale-benchmark-secret-scale-benchmark-se"

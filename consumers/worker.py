@@ -1,80 +1,48 @@
-"""`medevents consumer`: the consumer alone, until SIGTERM or SIGINT; and the one place a
-consumer is put together, for this command and for `medevents run`."""
+"""The consumer's process: `medevents consumer` (the consumer alone, until SIGTERM or SIGINT)
+and the consumer beside the API in `medevents run`. Both take what the bootstrap built."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import os
 import signal
+from collections.abc import AsyncIterator
 
 import structlog
 from prometheus_client import start_http_server
 
 from consumers.consumer import JobConsumer
+from service.bootstrap import Services
 from service.config import Settings
-from service.domain.eta import ConsumerStats, EtaEstimator
-from service.messaging.broker import Topology
 from service.observability.metrics import QUEUE_DEPTH
-from service.storage.entities import EntityStore, PatientStore
-from service.storage.indexes import ensure_indexes_or_later, stop_trying
-from service.storage.jobs import JobStore, open_mongo_client
-from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
-from service.usecases.job_types import builtin_registry
-from service.usecases.processing import SubmissionProcessor
-from service.usecases.retention import RetentionSweeper
 
 log = structlog.get_logger("medevents.worker")
 
+QUEUE_DEPTH_EVERY_SECONDS = 15.0
 
-def build_consumer(
-    settings: Settings,
-    jobs: JobStore,
-    entities: EntityStore,
-    patients: PatientStore,
-    topology: Topology,
-    stats: ConsumerStats,
-) -> JobConsumer:
-    processor = SubmissionProcessor(jobs, entities, patients, builtin_registry())
-    processor.outcomes = OutcomeRecorder(jobs.database)
-    consumer = JobConsumer(
-        settings.amqp_url,
-        processor,
-        prefetch=settings.consumer_prefetch,
-        topology=topology,
-        stats=stats,
-    )
-    # Jobs a producer published straight to the broker get their ETA here.
-    processor.estimate_eta = functools.partial(
-        EtaEstimator(stats, consumer.queue_depth).eta, in_progress=True
-    )
+
+def build_consumer(services: Services) -> JobConsumer:
+    """The consumer over the bootstrap's queue and processor; `services.aclose()` stops it
+    (before the stores it writes to close)."""
+    consumer = JobConsumer(services.job_queue, services.processor, services.load_reporter)
+    services.on_close(consumer.stop)
     return consumer
 
 
-async def run_consumer(settings: Settings) -> None:
-    assert settings.mongodb_url
+async def run_consumer(services: Services) -> None:
+    """`medevents consumer`: consume until SIGTERM or SIGINT, then stop cleanly (messages in
+    flight finish or go back to the queue) and close what the bootstrap opened."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-
-    client = open_mongo_client(settings, settings.mongodb_url)
-    db = client[settings.mongodb_db]
-    jobs, entities = JobStore(db), EntityStore(db)
-    try:
+    async with services:
         # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
-        indexing = await ensure_indexes_or_later(jobs, entities)
-        consumer = build_consumer(
-            settings,
-            jobs,
-            entities,
-            PatientStore(db),
-            Topology(settings.amqp_prefix),
-            ConsumerStats(db),
-        )
-        sweeper = RetentionSweeper(jobs, settings.job_ttl_days, OutcomeStats(db))
-        sweeper.start()
-        serve_metrics(settings)
+        await services.prepare_storage()
+        consumer = build_consumer(services)
+        services.start_retention()
+        serve_metrics(services.settings)
         depth = asyncio.create_task(_track_queue_depth(consumer, stop))
         starting = asyncio.create_task(consumer.start())
         stopping = asyncio.create_task(stop.wait())
@@ -87,14 +55,35 @@ async def run_consumer(settings: Settings) -> None:
         log.info("consumer_stopping")
         stop.set()
         await depth
-        await consumer.stop()
-        await sweeper.stop()
-        await stop_trying(indexing)
-    finally:
-        await client.close()
 
 
-QUEUE_DEPTH_EVERY_SECONDS = 15.0
+@contextlib.asynccontextmanager
+async def consumer_in_background(services: Services) -> AsyncIterator[None]:
+    """For `medevents run`, beside the API: the consumer starts in the background (it waits
+    for the broker while that is down) and stops with `services`. A consumer that cannot
+    start stops the whole process: an API taking submissions that nothing processes would
+    only pile them up."""
+    consumer = build_consumer(services)
+    services.start_retention()
+    starting = asyncio.create_task(consumer.start())
+    starting.add_done_callback(_stop_process_if_failed)
+
+    async def stop_starting() -> None:
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+
+    services.on_close(stop_starting)  # closed first: before the consumer stops
+    yield
+    await services.aclose()
+
+
+def _stop_process_if_failed(task: asyncio.Task) -> None:
+    if task.cancelled() or task.exception() is None:
+        return
+    log.error("consumer_failed_to_start", exc_info=task.exception())
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve_metrics(settings: Settings) -> None:

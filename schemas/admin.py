@@ -1,7 +1,7 @@
 """The operators' endpoints (`/api/admin/...`): their query, their bodies, their responses.
 
 A job is shown with what identifies it (ids of the job, client, user, patient and request)
-and with the seed's rendering of it, the `data` of `GET /api/jobs/{id}`; never with the
+and with its client's rendering of it, the `data` of `GET /api/jobs/{id}`; never with the
 package it carried, which the job document does not hold.
 """
 
@@ -94,9 +94,9 @@ class AdminJobSchema(Schema):
     attempts = fields.Integer()
     inserted_at = UtcDateTime()
     updated_at = UtcDateTime()
-    job = fields.Method("seed_rendering")
+    job = fields.Method("client_rendering")
 
-    def seed_rendering(self, job: dict[str, Any]) -> dict[str, Any]:
+    def client_rendering(self, job: dict[str, Any]) -> dict[str, Any]:
         """What `GET /api/jobs/{id}` says of the job, in its `data`."""
         return job_data_schema(job).dump(job)
 

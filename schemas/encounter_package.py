@@ -9,7 +9,6 @@ package. References must point inside the package, and ids must be unique within
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import ValidationError, validates_schema
@@ -29,6 +28,21 @@ from schemas.rules import (
     number_range,
     one_of,
     violation,
+)
+from service.domain.entities import (
+    ALLERGY_INTOLERANCE,
+    CONDITION,
+    DEVICE,
+    DIAGNOSTIC_REPORT,
+    ENCOUNTER,
+    ENCOUNTER_ENTITY_KINDS,
+    IMMUNIZATION,
+    MEDICATION_ADMINISTRATION,
+    MEDICATION_STATEMENT,
+    OBSERVATION,
+    PROCEDURE,
+    RISK_ASSESSMENT,
+    EntityKind,
 )
 
 ENTERED_IN_ERROR = "entered_in_error"
@@ -235,52 +249,20 @@ class ProcedureSchema(_EncounterEntitySchema):
     note = String(max_length=2000)
 
 
-@dataclass(frozen=True, slots=True)
-class EntityKind:
-    """One kind of entity a package creates: its link name, collection and schema."""
-
-    entity: str
-    collection: str
-    package_key: str
-    schema: type[StrictSchema]
-    # The property that says "entered in error" when the entity is cancelled.
-    status_field: str = "status"
-
-
-ENCOUNTER = EntityKind("encounter", "encounters", "encounter", EncounterSchema)
-# In the order of the seed's processed example, which is the order of the links.
-ENCOUNTER_ENTITY_KINDS = (
-    EntityKind("condition", "conditions", "conditions", ConditionSchema, "verification_status"),
-    EntityKind("observation", "observations", "observations", ObservationSchema),
-    EntityKind(
-        "allergy_intolerance",
-        "allergy_intolerances",
-        "allergy_intolerances",
-        AllergyIntoleranceSchema,
-        "verification_status",
-    ),
-    EntityKind("immunization", "immunizations", "immunizations", ImmunizationSchema),
-    EntityKind("risk_assessment", "risk_assessments", "risk_assessments", RiskAssessmentSchema),
-    EntityKind("device", "devices", "devices", DeviceSchema),
-    EntityKind(
-        "medication_statement",
-        "medication_statements",
-        "medication_statements",
-        MedicationStatementSchema,
-    ),
-    EntityKind(
-        "medication_administration",
-        "medication_administrations",
-        "medication_administrations",
-        MedicationAdministrationSchema,
-    ),
-    EntityKind(
-        "diagnostic_report", "diagnostic_reports", "diagnostic_reports", DiagnosticReportSchema
-    ),
-    EntityKind("procedure", "procedures", "procedures", ProcedureSchema),
-)
-ALL_ENTITY_KINDS = (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS)
-KINDS_BY_COLLECTION = {kind.collection: kind for kind in ALL_ENTITY_KINDS}
+# The schema of each kind of entity, as a package carries it and as a read renders it.
+ENTITY_SCHEMAS: dict[EntityKind, type[StrictSchema]] = {
+    ENCOUNTER: EncounterSchema,
+    CONDITION: ConditionSchema,
+    OBSERVATION: ObservationSchema,
+    ALLERGY_INTOLERANCE: AllergyIntoleranceSchema,
+    IMMUNIZATION: ImmunizationSchema,
+    RISK_ASSESSMENT: RiskAssessmentSchema,
+    DEVICE: DeviceSchema,
+    MEDICATION_STATEMENT: MedicationStatementSchema,
+    MEDICATION_ADMINISTRATION: MedicationAdministrationSchema,
+    DIAGNOSTIC_REPORT: DiagnosticReportSchema,
+    PROCEDURE: ProcedureSchema,
+}
 
 
 class EncounterPackageSchema(StrictSchema):

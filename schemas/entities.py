@@ -8,14 +8,21 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
-from schemas.encounter_package import ALL_ENTITY_KINDS, EntityKind
+from schemas.encounter_package import ENTITY_SCHEMAS
 from schemas.envelope import Meta, UtcDateTime, envelope_schema
+from service.domain.entities import ALL_ENTITY_KINDS, EntityKind
+
+
+def envelope_name(kind: EntityKind) -> str:
+    """`ConditionEnvelope`: the name of a kind's response in the OpenAPI document."""
+    return f"{ENTITY_SCHEMAS[kind].__name__.removesuffix('Schema')}Envelope"
 
 
 def _response_schema(kind: EntityKind) -> type[Schema]:
+    schema = ENTITY_SCHEMAS[kind]
     return type(
-        f"{kind.schema.__name__.removesuffix('Schema')}ResponseSchema",
-        (kind.schema,),
+        f"{schema.__name__.removesuffix('Schema')}ResponseSchema",
+        (schema,),
         {
             "id": fields.String(attribute="_id"),
             "patient_id": fields.String(),
@@ -26,9 +33,7 @@ def _response_schema(kind: EntityKind) -> type[Schema]:
 
 
 ENTITY_ENVELOPES = {
-    kind.collection: envelope_schema(
-        _response_schema(kind), f"{kind.schema.__name__.removesuffix('Schema')}Envelope"
-    )
+    kind.collection: envelope_schema(_response_schema(kind), envelope_name(kind))
     for kind in ALL_ENTITY_KINDS
 }
 

@@ -21,7 +21,8 @@ class Meta:
 
 
 class UtcDateTime(fields.Field):
-    """ISO 8601 in UTC with milliseconds and `Z`, as the seed shows: `2018-08-02T10:45:16.000Z`."""
+    """ISO 8601 in UTC with milliseconds and `Z`, as eHealth's medical events service writes
+    dates: `2018-08-02T10:45:16.000Z`."""
 
     def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:

@@ -1,4 +1,5 @@
-"""Job documents turned into the response variants of `GET /api/jobs/{id}`.
+"""Job documents turned into the response variants of `GET /api/jobs/{id}`, as eHealth's
+medical events service renders them.
 
 A stored error always has the shape `{"type", "message"[, "invalid"]}`. How it renders depends
 on the status code, as in the published examples:
@@ -25,14 +26,15 @@ MESSAGE_ONLY_STATUS_CODES = frozenset({403, 404})
 
 
 class StatusCode(fields.Field):
-    """Stored as an integer, published as a string (`"422"`), as in the seed's examples."""
+    """Stored as an integer, published as a string (`"422"`), as the published examples of
+    eHealth's `GET /api/jobs/{id}` show it."""
 
     def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return None if value is None else str(value)
 
 
 class StatusLabel(fields.Field):
-    """Stored as the original's integer, published as its name: `pending`, `processed`, ..."""
+    """Stored as an integer, published as its name: `pending`, `processed`, ..."""
 
     def _serialize(self, value: int | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         return None if value is None else JobStatus(value).label
@@ -61,11 +63,15 @@ class _JobSchema(Schema):
     eta = UtcDateTime(required=True)
 
 
-class PendingJobSchema(_JobSchema):
-    links = fields.Method("job_links")
+class JobLinks(fields.Field):
+    """A pending job's one link, to itself, made from its id."""
 
-    def job_links(self, job: dict[str, Any]) -> list[dict[str, Any]]:
-        return LINKS.dump([{"entity": "job", "href": job_href(job["_id"])}])
+    def _serialize(self, value: str | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return LINKS.dump([{"entity": "job", "href": job_href(value)}])
+
+
+class PendingJobSchema(_JobSchema):
+    links = JobLinks(attribute="_id", dump_only=True)
 
 
 class ProcessedJobSchema(_JobSchema):
@@ -103,12 +109,31 @@ FAILED_VALIDATION = envelope_schema(FailedValidationJobSchema, "FailedValidation
 # Each variant: the HTTP status of `GET /api/jobs/{id}`, its envelope, and its `data` alone.
 VARIANTS: dict[str, tuple[int, Schema, Schema]] = {
     "pending": (200, PENDING, PendingJobSchema()),
-    # 303 with no Location header, as the original did: the links are in the body.
+    # 303 with no Location header, as eHealth's medical events service answers: the links are
+    # in the body.
     "processed": (303, PROCESSED, ProcessedJobSchema()),
     "failed_validation": (200, FAILED_VALIDATION, FailedValidationJobSchema()),
     "failed_with_message": (200, FAILED_WITH_MESSAGE, FailedWithMessageJobSchema()),
     "failed_with_typed_error": (200, FAILED_WITH_TYPED_ERROR, FailedWithTypedErrorJobSchema()),
 }
+
+
+def fields_read_by(*schemas: Schema) -> frozenset[str]:
+    """The top-level fields of a document that `schemas` read when they dump it: the name of
+    each field, or the first part of its `attribute` (`error.message` reads `error`)."""
+    read: set[str] = set()
+    for schema in schemas:
+        for name, field in schema.fields.items():
+            if isinstance(field, fields.Method | fields.Function):
+                # What such a field reads cannot be told: a poll could miss it.
+                raise TypeError(f"{type(schema).__name__}.{name} reads fields no one can list")
+            read.add((field.attribute or name).split(".")[0])
+    return frozenset(read)
+
+
+# What a poll reads of a job: every field a variant renders, nothing more (storage projects a
+# poll's read to these).
+JOB_RESPONSE_FIELDS = fields_read_by(*(data for _, _, data in VARIANTS.values()))
 
 
 def variant_of(job: dict[str, Any]) -> str:

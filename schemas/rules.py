@@ -1,6 +1,6 @@
 """Validation rules that know their own name.
 
-marshmallow reports errors as messages. To publish each one as the seed's
+marshmallow reports errors as messages. To publish each one as a 422's
 `{"rule", "params", "description"}`, every field and validator here raises a `Rule` object
 instead of a bare string; `schemas.validation` turns the error tree into the `invalid` list.
 

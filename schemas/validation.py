@@ -1,4 +1,4 @@
-"""The 422 builder: a marshmallow error tree becomes the seed's `invalid` list.
+"""The 422 builder: a marshmallow error tree becomes the `invalid` list of a failed job.
 
 Every error is reported at once, each at a JSONPath with list indices
 (`$.data.conditions[0].code.coding[0].code`), its rules named by kind with their params.

@@ -16,20 +16,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from consumers.consumer import JobConsumer
+from consumers.processors import builtin_registry
+from schemas.jobs import JOB_RESPONSE_FIELDS
 from service.api.app import create_app
 from service.api.auth import mint_token
+from service.bootstrap import Services
 from service.config import Settings
-from service.domain.jobs import new_job_id
-from service.messaging.broker import SubmissionPublisher, Topology, delete_topology
+from service.domain.jobs import NewJob, new_job_id
+from service.messaging.broker import Topology, delete_topology
+from service.messaging.job_queue import JobQueue
+from service.messaging.publisher import SubmissionPublisher
 from service.observability.logs import configure_logging
 from service.storage.embedded import EmbeddedMongo
-from service.storage.entities import EntityStore, PatientStore
-from service.storage.jobs import JobStore, NewJob
-from service.usecases.job_types import ProcessorRegistry, builtin_registry
+from service.storage.entities import EntityStore
+from service.storage.jobs import JobStore
+from service.storage.patients import PatientStore
+from service.usecases.job_types import ProcessorRegistry
 from service.usecases.processing import SubmissionProcessor
 from tests.harness import ACTIVE_PATIENT, INACTIVE_PATIENT, RawPublisher
 
@@ -90,13 +97,26 @@ async def db(settings: Settings) -> AsyncIterator[AsyncDatabase]:
 
 @pytest.fixture
 def store(db: AsyncDatabase) -> JobStore:
-    return JobStore(db)
+    """The job store as the service builds it (a poll reads what its response renders)."""
+    return JobStore(db, read_fields=JOB_RESPONSE_FIELDS)
+
+
+def app_for(settings: Settings) -> web.Application:
+    """The real app, over what the bootstrap builds from `settings` (closed by the app)."""
+    return create_app(Services(settings, builtin_registry()))
 
 
 @pytest.fixture
 async def api(aiohttp_client, settings: Settings, db: AsyncDatabase):
     """A test client of the real app, on the test database (dropped by `db` afterwards)."""
-    return await aiohttp_client(create_app(settings))
+    return await aiohttp_client(app_for(settings))
+
+
+@pytest.fixture
+async def services(settings: Settings, db: AsyncDatabase) -> AsyncIterator[Services]:
+    """What the bootstrap builds from the test's settings, closed afterwards."""
+    async with Services(settings, builtin_registry()) as built:
+        yield built
 
 
 class CapturedLogs:
@@ -161,10 +181,8 @@ async def start_consumer(settings: Settings, db: AsyncDatabase, patients):
     async def start(registry: ProcessorRegistry | None = None, **options) -> JobConsumer:
         await EntityStore(db).ensure_indexes()
         consumer = JobConsumer(
-            settings.amqp_url,
+            JobQueue(settings.amqp_url, Topology(settings.amqp_prefix), prefetch=8),
             make_processor(db, registry, **options),
-            prefetch=8,
-            topology=Topology(settings.amqp_prefix),
         )
         await consumer.start()
         started.append(consumer)

@@ -16,9 +16,9 @@ import orjson
 import pika
 from pymongo.asynchronous.database import AsyncDatabase
 
-from schemas.encounter_package import ALL_ENTITY_KINDS
 from service.cli.publish import with_new_ids
 from service.config import Settings
+from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobStatus
 from service.messaging.broker import Topology, declare_topology
 from service.storage.embedded import free_port

@@ -9,9 +9,9 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from service.domain.jobs import JobOutcome, Link, new_job_id
+from service.domain.clock import utcnow
+from service.domain.jobs import JobOutcome, Link, new_job_id, order_key
 from service.messaging.broker import ready_messages
-from service.storage.jobs import order_key, utcnow
 from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
 from tests.conftest import bearer, new_job
 from tests.harness import example

@@ -18,10 +18,10 @@ from pathlib import Path
 import jwt
 import pytest
 
-from schemas.encounter_package import ALL_ENTITY_KINDS
 from service.cli.main import main
 from service.cli.publish import with_new_ids
 from service.config import Settings
+from service.domain.entities import ALL_ENTITY_KINDS
 from service.messaging.broker import Topology, delete_topology
 from service.storage.embedded import free_port
 from tests.harness import EXAMPLES

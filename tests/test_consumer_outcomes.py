@@ -9,11 +9,12 @@ import uuid
 import orjson
 import pytest
 
-from schemas.encounter_package import ALL_ENTITY_KINDS
+from consumers.processors import builtin_registry
 from schemas.rules import StrictSchema
 from service.api.keys import JOB_SERVICE
+from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import new_job_id
-from service.usecases.job_types import JobType, builtin_registry
+from service.usecases.job_types import JobType
 from tests.conftest import bearer
 from tests.harness import (
     ACTIVE_PATIENT,
@@ -268,11 +269,11 @@ async def test_http_submission_needs_the_write_scope_and_a_patient_uuid(api):
 async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_left(
     aiohttp_client, settings, db
 ):
-    from service.api.app import create_app
     from service.storage.embedded import free_port
+    from tests.conftest import app_for
 
     down = settings.with_changes(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
-    api = await aiohttp_client(create_app(down))
+    api = await aiohttp_client(app_for(down))
     url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
     response = await api.post(url, json=example("encounter_package")["data"], headers=WRITE)
     body = await response.json()

@@ -15,12 +15,15 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from consumers.consumer import LAST_DELIVERY, JobConsumer
-from schemas.encounter_package import ENCOUNTER
+from service.domain.entities import ENCOUNTER
 from service.domain.jobs import JobStatus, new_job_id
 from service.messaging.broker import Topology
+from service.messaging.job_queue import JobQueue
 from service.storage.embedded import EmbeddedMongo, free_port
-from service.storage.entities import EntityStore, PatientStore
-from service.storage.jobs import JobStore, open_mongo_client
+from service.storage.entities import EntityStore
+from service.storage.jobs import JobStore
+from service.storage.mongo import open_mongo_client
+from service.storage.patients import PatientStore
 from service.usecases.processing import Delivery
 from tests.conftest import make_processor
 from tests.harness import (
@@ -51,10 +54,8 @@ async def consumer_on_its_own_mongodb(settings, tmp_path):
     consumer_client = open_mongo_client(settings.with_changes(mongodb_timeout_ms=300), url)
     consumer_db = consumer_client[settings.mongodb_db]
     consumer = JobConsumer(
-        settings.amqp_url,
+        JobQueue(settings.amqp_url, Topology(settings.amqp_prefix), prefetch=4),
         make_processor(consumer_db),
-        prefetch=4,
-        topology=Topology(settings.amqp_prefix),
     )
     await consumer.start()
     try:
@@ -468,13 +469,12 @@ def make_processor_with(processor):
 async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
     settings, raw_publisher, tmp_path, aiohttp_client
 ):
-    from service.api.app import create_app
-    from tests.conftest import bearer
+    from tests.conftest import app_for, bearer
 
     write = bearer(client_id="demo-mis", scopes=("job:read", "encounter:write"))
     async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, _):
         api = await aiohttp_client(
-            create_app(settings.with_changes(mongodb_url=server.url, mongodb_timeout_ms=300))
+            app_for(settings.with_changes(mongodb_url=server.url, mongodb_timeout_ms=300))
         )
         url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
 

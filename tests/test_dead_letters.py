@@ -8,7 +8,7 @@ import aio_pika
 
 from service.cli.main import main
 from service.domain.jobs import JobStatus, new_job_id
-from service.messaging.dead_letters import count_dead_letters, replay_dead_letters
+from service.messaging.dead_letters import DeadLetters
 from tests.harness import example, wait_for_jobs
 
 
@@ -34,23 +34,23 @@ async def test_replayed_dead_letters_are_processed(db, settings, raw_publisher, 
             headers={"x-request-id": f"req-{job_id}", "x-death": [{"count": 20}]},
         )
     await asyncio.sleep(0.3)
-    assert await count_dead_letters(settings.amqp_url, raw_publisher.topology) == 3
+    assert await DeadLetters(settings.amqp_url, raw_publisher.topology).count() == 3
 
-    assert await replay_dead_letters(settings.amqp_url, raw_publisher.topology, limit=2) == 2
-    assert await count_dead_letters(settings.amqp_url, raw_publisher.topology) == 1
-    assert await replay_dead_letters(settings.amqp_url, raw_publisher.topology) == 1
+    assert await DeadLetters(settings.amqp_url, raw_publisher.topology).replay(limit=2) == 2
+    assert await DeadLetters(settings.amqp_url, raw_publisher.topology).count() == 1
+    assert await DeadLetters(settings.amqp_url, raw_publisher.topology).replay() == 1
 
     jobs = await wait_for_jobs(db, job_ids)
     assert all(job["status"] == JobStatus.PROCESSED for job in jobs.values())
     assert {job["request_id"] for job in jobs.values()} == {f"req-{j}" for j in job_ids}
-    assert await count_dead_letters(settings.amqp_url, raw_publisher.topology) == 0
+    assert await DeadLetters(settings.amqp_url, raw_publisher.topology).count() == 0
 
 
 async def test_a_message_that_fails_again_goes_back_once(settings, raw_publisher, start_consumer):
     await start_consumer()
     await dead_letter(raw_publisher, b"garbage", message_id="../not-a-job-id")
     await asyncio.sleep(0.3)
-    assert await replay_dead_letters(settings.amqp_url, raw_publisher.topology) == 1
+    assert await DeadLetters(settings.amqp_url, raw_publisher.topology).replay() == 1
     dead = await raw_publisher.dead_letters(expected=1)
     assert [message.body for message in dead] == [b"garbage"]
 

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from consumers.consumer import STOP_TIMEOUT_SECONDS
+from consumers.processors import builtin_registry
 from service.api.routes import setup_routes
 from service.cli.main import build_parser
 from service.config import Settings
@@ -194,7 +195,7 @@ def test_kubernetes_manifests_match_the_service() -> None:
     from aiohttp import web
 
     app = web.Application()
-    setup_routes(app)
+    setup_routes(app, builtin_registry())
     paths = {resource.canonical for resource in app.router.resources()}
 
     deployments = by_kind["Deployment"]

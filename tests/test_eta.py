@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.domain.eta import ConsumerStats, Load, MovingAverage, retry_after
+from service.domain.clock import utcnow
+from service.domain.eta import Load, MovingAverage, retry_after
 from service.domain.jobs import new_job_id
-from service.storage.jobs import utcnow
+from service.storage.consumer_stats import ConsumerStats
 from tests.conftest import bearer
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example
 
@@ -76,20 +77,12 @@ async def test_a_submission_gets_its_eta_from_the_load(api, db, publisher) -> No
     assert 1 <= int(polled.headers["Retry-After"]) <= 7
 
 
-async def test_a_running_consumer_reports_its_processing_time(db, settings, patients, publisher):
+async def test_a_running_consumer_reports_its_processing_time(
+    db, settings, patients, publisher, services
+):
     from consumers.worker import build_consumer
-    from service.messaging.broker import Topology
-    from service.storage.entities import EntityStore, PatientStore
-    from service.storage.jobs import JobStore
 
-    consumer = build_consumer(
-        settings,
-        JobStore(db),
-        EntityStore(db),
-        PatientStore(db),
-        Topology(settings.amqp_prefix),
-        ConsumerStats(db),
-    )
+    consumer = build_consumer(services)
     await consumer.start()
     try:
         job_id = new_job_id()

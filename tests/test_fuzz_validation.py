@@ -12,7 +12,7 @@ from marshmallow import ValidationError
 
 from schemas.encounter_package import EncounterPackageSchema
 from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
-from service.usecases.processing import parse_body
+from service.usecases.submissions import parse_body
 from tests.harness import example
 
 PACKAGE = EncounterPackageSchema()

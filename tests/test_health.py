@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from service.api.app import create_app
 from service.storage.embedded import free_port
+from tests.conftest import app_for
 
 
 async def test_live_and_ready(api) -> None:
@@ -24,7 +24,7 @@ async def test_not_ready_without_mongodb_or_broker(aiohttp_client, settings) -> 
         mongodb_timeout_ms=300,
         amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
     )
-    client = await aiohttp_client(create_app(nowhere))
+    client = await aiohttp_client(app_for(nowhere))
     assert (await client.get("/health/live")).status == 200
     ready = await client.get("/health/ready")
     body = await ready.json()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+from schemas.jobs import JOB_RESPONSE_FIELDS
 from service.domain.jobs import JobOutcome, JobStatus, Link
-from service.storage.jobs import JOB_RESPONSE_FIELDS, JobStore
+from service.storage.jobs import JobStore
 from tests.conftest import new_job
 
 DATETIME_FIELDS = ("eta", "inserted_at", "updated_at")

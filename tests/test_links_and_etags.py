@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.encounter_package import ALL_ENTITY_KINDS
+from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobOutcome, new_job_id
 from tests.conftest import bearer, new_job
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, INACTIVE_PATIENT, example, poll

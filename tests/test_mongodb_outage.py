@@ -9,10 +9,9 @@ import time
 import pytest
 from pymongo import AsyncMongoClient
 
-from service.api.app import create_app
 from service.storage.embedded import EmbeddedMongo, free_port
 from service.storage.jobs import JobStore
-from tests.conftest import bearer, new_job
+from tests.conftest import app_for, bearer, new_job
 
 # Far above what the timeouts below allow, far below a hanging request.
 BOUND_SECONDS = 15
@@ -24,7 +23,7 @@ async def test_store_outage_answers_503_then_recovers(aiohttp_client, settings, 
     url = server.start()
     try:
         fast = settings.with_changes(mongodb_url=url, mongodb_timeout_ms=500)
-        client = await aiohttp_client(create_app(fast))
+        client = await aiohttp_client(app_for(fast))
         direct = AsyncMongoClient(url, tz_aware=True)
         job, _ = await JobStore(direct[fast.mongodb_db]).create_pending(new_job())
         await direct.close()
@@ -58,7 +57,7 @@ async def test_api_starts_and_answers_503_while_mongodb_is_down(aiohttp_client, 
     nowhere = settings.with_changes(
         mongodb_url=f"mongodb://127.0.0.1:{free_port()}/", mongodb_timeout_ms=300
     )
-    client = await aiohttp_client(create_app(nowhere))
+    client = await aiohttp_client(app_for(nowhere))
     started = time.monotonic()
     response = await client.get("/api/jobs/some-job", headers=bearer())
     assert response.status == 503

@@ -16,9 +16,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from service.api.app import create_app
 from service.api.auth import mint_token
-from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, TEST_SECRET, bearer, new_job
+from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, TEST_SECRET, app_for, bearer, new_job
 
 SCOPE_MESSAGE = "Your scope does not allow to access this resource. Missing allowances: job:read"
 
@@ -129,7 +128,7 @@ async def test_a_body_over_the_limit_is_refused(api, settings) -> None:
 async def test_unexpected_exception_is_500_without_traceback(
     aiohttp_client, settings, captured_logs
 ):
-    app = create_app(settings)
+    app = app_for(settings)
 
     async def broken(request: web.Request) -> web.Response:
         raise RuntimeError("secret internals")
@@ -199,7 +198,7 @@ async def test_public_key_tokens(aiohttp_client, settings, store, tmp_path, algo
     key_file = tmp_path / "public.pem"
     key_file.write_bytes(public)
     client = await aiohttp_client(
-        create_app(settings.with_changes(jwt_secret=None, jwt_public_key=key_file))
+        app_for(settings.with_changes(jwt_secret=None, jwt_public_key=key_file))
     )
     job, _ = await store.create_pending(new_job())
     signed = mint_token(private, CLIENT_ID, ["job:read"], "user-1", 600, algorithm)
@@ -215,7 +214,7 @@ async def test_public_key_tokens(aiohttp_client, settings, store, tmp_path, algo
 
 
 async def test_gateway_mode_trusts_the_gateway_headers(aiohttp_client, settings, store) -> None:
-    client = await aiohttp_client(create_app(settings.with_changes(auth_mode="gateway")))
+    client = await aiohttp_client(app_for(settings.with_changes(auth_mode="gateway")))
     job, _ = await store.create_pending(new_job())
     consumer = {
         "x-consumer-id": "user-1",
@@ -284,7 +283,7 @@ async def test_tokens_with_unusable_claims_are_401(api, bad_claims) -> None:
 
 async def test_audience_and_issuer_are_checked_when_configured(aiohttp_client, settings) -> None:
     client = await aiohttp_client(
-        create_app(settings.with_changes(jwt_audience="medevents", jwt_issuer="https://idp"))
+        app_for(settings.with_changes(jwt_audience="medevents", jwt_issuer="https://idp"))
     )
 
     async def status(**extra) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from service.domain.clock import utcnow
 from service.domain.jobs import JobOutcome, JobStatus
-from service.storage.jobs import utcnow
 from service.usecases.retention import RetentionSweeper
 from tests.conftest import new_job
 

@@ -10,11 +10,13 @@ import orjson
 import pytest
 from marshmallow import ValidationError
 
-from schemas.encounter_package import ENCOUNTER_ENTITY_KINDS, EncounterPackageSchema
+from consumers.processors import builtin_registry
+from schemas.encounter_package import EncounterPackageSchema
 from schemas.validation import invalid_entries, json_path
+from service.domain.entities import ENCOUNTER_ENTITY_KINDS
 from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
-from service.usecases.job_types import JobType, ProcessorRegistry, builtin_registry
-from service.usecases.processing import parse_body
+from service.usecases.job_types import JobType, ProcessorRegistry
+from service.usecases.submissions import parse_body
 from tests.harness import example
 
 PACKAGE = EncounterPackageSchema()

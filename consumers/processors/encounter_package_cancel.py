@@ -3,9 +3,10 @@ entered in error. Only the client that submitted the encounter may cancel it."""
 
 from __future__ import annotations
 
-from schemas.encounter_package import ENCOUNTER, EncounterCancelSchema
+from schemas.encounter_package import EncounterCancelSchema
+from service.domain.entities import ENCOUNTER
 from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
-from service.usecases.job_types import JobContext, JobType
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
 
 async def cancel_encounter_package(context: JobContext) -> JobOutcome:
@@ -57,4 +58,7 @@ JOB_TYPE = JobType(
     schema=EncounterCancelSchema(),
     handler=cancel_encounter_package,
     required_scope="encounter:write",
+    http=HttpSubmission(
+        "PATCH", "/api/patients/{patient_id}/encounter_package", "Cancel a submitted encounter"
+    ),
 )

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from schemas.encounter_package import ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EncounterPackageSchema
+from schemas.encounter_package import EncounterPackageSchema
+from service.domain.entities import ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EntityKind
 from service.domain.jobs import JobOutcome, Link, entity_href
 from service.storage.entities import entity_document
-from service.usecases.job_types import JobContext, JobType
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
 
-def _already_exists(entity: str, entity_id: str) -> JobOutcome:
-    name = entity.replace("_", " ").capitalize()
+def _already_exists(kind: EntityKind, entity_id: str) -> JobOutcome:
     return JobOutcome.failed(
-        409, "request_conflict", f"{name} with id '{entity_id}' already exists"
+        409, "request_conflict", f"{kind.title} with id '{entity_id}' already exists"
     )
 
 
@@ -25,7 +25,7 @@ async def create_encounter_package(context: JobContext) -> JobOutcome:
     # conflict here, before either wrote anything else.
     encounter = documents([context.data["encounter"]])
     if taken := await context.entities.insert(ENCOUNTER, encounter, job_id):
-        return _already_exists(ENCOUNTER.entity, taken[0])
+        return _already_exists(ENCOUNTER, taken[0])
     links = [
         Link(ENCOUNTER.entity, entity_href(patient_id, ENCOUNTER.collection, encounter[0]["_id"]))
     ]
@@ -35,7 +35,7 @@ async def create_encounter_package(context: JobContext) -> JobOutcome:
         if taken := await context.entities.insert(kind, written, job_id):
             # Leave nothing of a package that cannot be stored whole.
             await context.entities.remove_written_by(job_id)
-            return _already_exists(kind.entity, taken[0])
+            return _already_exists(kind, taken[0])
         links.extend(
             Link(kind.entity, entity_href(patient_id, kind.collection, document["_id"]))
             for document in written
@@ -48,4 +48,7 @@ JOB_TYPE = JobType(
     schema=EncounterPackageSchema(),
     handler=create_encounter_package,
     required_scope="encounter:write",
+    http=HttpSubmission(
+        "POST", "/api/patients/{patient_id}/encounter_package", "Submit an encounter package"
+    ),
 )

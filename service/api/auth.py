@@ -5,7 +5,7 @@ Two modes (`AUTH_MODE`):
   with `JWT_SECRET` (HS256) or the public key in `JWT_PUBLIC_KEY` (RS256 or ES256).
 - `gateway`: an API gateway has checked the caller and set `x-consumer-id` (the user),
   `x-consumer-metadata` (JSON with `client_id`) and `x-consumer-scope` (space separated), as
-  the original deployment did; the service trusts those headers.
+  eHealth's deployment does; the service trusts those headers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import secrets
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -26,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from multidict import CIMultiDictProxy
 
-from service.api.errors import Forbidden, Unauthorized
+from service.api.errors import Unauthorized
 from service.config import Settings
+from service.domain.principal import Principal
 
 log = structlog.get_logger("medevents.auth")
 
@@ -36,21 +36,6 @@ MIN_SECRET_LENGTH = 32
 VERIFIED_TOKENS_KEPT = 10_000
 # Clocks of the token issuer and of this service may differ a little.
 CLOCK_LEEWAY_SECONDS = 10
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    user_id: str
-    client_id: str
-    scopes: frozenset[str]
-
-    def require(self, *scopes: str) -> None:
-        missing = [scope for scope in scopes if scope not in self.scopes]
-        if missing:
-            raise Forbidden(
-                "Your scope does not allow to access this resource. "
-                f"Missing allowances: {', '.join(missing)}"
-            )
 
 
 class Authenticator(Protocol):
@@ -114,7 +99,7 @@ class JwtAuthenticator:
         identified = all(isinstance(value, str) and value for value in (user_id, client_id))
         if not identified or not isinstance(scope, str):
             raise Unauthorized("The access token is invalid")
-        return Principal(user_id, client_id, frozenset(scope.split())), float(claims["exp"])
+        return Principal.from_scope_text(user_id, client_id, scope), float(claims["exp"])
 
 
 class GatewayAuthenticator:
@@ -130,7 +115,7 @@ class GatewayAuthenticator:
         scope = headers.get("x-consumer-scope")
         if scope is None and isinstance(metadata.get("scope"), str):
             scope = metadata["scope"]
-        return Principal(user_id, client_id, frozenset((scope or "").split()))
+        return Principal.from_scope_text(user_id, client_id, scope or "")
 
 
 def bearer_token(header: str | None) -> str:

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api.auth import Authenticator, Principal
+from service.api.auth import Authenticator
 from service.config import Settings
-from service.messaging.broker import Topology
+from service.domain.principal import Principal
 from service.messaging.job_events import JobEvents
-from service.storage.entities import EntityStore, PatientStore
-from service.storage.jobs import JobStore
+from service.storage.entities import EntityStore
 from service.usecases.jobs import JobService
 from service.usecases.operations import OperatorService
 
 SETTINGS = web.AppKey("settings", Settings)
-TOPOLOGY = web.AppKey("topology", Topology)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
-JOB_STORE = web.AppKey("job_store", JobStore)
 ENTITY_STORE = web.AppKey("entity_store", EntityStore)
-PATIENT_STORE = web.AppKey("patient_store", PatientStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 JOB_EVENTS = web.AppKey("job_events", JobEvents)
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,13 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.api.errors import ApiError, RequestTooLarge, ServiceUnavailable, error_type_for
+from service.api.errors import (
+    ApiError,
+    Forbidden,
+    RequestTooLarge,
+    ServiceUnavailable,
+    error_type_for,
+)
 from service.api.keys import (
     AUTHENTICATOR,
     LONG_POLL,
@@ -30,15 +35,14 @@ from service.api.keys import (
     SETTINGS,
 )
 from service.api.responses import error_response
+from service.domain.principal import ScopeDenied
+from service.domain.request_ids import REQUEST_ID_HEADER, is_sane_request_id
 from service.messaging.broker import BrokerUnavailable
 from service.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
-from service.storage.jobs import StoreUnavailable
+from service.storage.mongo import StoreUnavailable
 
 log = structlog.get_logger("medevents.http")
 
-REQUEST_ID_HEADER = "x-request-id"
-# A caller's request id is kept when it is sane: short, and nothing a log reader would trip on.
-SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 RETRY_AFTER_OUTAGE_SECONDS = "5"
 # Metric labels take these, and "other": a client can send any token as a method.
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -63,7 +67,7 @@ def requires_scope(scope: str | ScopeOf) -> Callable[[HandlerFunction], HandlerF
 
 def request_id_from(request: web.Request) -> str:
     candidate = request.headers.get(REQUEST_ID_HEADER, "")
-    if SANE_REQUEST_ID.fullmatch(candidate):
+    if is_sane_request_id(candidate):
         return candidate
     return uuid.uuid4().hex
 
@@ -165,7 +169,10 @@ async def authorization(request: web.Request, handler: Handler) -> web.StreamRes
         scope = scope(request)
     if scope is not None:
         principal = request.app[AUTHENTICATOR].authenticate(request.headers)
-        principal.require(scope)
+        try:
+            principal.require(scope)
+        except ScopeDenied as denied:
+            raise Forbidden(str(denied)) from None
         request[PRINCIPAL] = principal
     return await handler(request)
 

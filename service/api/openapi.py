@@ -16,15 +16,12 @@ from marshmallow import fields
 
 from schemas import admin as admin_schemas
 from schemas import jobs as job_schemas
-from schemas.encounter_package import (
-    ALL_ENTITY_KINDS,
-    EncounterCancelSchema,
-    EncounterPackageSchema,
-)
-from schemas.entities import ENTITY_ENVELOPES
+from schemas.entities import ENTITY_ENVELOPES, envelope_name
 from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
 from schemas.health import HEALTH
 from service.api.views.jobs import MAX_WAIT_SECONDS
+from service.domain.entities import ALL_ENTITY_KINDS
+from service.usecases.job_types import JobType, ProcessorRegistry
 
 JSON = "application/json"
 
@@ -52,7 +49,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref("ErrorEnvelope"), described[s]) for s in statuses}
 
 
-def build_openapi() -> dict[str, Any]:
+def body_name(job_type: JobType) -> str:
+    """The name of a submission's body in the document: its schema's (`EncounterPackage`)."""
+    return type(job_type.schema).__name__.removesuffix("Schema")
+
+
+def build_openapi(registry: ProcessorRegistry) -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="medevents: asynchronous jobs for medical-event submissions",
@@ -76,13 +78,11 @@ def build_openapi() -> dict[str, Any]:
         "FailedValidationJobEnvelope": job_schemas.FAILED_VALIDATION,
         "ErrorEnvelope": ERROR_ENVELOPE,
         "HealthEnvelope": HEALTH,
-        "EncounterPackage": EncounterPackageSchema(),
-        "EncounterCancel": EncounterCancelSchema(),
     }
+    for job_type in registry.submitted_over_http:
+        envelopes.setdefault(body_name(job_type), job_type.schema)
     for kind in ALL_ENTITY_KINDS:
-        envelopes[f"{kind.entity.title().replace('_', '')}Envelope"] = ENTITY_ENVELOPES[
-            kind.collection
-        ]
+        envelopes[envelope_name(kind)] = ENTITY_ENVELOPES[kind.collection]
     for name, schema in envelopes.items():
         spec.components.schema(name, schema=schema)
 
@@ -147,18 +147,19 @@ def build_openapi() -> dict[str, Any]:
             }
         },
     )
-    for method, body, summary in (
-        ("post", "EncounterPackage", "Submit an encounter package (scope encounter:write)"),
-        ("patch", "EncounterCancel", "Cancel a submitted encounter (scope encounter:write)"),
-    ):
+    for job_type in registry.submitted_over_http:
+        assert job_type.http is not None
         spec.path(
-            path="/api/patients/{patient_id}/encounter_package",
+            path=job_type.http.path,
             operations={
-                method: {
-                    "summary": summary,
+                job_type.http.method.lower(): {
+                    "summary": f"{job_type.http.summary} (scope {job_type.required_scope})",
                     "security": secured,
                     "parameters": [patient_id],
-                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref(body)}}},
+                    "requestBody": {
+                        "required": True,
+                        "content": {JSON: {"schema": _ref(body_name(job_type))}},
+                    },
                     "responses": {
                         "202": {
                             "description": "Accepted: the pending job",
@@ -206,8 +207,7 @@ def build_openapi() -> dict[str, Any]:
                             JSON: {
                                 "schema": {
                                     "oneOf": [
-                                        _ref(f"{kind.entity.title().replace('_', '')}Envelope")
-                                        for kind in ALL_ENTITY_KINDS
+                                        _ref(envelope_name(kind)) for kind in ALL_ENTITY_KINDS
                                     ]
                                 }
                             }
@@ -306,5 +306,5 @@ def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> 
     )
 
 
-def openapi_document() -> bytes:
-    return orjson.dumps(build_openapi())
+def openapi_document(registry: ProcessorRegistry) -> bytes:
+    return orjson.dumps(build_openapi(registry))

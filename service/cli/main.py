@@ -15,44 +15,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 from uvloop import new_event_loop
 
-from consumers.worker import run_consumer
+from consumers.processors import builtin_registry
+from consumers.worker import consumer_in_background, run_consumer
 from service.api.app import create_app
 from service.api.auth import mint_token, signing_secret
+from service.bootstrap import Services, mongodb_configured
 from service.cli.publish import publish_submission, read_submission
 from service.config import ConfigError, Settings
-from service.messaging.broker import Topology
-from service.messaging.dead_letters import count_dead_letters, replay_dead_letters
 from service.observability.logs import configure_logging
-from service.storage.embedded import EmbeddedMongo
-from service.storage.entities import PatientStore
-from service.storage.jobs import open_mongo_client
 
 log = structlog.get_logger("medevents.cli")
 
 
-@contextlib.contextmanager
-def mongodb_for(settings: Settings) -> Iterator[Settings]:
-    """The settings with a MongoDB URL: the configured one, or the embedded server's."""
-    if settings.mongodb_url:
-        yield settings
-        return
-    with EmbeddedMongo(settings.data_dir) as url:
-        yield settings.with_changes(mongodb_url=url)
+def bootstrap(settings: Settings) -> Services:
+    """What every command uses: the adapters and services of `settings`, with every job
+    type of `consumers/processors/`."""
+    return Services(settings, builtin_registry())
 
 
 def serve_api(settings: Settings, _: argparse.Namespace) -> int:
-    with mongodb_for(settings) as settings:
-        _serve(create_app(settings), settings)
+    with mongodb_configured(settings) as settings:
+        _serve(create_app(bootstrap(settings)), settings)
     return 0
 
 
@@ -60,18 +52,26 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
     """API and consumer in one process. With the embedded MongoDB (local use), the demo
     patients are written first and the banner says how to submit and poll."""
     local = not settings.mongodb_url
-    with mongodb_for(settings) as settings:
+    with mongodb_configured(settings) as settings:
         if local:
             asyncio.run(_put_patients(settings, DEMO_PATIENTS))
             print(banner(settings), flush=True)
-        _serve(create_app(settings, with_consumer=True), settings)
+        services = bootstrap(settings)
+        app = create_app(services)
+
+        async def consumer(_: web.Application) -> AsyncIterator[None]:
+            async with consumer_in_background(services):
+                yield
+
+        app.cleanup_ctx.append(consumer)
+        _serve(app, settings)
     return 0
 
 
 def run_consumer_only(settings: Settings, _: argparse.Namespace) -> int:
-    with mongodb_for(settings) as settings:
+    with mongodb_configured(settings) as settings:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            runner.run(run_consumer(settings))
+            runner.run(run_consumer(bootstrap(settings)))
     return 0
 
 
@@ -81,7 +81,7 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     return asyncio.run(
         publish_submission(
-            settings,
+            bootstrap(settings),
             submission,
             wait=args.wait,
             new_ids=args.new_ids,
@@ -92,31 +92,25 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    topology = Topology(settings.amqp_prefix)
+    dead = bootstrap(settings).dead_letters
     if args.action == "count":
-        print(asyncio.run(count_dead_letters(settings.amqp_url, topology)))
+        print(asyncio.run(dead.count()))
     else:
-        replayed = asyncio.run(replay_dead_letters(settings.amqp_url, topology, args.limit))
-        print(f"replayed {replayed}")
+        print(f"replayed {asyncio.run(dead.replay(args.limit))}")
     return 0
 
 
 def add_patient(settings: Settings, args: argparse.Namespace) -> int:
-    with mongodb_for(settings) as settings:
+    with mongodb_configured(settings) as settings:
         asyncio.run(_put_patients(settings, {str(args.patient_id): args.status}))
     print(f"patient {args.patient_id} {args.status}")
     return 0
 
 
 async def _put_patients(settings: Settings, patients: dict[str, str]) -> None:
-    assert settings.mongodb_url
-    client = open_mongo_client(settings, settings.mongodb_url)
-    try:
-        store = PatientStore(client[settings.mongodb_db])
+    async with bootstrap(settings) as services:
         for patient_id, status in patients.items():
-            await store.put(patient_id, status)
-    finally:
-        await client.close()
+            await services.patients.put(patient_id, status)
 
 
 # The patients `make run` writes, and the examples use.

@@ -14,9 +14,10 @@ import aiohttp
 import orjson
 
 from service.api.auth import mint_token, signing_secret
+from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import job_href, new_job_id
-from service.messaging.broker import BrokerUnavailable, SubmissionPublisher, Topology
+from service.messaging.broker import BrokerUnavailable
 
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
@@ -46,7 +47,7 @@ def read_submission(path: Path) -> dict[str, Any] | None:
 
 
 async def publish_submission(
-    settings: Settings,
+    services: Services,
     submission: dict[str, Any],
     *,
     wait: bool,
@@ -58,19 +59,17 @@ async def publish_submission(
         submission = with_new_ids(submission)
     job_id = new_job_id()
     request_id = f"cli-{uuid.uuid4().hex[:16]}"
-    publisher = SubmissionPublisher(settings.amqp_url, Topology(settings.amqp_prefix))
-    try:
-        await publisher.publish(submission, job_id, request_id)
-    except BrokerUnavailable as exc:
-        print(f"medevents publish: the broker is unavailable: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await publisher.close()
+    async with services:
+        try:
+            await services.publisher.publish(submission, job_id, request_id)
+        except BrokerUnavailable as exc:
+            print(f"medevents publish: the broker is unavailable: {exc}", file=sys.stderr)
+            return 1
     print(f"job {job_id}")
     print(f"{api_url.rstrip('/')}{job_href(job_id)}")
     if not wait:
         return 0
-    return await _wait_for(settings, submission, job_id, api_url, wait_seconds)
+    return await _wait_for(services.settings, submission, job_id, api_url, wait_seconds)
 
 
 async def _wait_for(

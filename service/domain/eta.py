@@ -1,4 +1,4 @@
-"""A real `eta` for new jobs, and `Retry-After` for pending ones.
+"""The arithmetic of a real `eta` for new jobs, and of `Retry-After` for pending ones.
 
     eta = now + mean * (1 + ahead / parallelism)
 
@@ -9,22 +9,20 @@
 
 A consumer reports every few seconds into the `consumers` collection; one that has not
 reported for 30 s is not live. With no live consumer the estimate uses 1 s and a parallelism
-of 1: the job waits until one starts, and the estimate cannot know when. The inputs are read
-at most once a second per process, so the estimate adds nothing to most submissions.
+of 1: the job waits until one starts, and the estimate cannot know when. `usecases.eta` reads
+the inputs, at most once a second per process, so the estimate adds nothing to most
+submissions.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
-from pymongo.asynchronous.database import AsyncDatabase
-
-from service.storage.jobs import StoreUnavailable, unavailable_on_outage, utcnow
+from service.domain.clock import utcnow
 
 DEFAULT_MEAN_SECONDS = 1.0
 LIVE_WITHIN = timedelta(seconds=30)
@@ -46,75 +44,25 @@ class MovingAverage:
         )
 
 
-class ConsumerStats:
-    """`consumers`: `{_id: consumer id, mean_seconds, prefetch, updated_at}`."""
-
-    def __init__(self, db: AsyncDatabase) -> None:
-        self._consumers = db["consumers"]
-
-    @unavailable_on_outage
-    async def report(self, consumer_id: str, mean_seconds: float, prefetch: int) -> None:
-        await self._consumers.update_one(
-            {"_id": consumer_id},
-            {
-                "$set": {"mean_seconds": mean_seconds, "prefetch": prefetch},
-                "$currentDate": {"updated_at": True},
-            },
-            upsert=True,
-        )
-
-    @unavailable_on_outage
-    async def live(self, now: datetime) -> list[dict[str, Any]]:
-        cursor = self._consumers.find({"updated_at": {"$gt": now - LIVE_WITHIN}})
-        return [consumer async for consumer in cursor]
-
-    @unavailable_on_outage
-    async def forget(self, consumer_id: str) -> None:
-        await self._consumers.delete_one({"_id": consumer_id})
-
-
 @dataclass(frozen=True, slots=True)
 class Load:
     ahead: int
     mean_seconds: float
     parallelism: int
 
+    @classmethod
+    def of(cls, ahead: int, live_consumers: Iterable[Mapping[str, Any]]) -> Self:
+        """The load from the queue depth and the live consumers' reports (`mean_seconds`,
+        `prefetch`)."""
+        reports = list(live_consumers)
+        if not reports:
+            return cls(ahead, DEFAULT_MEAN_SECONDS, 1)
+        mean = sum(report["mean_seconds"] for report in reports) / len(reports)
+        return cls(ahead, mean, max(1, sum(report["prefetch"] for report in reports)))
+
     def eta(self, now: datetime) -> datetime:
         seconds = self.mean_seconds * (1 + self.ahead / self.parallelism)
         return now + timedelta(seconds=seconds)
-
-
-class EtaEstimator:
-    def __init__(
-        self, stats: ConsumerStats, queue_depth: Callable[[], Awaitable[int | None]]
-    ) -> None:
-        self._stats = stats
-        self._queue_depth = queue_depth
-        self._load = Load(0, DEFAULT_MEAN_SECONDS, 1)
-        self._read_at = -math.inf
-
-    async def eta(self, now: datetime | None = None, *, in_progress: bool = False) -> datetime:
-        """The ETA of a job about to be queued; `in_progress` for one whose message is being
-        processed already (the messages in the queue are then behind it, not ahead)."""
-        now = now or utcnow()
-        if time.monotonic() - self._read_at >= REFRESH_SECONDS:
-            self._read_at = time.monotonic()
-            try:
-                self._load = await self._current_load(now)
-            except StoreUnavailable:
-                pass  # the last load it knew
-        load = self._load
-        if in_progress:
-            load = Load(0, load.mean_seconds, load.parallelism)
-        return load.eta(now)
-
-    async def _current_load(self, now: datetime) -> Load:
-        consumers = await self._stats.live(now)
-        ahead = await self._queue_depth() or 0
-        if not consumers:
-            return Load(ahead, DEFAULT_MEAN_SECONDS, 1)
-        mean = sum(c["mean_seconds"] for c in consumers) / len(consumers)
-        return Load(ahead, mean, max(1, sum(c["prefetch"] for c in consumers)))
 
 
 def retry_after(eta: datetime, now: datetime | None = None) -> int:

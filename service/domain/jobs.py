@@ -1,32 +1,34 @@
-"""The job: its statuses, ids, and the outcomes that end it.
+"""The job: its statuses, ids, links, the new job as stored, and the outcomes that end it.
 
-This module is pure logic shared by the HTTP side and the consumer; it knows nothing about
-MongoDB or the network.
+Pure logic shared by every entrypoint; it knows nothing of MongoDB, RabbitMQ or HTTP.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntEnum
 from typing import Any, Self
 
 import orjson
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# The original system capped a stored error at 10,000 bytes by trimming `invalid`.
+# A stored error is capped at 10,000 bytes by trimming `invalid`, as eHealth's medical events
+# service does: the job document stays small, however many errors a package has.
 MAX_ERROR_BYTES = 10_000
 # Messages are short; with the cap on `invalid`, every stored error stays under 10,000 bytes.
 MAX_MESSAGE_LENGTH = 1_000
-# How far ahead a new job's `eta` lies. The original used a fixed offset too.
+# How far ahead a new job's `eta` lies when no estimate can be made (usecases.eta makes one).
 PENDING_ETA = timedelta(seconds=30)
 
 
 class JobStatus(IntEnum):
-    """Stored as integers, as the original system did."""
+    """Stored as integers, as eHealth's medical events service stores them, so that its
+    tools read our documents."""
 
     PENDING = 0
     PROCESSED = 1
@@ -47,7 +49,7 @@ def is_valid_job_id(job_id: str) -> bool:
 
 
 def new_job_id() -> str:
-    """A URL-safe random id of 22 characters, shaped like the seed's `NBXk9EyErUZv1RhXgyvgg`."""
+    """A URL-safe random id of 22 characters, shaped like eHealth's (`NBXk9EyErUZv1RhXgyvgg`)."""
     return secrets.token_urlsafe(16)
 
 
@@ -68,6 +70,30 @@ def submission_hash(submission: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+def job_id_of_message(
+    message_id: str | None,
+    body: bytes,
+    timestamp: object,
+    correlation_id: str | None,
+    *,
+    body_is_object: bool,
+) -> str | None:
+    """The job id of a submission message: its `message_id` when that is a valid job id.
+
+    Without a `message_id`, a body that is a JSON object gets an id derived from it and the
+    producer's `timestamp` and `correlation_id`, so that a redelivery maps to the same job; a
+    producer that wants to poll at once sets `message_id` itself. None when there is no
+    usable id: a bad `message_id`, or none and a body that is no submission at all.
+    """
+    if message_id is not None:
+        return message_id if is_valid_job_id(message_id) else None
+    if not body_is_object:
+        return None
+    digest = hashlib.sha256(body)
+    digest.update(repr((timestamp, correlation_id)).encode())
+    return base64.urlsafe_b64encode(digest.digest()).decode()[:22]
+
+
 def job_href(job_id: str) -> str:
     return f"/api/jobs/{job_id}"
 
@@ -83,6 +109,63 @@ class Link:
 
     def to_document(self) -> dict[str, str]:
         return {"entity": self.entity, "href": self.href}
+
+
+def order_key(inserted_at: datetime, job_id: str) -> str:
+    """A job's place in the operators' list: its insertion time as 17 digits (UTC, to the
+    millisecond), so that the strings sort as the times do, then its id, which breaks ties.
+    One field, so that one index serves both the filter and the sort on any MongoDB, and a page
+    ends at a key no other job has (`order_key(since, "")` sorts before every job inserted at
+    `since` or later). Digits, not ISO 8601: the test server compares strings that look like
+    dates as dates, and `$lt` on such a string matches nothing there."""
+    at = inserted_at.astimezone(UTC)
+    return f"{at.year:04d}" + at.strftime("%m%d%H%M%S") + f"{at.microsecond // 1000:03d}|{job_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    job_id: str
+    type: str
+    hash: str
+    # None when a producer's body did not say (its job then fails with a 422 nobody reads).
+    client_id: str | None
+    user_id: str | None
+    request_id: str
+    eta: datetime
+    # Shown to operators (the dashboard); None when the body did not say.
+    patient_id: str | None = None
+
+    def to_document(self, now: datetime) -> dict[str, Any]:
+        return {
+            "_id": self.job_id,
+            "type": self.type,
+            "status": int(JobStatus.PENDING),
+            "status_code": 202,
+            "hash": self.hash,
+            "client_id": self.client_id,
+            "user_id": self.user_id,
+            "request_id": self.request_id,
+            "patient_id": self.patient_id,
+            "eta": self.eta,
+            "inserted_at": now,
+            "updated_at": now,
+            "order_key": order_key(now, self.job_id),
+            "attempts": 0,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """What an operator asks of the job list. `after` is the `order_key` of the last job of
+    the previous page."""
+
+    status: JobStatus | None = None
+    type: str | None = None
+    client_id: str | None = None
+    since: datetime | None = None
+    after: str | None = None
+    oldest_first: bool = False
+    limit: int = 50
 
 
 @dataclass(frozen=True, slots=True)

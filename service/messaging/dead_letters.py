@@ -10,11 +10,11 @@ replayed twice in one run.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from service.messaging.broker import CONNECT_TIMEOUT_SECONDS, Topology, declare_topology
 
@@ -31,65 +31,58 @@ BROKER_HEADERS = (
 )
 
 
-async def _dead_queue(channel: aio_pika.abc.AbstractChannel, topology: Topology) -> AbstractQueue:
-    await declare_topology(channel, topology)
-    return await channel.declare_queue(topology.dead_queue, passive=True)
+class DeadLetters:
+    """The dead-letter queue of one topology. Each call opens a connection of its own and
+    closes it: operators count and replay now and then, never on a hot path."""
+
+    def __init__(self, amqp_url: str, topology: Topology) -> None:
+        self._url = amqp_url
+        self._topology = topology
+
+    async def count(self) -> int:
+        connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
+        async with connection:
+            channel = await connection.channel()
+            queue = await self._dead_queue(channel)
+            return queue.declaration_result.message_count or 0
+
+    async def replay(
+        self,
+        limit: int | None = None,
+        select: Callable[[AbstractIncomingMessage], bool] | None = None,
+    ) -> int:
+        """Publish dead letters again, oldest first; returns how many were replayed. With
+        `select`, only the messages it selects: the others are held until the end of the run
+        and then go back to the dead queue as they were."""
+        connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange, _ = await declare_topology(channel, self._topology)
+            queue = await self._dead_queue(channel)
+            waiting = queue.declaration_result.message_count or 0
+            todo = waiting if limit is None else min(limit, waiting)
+            replayed = 0
+            for _ in range(waiting):
+                if replayed >= todo:
+                    break
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                if select is not None and not select(message):
+                    continue  # held, unacked: requeued when the channel closes
+                await exchange.publish(
+                    _copy_of(message), routing_key=message.routing_key or "replayed", mandatory=True
+                )
+                await message.ack()  # only once the broker confirmed the copy
+                replayed += 1
+            return replayed
+
+    async def _dead_queue(self, channel: AbstractChannel) -> AbstractQueue:
+        await declare_topology(channel, self._topology)
+        return await channel.declare_queue(self._topology.dead_queue, passive=True)
 
 
-async def count_dead_letters(amqp_url: str, topology: Topology) -> int:
-    connection = await aio_pika.connect(amqp_url, timeout=CONNECT_TIMEOUT_SECONDS)
-    async with connection:
-        channel = await connection.channel()
-        queue = await _dead_queue(channel, topology)
-        return queue.declaration_result.message_count or 0
-
-
-async def replay_dead_letters(
-    amqp_url: str,
-    topology: Topology,
-    limit: int | None = None,
-    job_ids: Collection[str] | None = None,
-) -> int:
-    """Publish dead letters again, oldest first; returns how many were replayed. With
-    `job_ids`, only the messages of those jobs: the others are held until the end of the run
-    and then go back to the dead queue as they were."""
-    connection = await aio_pika.connect(amqp_url, timeout=CONNECT_TIMEOUT_SECONDS)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchange, _ = await declare_topology(channel, topology)
-        queue = await _dead_queue(channel, topology)
-        waiting = queue.declaration_result.message_count or 0
-        todo = waiting if limit is None else min(limit, waiting)
-        wanted = None if job_ids is None else set(job_ids)
-        replayed = 0
-        for _ in range(waiting):
-            if replayed >= todo:
-                break
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            if wanted is not None and _job_id(message) not in wanted:
-                continue  # held, unacked: requeued when the channel closes
-            await exchange.publish(
-                _copy_of(message), routing_key=message.routing_key or "replayed", mandatory=True
-            )
-            await message.ack()  # only once the broker confirmed the copy
-            replayed += 1
-        return replayed
-
-
-def _job_id(message: aio_pika.abc.AbstractIncomingMessage) -> str | None:
-    """The job id the consumer gave the message (derived from the body when the producer set
-    no `message_id`), so that every dead letter the dashboard shows can be replayed by it."""
-    from consumers.consumer import job_id_of  # the consumer's own rule; imported late
-    from service.usecases.processing import parse_body
-
-    if message.message_id is not None:
-        return message.message_id
-    return job_id_of(message, parse_body(message.body))
-
-
-def _copy_of(message: aio_pika.abc.AbstractIncomingMessage) -> aio_pika.Message:
+def _copy_of(message: AbstractIncomingMessage) -> aio_pika.Message:
     """The message as its producer sent it: the broker's own headers left out."""
     headers: dict[str, Any] = {
         key: value for key, value in (message.headers or {}).items() if key not in BROKER_HEADERS

@@ -1,4 +1,4 @@
-"""Repositories of the medical entities a job creates, and of the patients they belong to.
+"""The repository of the medical entities a job creates, one collection per kind.
 
 Every entity document carries the `job_id` that wrote it. That is what makes processing
 repeatable: a redelivered message finds its own earlier writes and goes on, where another
@@ -14,36 +14,11 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from schemas.encounter_package import (
-    ALL_ENTITY_KINDS,
-    ENCOUNTER,
-    ENCOUNTER_ENTITY_KINDS,
-    EntityKind,
-)
-from service.storage.jobs import unavailable_on_outage, utcnow
+from service.domain.clock import utcnow
+from service.domain.entities import ALL_ENTITY_KINDS, ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EntityKind
+from service.storage.mongo import unavailable_on_outage
 
 DUPLICATE_KEY = 11000
-PATIENT_STATUSES = ("active", "inactive")
-
-
-class PatientStore:
-    """`patients`: `{"_id": "<patient uuid>", "status": "active" | "inactive"}`, maintained
-    by another system in production; `medevents patient add` writes one for local use."""
-
-    def __init__(self, db: AsyncDatabase) -> None:
-        self._patients = db["patients"]
-
-    @unavailable_on_outage
-    async def get(self, patient_id: str) -> dict[str, Any] | None:
-        return await self._patients.find_one({"_id": patient_id})
-
-    @unavailable_on_outage
-    async def put(self, patient_id: str, status: str) -> None:
-        if status not in PATIENT_STATUSES:
-            raise ValueError(f"a patient's status is one of {PATIENT_STATUSES}")
-        await self._patients.update_one(
-            {"_id": patient_id}, {"$set": {"status": status}}, upsert=True
-        )
 
 
 class EntityStore:

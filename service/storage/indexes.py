@@ -9,7 +9,8 @@ import contextlib
 import structlog
 
 from service.storage.entities import EntityStore
-from service.storage.jobs import JobStore, StoreUnavailable
+from service.storage.jobs import JobStore
+from service.storage.mongo import StoreUnavailable
 
 log = structlog.get_logger("medevents.indexes")
 

@@ -1,137 +1,37 @@
-"""The job repository over PyMongo's async API.
-
-Every driver error that means "the database cannot be reached right now" leaves this module
-as `StoreUnavailable`, so callers (the HTTP error middleware, later the consumer) decide what
-an outage means for them without knowing the driver.
-"""
+"""The job repository over PyMongo's async API: `jobs`, one document per job."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import AutoReconnect, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError
 
-from service.config import Settings
-from service.domain.jobs import JobOutcome, JobStatus
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-# What a job response needs, and nothing else; a poll reads these and the job's client.
-JOB_RESPONSE_FIELDS = {"status": 1, "status_code": 1, "eta": 1, "response": 1, "error": 1}
-JOB_READ_FIELDS = {**JOB_RESPONSE_FIELDS, "client_id": 1}
-
-
-class StoreUnavailable(Exception):
-    """MongoDB could not be reached or did not answer in time."""
-
-
-def open_mongo_client(settings: Settings, url: str) -> AsyncMongoClient:
-    timeout = settings.mongodb_timeout_ms
-    return AsyncMongoClient(
-        url,
-        tz_aware=True,
-        appname="medevents",
-        serverSelectionTimeoutMS=timeout,
-        connectTimeoutMS=timeout,
-        # One operation may take longer than finding a server, but never hang a request.
-        socketTimeoutMS=5 * timeout,
-    )
-
-
-def unavailable_on_outage(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    @functools.wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await method(*args, **kwargs)
-        except ConnectionFailure as exc:  # includes server selection and network timeouts
-            raise StoreUnavailable(str(exc)) from exc
-        except PyMongoError as exc:
-            if exc.timeout:
-                raise StoreUnavailable(str(exc)) from exc
-            raise
-
-    return wrapper
-
-
-def utcnow() -> datetime:
-    """Now, at the millisecond precision BSON keeps, so what is written is what is read."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
-def order_key(inserted_at: datetime, job_id: str) -> str:
-    """A job's place in the operators' list: its insertion time as 17 digits (UTC, to the
-    millisecond), so that the strings sort as the times do, then its id, which breaks ties.
-    One field, so that one index serves both the filter and the sort on any MongoDB, and a page
-    ends at a key no other job has (`order_key(since, "")` sorts before every job inserted at
-    `since` or later). Digits, not ISO 8601: the test server compares strings that look like
-    dates as dates, and `$lt` on such a string matches nothing there."""
-    at = inserted_at.astimezone(UTC)
-    return f"{at.year:04d}" + at.strftime("%m%d%H%M%S") + f"{at.microsecond // 1000:03d}|{job_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    job_id: str
-    type: str
-    hash: str
-    client_id: str
-    user_id: str
-    request_id: str
-    eta: datetime
-    # Shown to operators (the dashboard); None when the body did not say.
-    patient_id: str | None = None
-
-    def to_document(self, now: datetime) -> dict[str, Any]:
-        return {
-            "_id": self.job_id,
-            "type": self.type,
-            "status": int(JobStatus.PENDING),
-            "status_code": 202,
-            "hash": self.hash,
-            "client_id": self.client_id,
-            "user_id": self.user_id,
-            "request_id": self.request_id,
-            "patient_id": self.patient_id,
-            "eta": self.eta,
-            "inserted_at": now,
-            "updated_at": now,
-            "order_key": order_key(now, self.job_id),
-            "attempts": 0,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class JobQuery:
-    """What an operator asks of the job list. `after` is the `order_key` of the last job of
-    the previous page."""
-
-    status: JobStatus | None = None
-    type: str | None = None
-    client_id: str | None = None
-    since: datetime | None = None
-    after: str | None = None
-    oldest_first: bool = False
-    limit: int = 50
+from service.domain.clock import utcnow
+from service.domain.jobs import JobOutcome, JobQuery, JobStatus, NewJob, order_key
+from service.storage.mongo import unavailable_on_outage
 
 
 class JobStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, read_fields: Iterable[str] | None = None) -> None:
+        """`read_fields`: what a poll reads of a job (`get_for_client`) besides its `_id`, the
+        fields its response renders (`schemas.jobs.JOB_RESPONSE_FIELDS`); None: all of them."""
         self.database = db
         self._jobs: AsyncCollection = db["jobs"]
+        # The job's client too: `get_for_client` compares it here.
+        self._read_projection = (
+            None if read_fields is None else {**dict.fromkeys(read_fields, 1), "client_id": 1}
+        )
 
     @unavailable_on_outage
     async def ensure_indexes(self) -> None:
         """Create the indexes the queries need; a no-op when they exist."""
-        # Finding an identical pending submission (deduplication, as the original did).
+        # Finding an identical pending submission (deduplication, as eHealth's medical events
+        # service does).
         await self._jobs.create_index([("hash", ASCENDING), ("status", ASCENDING)])
         # Finding finished jobs past their retention period.
         await self._jobs.create_index([("status", ASCENDING), ("updated_at", ASCENDING)])
@@ -155,13 +55,10 @@ class JobStore:
         # The hottest read there is (README, "Polling"): the `find` command itself, without
         # `find_one`'s cursor around it, by `_id` alone with the client compared here (the
         # same answer; a filter on two fields cost the server 15% more per poll).
-        command = {
-            "find": self._jobs.name,
-            "filter": {"_id": job_id},
-            "projection": JOB_READ_FIELDS,
-            "limit": 1,
-            "singleBatch": True,
-        }
+        command: dict[str, Any] = {"find": self._jobs.name, "filter": {"_id": job_id}}
+        if self._read_projection is not None:
+            command["projection"] = self._read_projection
+        command.update(limit=1, singleBatch=True)
         for attempt in (1, 2):
             try:
                 reply = await self._jobs.database.command(
@@ -186,7 +83,8 @@ class JobStore:
 
     @unavailable_on_outage
     async def find_pending(self, request_hash: str) -> dict[str, Any] | None:
-        """A pending job of an identical submission (same hash), as the original found one."""
+        """A pending job of an identical submission (same hash), as eHealth's medical events
+        service finds one."""
         return await self._jobs.find_one({"hash": request_hash, "status": int(JobStatus.PENDING)})
 
     @unavailable_on_outage

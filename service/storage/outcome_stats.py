@@ -11,28 +11,14 @@ smallest such bound). A refresh reads at most a day of minutes: 1,440 small docu
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 
-from service.storage.jobs import unavailable_on_outage
-
-# Upper bounds of the processing-time buckets, in milliseconds; slower jobs count as "inf".
-BUCKET_BOUNDS_MS = (10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000)
-KEPT_FOR = timedelta(days=2)
-
-
-def minute_key(at: datetime) -> str:
-    """The minute `at` falls in, as an id that sorts as time does."""
-    return at.strftime("%Y-%m-%dT%H:%M")
-
-
-def bucket_of(seconds: float) -> str:
-    index = bisect.bisect_left(BUCKET_BOUNDS_MS, seconds * 1000)
-    return str(BUCKET_BOUNDS_MS[index]) if index < len(BUCKET_BOUNDS_MS) else "inf"
+from service.domain.outcome_counts import bucket_of, minute_key
+from service.storage.mongo import unavailable_on_outage
 
 
 class OutcomeRecorder:
@@ -99,17 +85,3 @@ def _nested(document: dict[str, Any]) -> dict[str, Any]:
             if group in minute:
                 minute[group][inner] = minute[group].get(inner, 0) + value
     return minute
-
-
-def percentile_ms(buckets: Counter[str], share: float) -> float | None:
-    """The upper bound of the bucket holding the `share` quantile (None without samples; the
-    last finite bound's double for the open bucket)."""
-    total = sum(buckets.values())
-    if not total:
-        return None
-    seen = 0
-    for bound in [*map(str, BUCKET_BOUNDS_MS), "inf"]:
-        seen += buckets.get(bound, 0)
-        if seen >= share * total:
-            return float(bound) if bound != "inf" else BUCKET_BOUNDS_MS[-1] * 2.0
-    return None

@@ -1,13 +1,14 @@
-"""The processor registry: a job `type` maps to the schema of its `data` and its handler.
+"""What a job type is: the contract every module of `consumers/processors/` fulfils.
 
-A new job type is one module under `consumers/processors/` that defines `JOB_TYPE`; the
-registry finds it by itself.
+A job type declares everything about itself in one `JobType`: its name (the `type` of a
+submission, and its routing key), the schema of its `data`, its handler, the scope its
+requester needs, and, when it can be submitted over HTTP, the method and path of that
+submission. The consumer processes it by its name; the HTTP API routes its submissions and
+documents them in OpenAPI from the same declaration.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 from marshmallow import Schema
 
 from service.domain.jobs import JobOutcome
-from service.storage.entities import EntityStore, PatientStore
+from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
+from service.storage.patients import PatientStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +42,41 @@ Handler = Callable[[JobContext], Awaitable[JobOutcome]]
 
 
 @dataclass(frozen=True, slots=True)
+class HttpSubmission:
+    """How a job type is submitted over HTTP: the request body is the submission's `data`,
+    the path names the patient (`{patient_id}`), the answer is 202 with the pending job."""
+
+    method: str
+    path: str
+    # What the operation does, for the OpenAPI document ("Submit an encounter package").
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
 class JobType:
     name: str
     schema: Schema
     handler: Handler
-    # The scope the requester needs; without it the job fails with 403.
+    # The scope the requester needs: over HTTP a 403 at once, over AMQP a job failed 403.
     required_scope: str
     # Whether the patient must exist (else 404) and be active (else 409) first.
     needs_active_patient: bool = True
+    # None: submitted over AMQP only.
+    http: HttpSubmission | None = None
 
 
 class ProcessorRegistry:
     def __init__(self, job_types: Iterable[JobType]) -> None:
         self._types: dict[str, JobType] = {}
+        routes: set[tuple[str, str]] = set()
         for job_type in job_types:
             if job_type.name in self._types:
                 raise ValueError(f"job type {job_type.name!r} is registered twice")
+            if job_type.http is not None:
+                route = (job_type.http.method.upper(), job_type.http.path)
+                if route in routes:
+                    raise ValueError(f"{route[0]} {route[1]} is declared by two job types")
+                routes.add(route)
             self._types[job_type.name] = job_type
 
     def get(self, name: str) -> JobType | None:
@@ -65,18 +86,10 @@ class ProcessorRegistry:
     def names(self) -> list[str]:
         return sorted(self._types)
 
+    @property
+    def submitted_over_http(self) -> list[JobType]:
+        """The job types with an HTTP submission, in the order they were registered."""
+        return [job_type for job_type in self._types.values() if job_type.http is not None]
+
     def with_types(self, *job_types: JobType) -> ProcessorRegistry:
         return ProcessorRegistry([*self._types.values(), *job_types])
-
-
-def builtin_registry() -> ProcessorRegistry:
-    """Every `JOB_TYPE` defined by a module of `consumers.processors`."""
-    from consumers import processors
-
-    job_types = []
-    for module_info in pkgutil.iter_modules(processors.__path__):
-        module = importlib.import_module(f"{processors.__name__}.{module_info.name}")
-        job_type = getattr(module, "JOB_TYPE", None)
-        if isinstance(job_type, JobType):
-            job_types.append(job_type)
-    return ProcessorRegistry(job_types)

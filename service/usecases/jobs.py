@@ -1,22 +1,22 @@
-"""The service layer for jobs: what the HTTP entrypoint asks of a job."""
+"""The service layer for jobs: submitting one, and reading one as its client polls it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 
-from service.api.auth import Principal
-from service.domain.eta import EtaEstimator
-from service.domain.jobs import JobStatus, is_valid_job_id, new_job_id, pending_eta, submission_hash
-from service.messaging.broker import BrokerUnavailable, SubmissionPublisher
-from service.storage.jobs import JobStore, NewJob, utcnow
+from service.domain.jobs import is_valid_job_id, new_job_id, submission_hash
+from service.domain.principal import Principal
+from service.messaging.broker import BrokerUnavailable
+from service.messaging.publisher import SubmissionPublisher
+from service.storage.jobs import JobStore
+from service.usecases.eta import EtaEstimator
+from service.usecases.finished_jobs import FinishedJobs
+from service.usecases.submissions import PendingJobs, submission_body
 
 log = structlog.get_logger("medevents.jobs")
 
@@ -25,54 +25,6 @@ T = TypeVar("T")
 
 class JobNotFound(Exception):
     """No such job for this client: it does not exist, or another client submitted it."""
-
-
-class FinishedJobs:
-    """Finished jobs as their responses need them, kept in memory for a few minutes: a
-    terminal job never changes, so a poller that asks again is answered without a database
-    round trip, and its response's `data` is rendered once (`rendered`). Bounded in size; an
-    entry outlives the job's removal by retention (days later) by at most `KEEP_SECONDS`."""
-
-    KEEP_SECONDS = 300.0
-    MAX_ENTRIES = 10_000
-
-    def __init__(self) -> None:
-        self._jobs: OrderedDict[tuple[str, str], _Finished] = OrderedDict()
-
-    def get(self, job_id: str, client_id: str) -> dict[str, Any] | None:
-        entry = self._jobs.get((job_id, client_id))
-        if entry is None:
-            return None
-        if time.monotonic() - entry.kept_at > self.KEEP_SECONDS:
-            del self._jobs[(job_id, client_id)]
-            return None
-        return entry.job
-
-    def keep(self, job_id: str, client_id: str, job: dict[str, Any]) -> None:
-        if job["status"] == JobStatus.PENDING:
-            return
-        self._jobs[(job_id, client_id)] = _Finished(job, time.monotonic())
-        if len(self._jobs) > self.MAX_ENTRIES:
-            self._jobs.popitem(last=False)
-
-    def rendered(
-        self, job_id: str, client_id: str, job: dict[str, Any], render: Callable[[dict], T]
-    ) -> T:
-        """`render(job)`, made once for the job kept; made each time for any other (a pending
-        job, one gone from the cache, or a read that is not the kept one)."""
-        entry = self._jobs.get((job_id, client_id))
-        if entry is None or entry.job is not job:
-            return render(job)
-        if entry.rendered is None:
-            entry.rendered = render(job)
-        return entry.rendered
-
-
-@dataclass(slots=True)
-class _Finished:
-    job: dict[str, Any]
-    kept_at: float
-    rendered: Any = None
 
 
 class _Turn:
@@ -90,12 +42,20 @@ class JobService:
     ) -> None:
         self.store = store
         self.publisher = publisher
-        self.estimator = estimator
+        self.pending = PendingJobs(store, estimator.eta if estimator else None)
         self._finished = FinishedJobs()
         self._submitting: dict[str, _Turn] = {}
 
     async def broker_ready(self) -> bool:
         return self.publisher is not None and await self.publisher.ready()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether MongoDB answers a ping, and whether the broker would take a message now."""
+        return {"mongodb": await self.store.ping(), "broker": await self.broker_ready()}
+
+    async def queue_depth(self) -> int | None:
+        """Messages ready in the jobs queue; None when the broker cannot say now."""
+        return await self.publisher.queue_depth() if self.publisher is not None else None
 
     async def job_for_client(self, job_id: str, client_id: str) -> dict[str, Any]:
         """The job as its response needs it. An id that cannot be a job id is not looked up,
@@ -135,20 +95,11 @@ class JobService:
         """
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
-        submission = {
-            "type": job_type,
-            "patient_id": patient_id,
-            "requested_by": {
-                "client_id": principal.client_id,
-                "user_id": principal.user_id,
-                "scope": " ".join(sorted(principal.scopes)),
-            },
-            "data": data,
-        }
+        submission = submission_body(job_type, patient_id, principal, data)
         request_hash = submission_hash(submission)
         # Identical submissions arriving together (a double click) wait for each other in
         # this process, so that the second finds the first's job. Across API processes the
-        # check stays racy, as the original's was.
+        # check stays racy, as eHealth's medical events service's is.
         async with self._one_at_a_time(request_hash):
             existing = await self.store.find_pending(request_hash)
             if existing is not None:
@@ -156,20 +107,18 @@ class JobService:
                 return existing, False
             job_id = new_job_id()
             # Estimated before the message is queued: the queue holds what is ahead of it.
-            eta = await self.estimator.eta() if self.estimator else pending_eta(utcnow())
+            eta = await self.pending.eta()
             # The client posted `data` itself: the paths of a 422 are to be relative to it.
             await self.publisher.publish(submission, job_id, request_id, data_root="$")
-            job, _ = await self.store.create_pending(
-                NewJob(
-                    job_id=job_id,
-                    type=job_type,
-                    hash=request_hash,
-                    client_id=principal.client_id,
-                    user_id=principal.user_id,
-                    request_id=request_id,
-                    eta=eta,
-                    patient_id=patient_id,
-                )
+            job, _ = await self.pending.create(
+                job_id,
+                job_type=job_type,
+                client_id=principal.client_id,
+                user_id=principal.user_id,
+                patient_id=patient_id,
+                request_hash=request_hash,
+                request_id=request_id,
+                eta=eta,
             )
         log.info("job_submitted", job_id=job_id, type=job_type)
         return job, True

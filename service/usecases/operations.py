@@ -4,23 +4,22 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from service.domain.jobs import JobStatus, is_valid_job_id
-from service.messaging.broker import (
-    CONNECTION_EXCEPTIONS,
-    BrokerUnavailable,
-    SubmissionPublisher,
-    Topology,
-)
-from service.messaging.dead_letters import count_dead_letters, replay_dead_letters
-from service.storage.jobs import JobQuery, JobStore, utcnow
-from service.storage.outcome_stats import OutcomeStats, minute_key, percentile_ms
+from service.domain.clock import utcnow
+from service.domain.jobs import JobQuery, JobStatus, is_valid_job_id, job_id_of_message
+from service.domain.outcome_counts import minute_key, percentile_ms
+from service.messaging.broker import CONNECTION_EXCEPTIONS, BrokerUnavailable
+from service.messaging.dead_letters import DeadLetters
+from service.messaging.publisher import SubmissionPublisher
+from service.storage.jobs import JobStore
+from service.storage.outcome_stats import OutcomeStats
 from service.usecases.jobs import JobNotFound
+from service.usecases.submissions import parse_body
 
 log = structlog.get_logger("medevents.operations")
 
@@ -34,14 +33,12 @@ class OperatorService:
         jobs: JobStore,
         outcomes: OutcomeStats,
         publisher: SubmissionPublisher | None,
-        amqp_url: str,
-        topology: Topology,
+        dead_letters: DeadLetters,
     ) -> None:
         self.jobs = jobs
         self.outcomes = outcomes
         self.publisher = publisher
-        self._amqp_url = amqp_url
-        self._topology = topology
+        self.dead_letters = dead_letters
 
     async def jobs_page(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
         """A page of jobs and where the next one starts (None on the last page)."""
@@ -87,18 +84,48 @@ class OperatorService:
     async def dead_letter_count(self) -> int | None:
         """None when the broker cannot be asked now."""
         try:
-            return await count_dead_letters(self._amqp_url, self._topology)
+            return await self.dead_letters.count()
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
             log.warning("dead_letters_uncounted", error=repr(exc))
             return None
 
     async def replay(self, job_ids: Collection[str] | None, limit: int | None) -> int:
+        """Replay dead letters: all, the oldest `limit`, or those of `job_ids`."""
+        select = None if job_ids is None else of_jobs(job_ids)
         try:
-            replayed = await replay_dead_letters(self._amqp_url, self._topology, limit, job_ids)
+            replayed = await self.dead_letters.replay(limit, select)
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerUnavailable(repr(exc)) from exc
         log.info("dead_letters_replayed", count=replayed, by_job_id=job_ids is not None)
         return replayed
+
+
+class _Message(Protocol):
+    message_id: str | None
+    body: bytes
+    timestamp: Any
+    correlation_id: str | None
+
+
+def of_jobs(job_ids: Collection[str]) -> Callable[[_Message], bool]:
+    """Selects the dead letters of these jobs, by the job id the consumer gave each message
+    (derived from its body when the producer set no `message_id`, as the consumer derives it),
+    so that every dead letter the dashboard shows can be replayed by it."""
+    wanted = set(job_ids)
+
+    def select(message: _Message) -> bool:
+        if message.message_id is not None:
+            return message.message_id in wanted
+        job_id = job_id_of_message(
+            None,
+            message.body,
+            message.timestamp,
+            message.correlation_id,
+            body_is_object=parse_body(message.body).raw is not None,
+        )
+        return job_id in wanted
+
+    return select
 
 
 def _window(minutes: list[dict[str, Any]]) -> dict[str, Any]:

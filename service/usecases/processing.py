@@ -25,20 +25,29 @@ import structlog
 from marshmallow import ValidationError
 
 from schemas.rules import Rule
-from schemas.submission import MAX_BODY_BYTES, SUBMISSION
-from schemas.validation import invalid_entries, json_object, single_entry
-from service.domain.jobs import JobOutcome, JobStatus, pending_eta, submission_hash
+from schemas.validation import invalid_entries, single_entry
+from service.domain.clock import utcnow
+from service.domain.jobs import JobOutcome, JobStatus, submission_hash
+from service.domain.principal import Principal, ScopeDenied
 from service.observability.metrics import JOB_PROCESSING, JOBS_FINISHED
-from service.storage.entities import EntityStore, PatientStore
-from service.storage.jobs import JobStore, NewJob, StoreUnavailable, utcnow
+from service.storage.entities import EntityStore
+from service.storage.jobs import JobStore
+from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeRecorder
+from service.storage.patients import PatientStore
 from service.usecases.job_types import JobContext, ProcessorRegistry
+from service.usecases.submissions import (
+    UNKNOWN_TYPE,
+    ParsedBody,
+    PendingJobs,
+    parse_body,
+    short_text,
+)
 
 log = structlog.get_logger("medevents.processing")
 
 MAX_ATTEMPTS = 3
 RETRY_DELAY_SECONDS = 0.5
-UNKNOWN_TYPE = "unknown"
 INTERNAL_ERROR = JobOutcome.failed_with_error(
     "The job could not be processed because of an internal error"
 )
@@ -54,43 +63,13 @@ class Delivery:
     job_id: str
     body: bytes
     request_id: str | None = None
-    # Where the client's document sits, for the paths of a 422 (see broker.DATA_ROOT_HEADER).
+    # Where the client's document sits, for the paths of a 422 (messaging.headers.data_root_in).
     data_root: list[str] = field(default_factory=lambda: ["data"])
 
     @property
     def wrapped_by_api(self) -> bool:
         """A submission the HTTP API wrapped: its client's document is the whole `data`."""
         return not self.data_root
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedBody:
-    """The body as far as it could be read: `raw` is the JSON object (or None), `invalid`
-    the entries of a 422 when the body is unusable."""
-
-    raw: dict[str, Any] | None
-    submission: dict[str, Any] | None
-    invalid: list[dict[str, Any]] | None
-
-
-def parse_body(body: bytes) -> ParsedBody:
-    if len(body) > MAX_BODY_BYTES:
-        rule = Rule(
-            "length", f"the body is larger than {MAX_BODY_BYTES} bytes", {"max": MAX_BODY_BYTES}
-        )
-        return ParsedBody(None, None, single_entry([], rule))
-    raw, invalid = json_object(body)
-    if invalid is not None:
-        return ParsedBody(raw, None, invalid)
-    try:
-        return ParsedBody(raw, SUBMISSION.load(raw), None)
-    except ValidationError as exc:
-        return ParsedBody(raw, None, invalid_entries(exc.messages))
-
-
-def _short_text(mapping: Any, key: str, limit: int = 255) -> str | None:
-    value = mapping.get(key) if isinstance(mapping, dict) else None
-    return value if isinstance(value, str) and 0 < len(value) <= limit else None
 
 
 class SubmissionProcessor:
@@ -104,21 +83,23 @@ class SubmissionProcessor:
         max_attempts: int = MAX_ATTEMPTS,
         retry_delay: float = RETRY_DELAY_SECONDS,
         estimate_eta: Callable[[], Awaitable[datetime]] | None = None,
+        outcomes: OutcomeRecorder | None = None,
+        on_finished: Callable[[float], None] | None = None,
     ) -> None:
+        """`estimate_eta`: the ETA of a job a producer published straight to the broker.
+        `outcomes`: counts finished jobs per minute for the operators (written with the
+        consumer's load reports, `usecases.load_reports`). `on_finished`: told the processing
+        time of each job this processor finished; redeliveries of finished jobs and waits for
+        MongoDB are not processing time."""
         self.jobs = jobs
         self.entities = entities
         self.patients = patients
         self.registry = registry
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
-        self.estimate_eta = estimate_eta
-        # Told the processing time of each job this processor finished (the consumer's
-        # moving average for the ETA); redeliveries of finished jobs and waits for MongoDB
-        # are not processing time.
-        self.on_finished: Callable[[float], None] | None = None
-        # Counts finished jobs per minute for the operators (service.outcome_stats); the
-        # consumer writes them with its load reports.
-        self.outcomes: OutcomeRecorder | None = None
+        self.pending = PendingJobs(jobs, estimate_eta)
+        self.outcomes = outcomes
+        self.on_finished = on_finished
 
     async def process(self, delivery: Delivery) -> dict[str, Any]:
         """Accept and complete; returns the job as it ends."""
@@ -141,18 +122,16 @@ class SubmissionProcessor:
         job = await self.jobs.get(delivery.job_id) if delivery.wrapped_by_api else None
         if job is None:
             requested_by = raw.get("requested_by")
-            new = NewJob(
-                job_id=delivery.job_id,
-                type=_short_text(raw, "type", 100) or UNKNOWN_TYPE,
-                hash=request_hash,
+            job, _ = await self.pending.create(
+                delivery.job_id,
+                job_type=short_text(raw, "type", 100) or UNKNOWN_TYPE,
                 # Read from the body even when it is invalid, so that its client can read the 422.
-                client_id=_short_text(requested_by, "client_id"),
-                user_id=_short_text(requested_by, "user_id"),
+                client_id=short_text(requested_by, "client_id"),
+                user_id=short_text(requested_by, "user_id"),
+                patient_id=short_text(raw, "patient_id", 64),
+                request_hash=request_hash,
                 request_id=delivery.request_id or delivery.job_id,
-                eta=await self.estimate_eta() if self.estimate_eta else pending_eta(utcnow()),
-                patient_id=_short_text(raw, "patient_id", 64),
             )
-            job, _ = await self.jobs.create_pending(new)
         if parsed.raw is not None and job.get("hash") != request_hash:
             raise JobIdTaken(delivery.job_id)
         return job
@@ -228,13 +207,13 @@ class SubmissionProcessor:
             return JobOutcome.validation_failed(single_entry(["type"], rule))
 
         requested_by = submission["requested_by"]
-        if job_type.required_scope not in requested_by["scope"].split():
-            return JobOutcome.failed(
-                403,
-                "forbidden",
-                "Your scope does not allow to access this resource. "
-                f"Missing allowances: {job_type.required_scope}",
-            )
+        requester = Principal.from_scope_text(
+            requested_by["user_id"], requested_by["client_id"], requested_by["scope"]
+        )
+        try:
+            requester.require(job_type.required_scope)
+        except ScopeDenied as denied:
+            return JobOutcome.failed(403, "forbidden", str(denied))
         try:
             data = job_type.schema.load(submission["data"])
         except ValidationError as exc:

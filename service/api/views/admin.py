@@ -22,10 +22,9 @@ from schemas.validation import invalid_entries
 from service.api.errors import NotFound, RequestValidationFailed
 from service.api.keys import OPERATOR_SERVICE, REQUEST_ID, REQUEST_URL
 from service.api.middlewares import requires_scope
+from service.api.requests import read_json_object
 from service.api.responses import json_response
-from service.api.views.jobs import read_json_object
-from service.domain.jobs import JobStatus
-from service.storage.jobs import JobQuery
+from service.domain.jobs import JobQuery, JobStatus
 from service.usecases.jobs import JobNotFound
 
 ADMIN_SCOPE = "jobs:admin"

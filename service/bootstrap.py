@@ -1,0 +1,204 @@
+"""The composition root: every adapter and service a process uses, built once from `Settings`.
+
+Every entrypoint starts here. The HTTP API (`service.api.app.create_app`), the consumer
+(`consumers.worker`), `medevents run` (both in one process) and every CLI command take a
+`Services` and use what it built; nothing else opens a MongoDB client or a broker connection.
+
+Built lazily: a process builds only what it uses (`medevents token` opens nothing, `medevents
+api` builds no consumer). Whatever must be closed is registered as it is built or started, and
+`aclose()` closes it all in the reverse order, so a part always closes before the parts it was
+built from (a consumer stops before the MongoDB client it writes with closes), whichever
+entrypoint started what and in whatever order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from functools import cached_property
+from typing import Self
+
+import structlog
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from schemas.jobs import JOB_RESPONSE_FIELDS
+from service.config import Settings
+from service.messaging.broker import Topology
+from service.messaging.dead_letters import DeadLetters
+from service.messaging.job_events import JobEvents
+from service.messaging.job_queue import JobQueue
+from service.messaging.publisher import SubmissionPublisher
+from service.storage.consumer_stats import ConsumerStats
+from service.storage.embedded import EmbeddedMongo
+from service.storage.entities import EntityStore
+from service.storage.indexes import ensure_indexes_or_later, stop_trying
+from service.storage.jobs import JobStore
+from service.storage.mongo import open_mongo_client
+from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
+from service.storage.patients import PatientStore
+from service.usecases.eta import EtaEstimator
+from service.usecases.job_types import ProcessorRegistry
+from service.usecases.jobs import JobService
+from service.usecases.load_reports import LoadReporter
+from service.usecases.operations import OperatorService
+from service.usecases.processing import SubmissionProcessor
+from service.usecases.retention import RetentionSweeper
+
+log = structlog.get_logger("medevents.bootstrap")
+
+Closer = Callable[[], Awaitable[None]]
+
+
+@contextlib.contextmanager
+def mongodb_configured(settings: Settings) -> Iterator[Settings]:
+    """The settings with a MongoDB URL: the configured one, or that of the embedded server,
+    started for the length of the block (local use, `MONGODB_URL` unset)."""
+    if settings.mongodb_url:
+        yield settings
+        return
+    with EmbeddedMongo(settings.data_dir) as url:
+        yield settings.with_changes(mongodb_url=url)
+
+
+class Services:
+    """What `settings` and the job types in `registry` make: adapters, then use cases."""
+
+    def __init__(self, settings: Settings, registry: ProcessorRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.topology = Topology(settings.amqp_prefix)
+        self._closers: list[Closer] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def on_close(self, closer: Closer) -> None:
+        """Call `closer` at `aclose()`, before whatever was registered before it."""
+        self._closers.append(closer)
+
+    async def aclose(self) -> None:
+        """Close everything registered, the last registered first. Each part is closed once,
+        even when `aclose()` is called again (by a second entrypoint of the process)."""
+        while self._closers:
+            await self._closers.pop()()
+
+    # --- MongoDB ---
+
+    @cached_property
+    def mongo_client(self) -> AsyncMongoClient:
+        if not self.settings.mongodb_url:
+            raise RuntimeError(
+                "settings.mongodb_url is unset: start the embedded server first "
+                "(bootstrap.mongodb_configured)"
+            )
+        client = open_mongo_client(self.settings, self.settings.mongodb_url)
+        self.on_close(client.close)
+        return client
+
+    @cached_property
+    def database(self) -> AsyncDatabase:
+        return self.mongo_client[self.settings.mongodb_db]
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        # A poll reads what its response renders, nothing more.
+        return JobStore(self.database, read_fields=JOB_RESPONSE_FIELDS)
+
+    @cached_property
+    def entities(self) -> EntityStore:
+        return EntityStore(self.database)
+
+    @cached_property
+    def patients(self) -> PatientStore:
+        return PatientStore(self.database)
+
+    @cached_property
+    def consumer_stats(self) -> ConsumerStats:
+        return ConsumerStats(self.database)
+
+    @cached_property
+    def outcome_stats(self) -> OutcomeStats:
+        return OutcomeStats(self.database)
+
+    async def prepare_storage(self) -> None:
+        """The indexes every store needs: made now when MongoDB answers, else as soon as it
+        does (a process starts, and answers 503 or holds its messages, meanwhile)."""
+        indexing = await ensure_indexes_or_later(self.jobs, self.entities)
+        if indexing is not None:
+            self.on_close(functools.partial(stop_trying, indexing))
+
+    # --- RabbitMQ ---
+
+    @cached_property
+    def publisher(self) -> SubmissionPublisher:
+        """Submissions, published by the HTTP API and `medevents publish`."""
+        publisher = SubmissionPublisher(self.settings.amqp_url, self.topology)
+        self.on_close(publisher.close)
+        return publisher
+
+    @cached_property
+    def job_events(self) -> JobEvents:
+        """The API's subscription to job-finished events (it wakes long polls)."""
+        events = JobEvents(self.settings.amqp_url, self.topology)
+        self.on_close(events.close)
+        return events
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(self.settings.amqp_url, self.topology)
+
+    @cached_property
+    def job_queue(self) -> JobQueue:
+        """The consumer's connection: the jobs queue, and the events it sends."""
+        queue = JobQueue(
+            self.settings.amqp_url, self.topology, prefetch=self.settings.consumer_prefetch
+        )
+        self.on_close(queue.close)
+        return queue
+
+    # --- use cases ---
+
+    @cached_property
+    def job_service(self) -> JobService:
+        """Submitting and polling, for the HTTP API."""
+        estimator = EtaEstimator(self.consumer_stats, self.publisher.queue_depth)
+        return JobService(self.jobs, self.publisher, estimator)
+
+    @cached_property
+    def operator_service(self) -> OperatorService:
+        return OperatorService(self.jobs, self.outcome_stats, self.publisher, self.dead_letters)
+
+    @cached_property
+    def load_reporter(self) -> LoadReporter:
+        outcomes = OutcomeRecorder(self.database)
+        return LoadReporter(self.consumer_stats, outcomes, self.settings.consumer_prefetch)
+
+    @cached_property
+    def processor(self) -> SubmissionProcessor:
+        """From a delivered body to a finished job, for the consumer."""
+        # A job a producer published straight to the broker is created by the consumer as it
+        # takes the message: the messages in the queue are behind it, not ahead.
+        estimator = EtaEstimator(self.consumer_stats, self.job_queue.depth)
+        return SubmissionProcessor(
+            self.jobs,
+            self.entities,
+            self.patients,
+            self.registry,
+            estimate_eta=functools.partial(estimator.eta, in_progress=True),
+            outcomes=self.load_reporter.outcomes,
+            on_finished=self.load_reporter.processed_in,
+        )
+
+    @cached_property
+    def retention(self) -> RetentionSweeper:
+        """Removes finished jobs past `JOB_TTL_DAYS`; runs beside a consumer."""
+        return RetentionSweeper(self.jobs, self.settings.job_ttl_days, self.outcome_stats)
+
+    def start_retention(self) -> None:
+        self.retention.start()
+        self.on_close(self.retention.stop)

@@ -1,0 +1,104 @@
+"""The publisher of submissions, for the HTTP API and `medevents publish`."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiormq
+import orjson
+import structlog
+from aio_pika.abc import AbstractExchange, AbstractQueue, AbstractRobustConnection
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from service.messaging.broker import (
+    PUBLISH_TIMEOUT_SECONDS,
+    BrokerUnavailable,
+    Topology,
+    connect,
+    declare_topology,
+    ready_messages,
+)
+from service.messaging.headers import submission_message
+
+log = structlog.get_logger("medevents.broker")
+
+
+class SubmissionPublisher:
+    """Publishes submissions with publisher confirms; every failure is `BrokerUnavailable`.
+
+    The connection is opened on first use and re-opened by aio-pika's robust connection
+    after a broker restart, so the API starts, and answers 503, while the broker is down.
+    """
+
+    def __init__(self, amqp_url: str, topology: Topology) -> None:
+        self._url = amqp_url
+        self._topology = topology
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure_exchange(self) -> AbstractExchange:
+        async with self._lock:
+            if self._exchange is None:
+                connection = await connect(self._url)
+                try:
+                    channel = await connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+                    self._exchange, self._queue = await declare_topology(channel, self._topology)
+                except BaseException:
+                    await connection.close()
+                    raise
+                self._connection = connection
+            return self._exchange
+
+    async def connect(self) -> None:
+        try:
+            await self._ensure_exchange()
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            raise BrokerUnavailable(repr(exc)) from exc
+
+    async def publish(
+        self,
+        submission: dict[str, Any],
+        job_id: str,
+        request_id: str | None,
+        *,
+        data_root: str | None = None,
+    ) -> None:
+        body = orjson.dumps(submission)
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                exchange = await self._ensure_exchange()
+                confirmation = await exchange.publish(
+                    submission_message(body, job_id, request_id, data_root),
+                    routing_key=str(submission.get("type", "unknown")),
+                    mandatory=True,
+                )
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            log.warning("broker_unavailable", error=repr(exc))
+            raise BrokerUnavailable(repr(exc)) from exc
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise BrokerUnavailable(f"the broker did not confirm the message: {confirmation!r}")
+
+    async def queue_depth(self) -> int | None:
+        return await ready_messages(self._queue)
+
+    async def ready(self) -> bool:
+        """Whether a message could be published now: connected (a robust connection that is
+        reconnecting is not), or connecting works."""
+        if self._connection is not None and not self._connection.is_closed:
+            return self._connection.connected.is_set()
+        try:
+            await self.connect()
+        except BrokerUnavailable:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+        self._connection = None
+        self._exchange = None
