@@ -57,9 +57,11 @@ compose-down:
 	if docker compose version >/dev/null 2>&1; then docker compose --project-name medevents down; \
 	else docker-compose --project-name medevents down; fi
 
+# ruff, then the import rules of setup.cfg's [importlinter] (README, "Architecture").
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix .
