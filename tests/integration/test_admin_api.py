@@ -15,7 +15,7 @@ from service.messaging.broker import ready_messages
 from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
 from tests.conftest import bearer, new_job
 from tests.harness import example
-from tests.test_dead_letters import dead_letter
+from tests.integration.test_dead_letters import dead_letter
 
 ADMIN = bearer(client_id="ops", scopes=("jobs:admin",))
 ENDPOINTS = [

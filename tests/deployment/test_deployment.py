@@ -25,7 +25,7 @@ from service.cli.main import build_parser
 from service.config import Settings
 from service.messaging.broker import Topology
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 K8S_DIR = ROOT / "deploy" / "k8s"
 # Installed by `make test` (scripts/ensure-test-tools) with Debian's docker-compose package.

@@ -21,10 +21,10 @@ from service.domain.jobs import new_job_id
 from service.storage.embedded import free_port
 from tests.conftest import TEST_SECRET
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example, start_medevents
-from tests.test_dead_letters import dead_letter
+from tests.integration.test_dead_letters import dead_letter
 
 CHROMIUM = shutil.which("chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
 # Without the background-networking flags Chromium keeps calling out, and this machine's
 # closed network refuses it (see the machine notes).
 CHROMIUM_ARGS = [

@@ -13,7 +13,7 @@ import pytest
 from service.domain.jobs import JobOutcome, Link, entity_href
 from tests.conftest import bearer, new_job
 
-EXAMPLES = Path(__file__).parent / "seed_examples"
+EXAMPLES = Path(__file__).parent / "published_examples"
 ISO_UTC_MILLIS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 PATIENT = "3da18c10-d2ca-469e-bde5-7413201cea2f"
 SEED_ENTITY_KINDS = [
