@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test lint format services test-tools bench compose-up compose-down clean
+.PHONY: install run test test-unit lint format services test-tools bench compose-up compose-down clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ bench: install services
 test: install services test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS); status=$$?; \
 	if [ $$status -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$status
+
+# The fast tests alone: pure logic, no broker, no MongoDB (seconds).
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS); status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make test-unit: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$status
 
 # The production-like stack of docker-compose.yml, where a Docker engine runs (not on the

@@ -1,44 +1,19 @@
-"""Fixtures: a real MongoDB wire-protocol server per test session, a database per test.
-
-With `MONGODB_URL` set, the same suite runs against that server instead of starting the
-embedded one (each test still gets its own database, dropped afterwards).
-"""
+"""What every test may use: the log set-up, tokens, job documents. Nothing here starts a
+server; the fixtures of the broker and MongoDB are in `tests/integration/conftest.py`."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from aiohttp import web
-from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
-from consumers.consumer import JobConsumer
-from consumers.processors import builtin_registry
-from schemas.jobs import JOB_RESPONSE_FIELDS
-from service.api.app import create_app
 from service.api.auth import mint_token
-from service.bootstrap import Services
-from service.config import Settings
 from service.domain.jobs import NewJob, new_job_id
-from service.messaging.broker import Topology, delete_topology
-from service.messaging.job_queue import JobQueue
-from service.messaging.publisher import SubmissionPublisher
 from service.observability.logs import configure_logging
-from service.storage.embedded import EmbeddedMongo
-from service.storage.entities import EntityStore
-from service.storage.jobs import JobStore
-from service.storage.patients import PatientStore
-from service.usecases.job_types import ProcessorRegistry
-from service.usecases.processing import SubmissionProcessor
-from tests.harness import ACTIVE_PATIENT, INACTIVE_PATIENT, RawPublisher
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 CLIENT_ID = "mis-client-1"
@@ -52,71 +27,6 @@ def _logging_defaults() -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _logging() -> None:
     _logging_defaults()
-
-
-@pytest.fixture(scope="session")
-def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    configured = os.environ.get("MONGODB_URL")
-    if configured:
-        yield configured
-        return
-    with EmbeddedMongo(tmp_path_factory.mktemp("embedded-mongo")) as url:
-        yield url
-
-
-@pytest.fixture
-def settings(mongodb_url: str, tmp_path: Path) -> Settings:
-    run = uuid.uuid4().hex[:16]
-    return Settings(
-        mongodb_url=mongodb_url,
-        mongodb_db=f"test_{run}",
-        amqp_url=os.environ.get("AMQP_URL") or Settings().amqp_url,
-        # Exchanges and queues of their own on the shared broker, deleted afterwards.
-        amqp_prefix=f"test.{run}.",
-        jwt_secret=TEST_SECRET,
-        data_dir=tmp_path / "data",
-        max_request_bytes=64 * 1024,
-    )
-
-
-@pytest.fixture(autouse=True)
-async def _delete_test_topology(settings: Settings) -> AsyncIterator[None]:
-    yield
-    topology = Topology(settings.amqp_prefix)
-    with contextlib.suppress(OSError):  # no broker: nothing was declared
-        await delete_topology(settings.amqp_url, topology)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[AsyncDatabase]:
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_url, tz_aware=True)
-    yield client[settings.mongodb_db]
-    await client.drop_database(settings.mongodb_db)
-    await client.close()
-
-
-@pytest.fixture
-def store(db: AsyncDatabase) -> JobStore:
-    """The job store as the service builds it (a poll reads what its response renders)."""
-    return JobStore(db, read_fields=JOB_RESPONSE_FIELDS)
-
-
-def app_for(settings: Settings) -> web.Application:
-    """The real app, over what the bootstrap builds from `settings` (closed by the app)."""
-    return create_app(Services(settings, builtin_registry()))
-
-
-@pytest.fixture
-async def api(aiohttp_client, settings: Settings, db: AsyncDatabase):
-    """A test client of the real app, on the test database (dropped by `db` afterwards)."""
-    return await aiohttp_client(app_for(settings))
-
-
-@pytest.fixture
-async def services(settings: Settings, db: AsyncDatabase) -> AsyncIterator[Services]:
-    """What the bootstrap builds from the test's settings, closed afterwards."""
-    async with Services(settings, builtin_registry()) as built:
-        yield built
 
 
 class CapturedLogs:
@@ -156,51 +66,3 @@ def new_job(client_id: str = CLIENT_ID, **overrides) -> NewJob:
     }
     values.update(overrides)
     return NewJob(**values)
-
-
-@pytest.fixture
-async def patients(db: AsyncDatabase) -> PatientStore:
-    """The patients the examples use: one active, one inactive."""
-    store = PatientStore(db)
-    await store.put(ACTIVE_PATIENT, "active")
-    await store.put(INACTIVE_PATIENT, "inactive")
-    return store
-
-
-def make_processor(db: AsyncDatabase, registry: ProcessorRegistry | None = None, **options):
-    return SubmissionProcessor(
-        JobStore(db), EntityStore(db), PatientStore(db), registry or builtin_registry(), **options
-    )
-
-
-@pytest.fixture
-async def start_consumer(settings: Settings, db: AsyncDatabase, patients):
-    """Starts in-process consumers on the test database and topology; stops them after."""
-    started: list[JobConsumer] = []
-
-    async def start(registry: ProcessorRegistry | None = None, **options) -> JobConsumer:
-        await EntityStore(db).ensure_indexes()
-        consumer = JobConsumer(
-            JobQueue(settings.amqp_url, Topology(settings.amqp_prefix), prefetch=8),
-            make_processor(db, registry, **options),
-        )
-        await consumer.start()
-        started.append(consumer)
-        return consumer
-
-    yield start
-    for consumer in started:
-        await consumer.stop(drain_seconds=5)
-
-
-@pytest.fixture
-async def publisher(settings: Settings) -> AsyncIterator[SubmissionPublisher]:
-    submissions = SubmissionPublisher(settings.amqp_url, Topology(settings.amqp_prefix))
-    yield submissions
-    await submissions.close()
-
-
-@pytest.fixture
-async def raw_publisher(settings: Settings) -> AsyncIterator[RawPublisher]:
-    async with RawPublisher(settings) as raw:
-        yield raw

@@ -270,7 +270,7 @@ async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_lef
     aiohttp_client, settings, db
 ):
     from service.storage.embedded import free_port
-    from tests.conftest import app_for
+    from tests.integration.conftest import app_for
 
     down = settings.with_changes(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     api = await aiohttp_client(app_for(down))

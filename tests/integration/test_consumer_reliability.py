@@ -25,7 +25,6 @@ from service.storage.jobs import JobStore
 from service.storage.mongo import open_mongo_client
 from service.storage.patients import PatientStore
 from service.usecases.processing import Delivery
-from tests.conftest import make_processor
 from tests.harness import (
     ACTIVE_PATIENT,
     entity_counts,
@@ -33,6 +32,7 @@ from tests.harness import (
     package_entity_count,
     wait_for_jobs,
 )
+from tests.integration.conftest import make_processor
 
 
 async def wait_for_count(db, finished: int) -> None:
@@ -469,7 +469,8 @@ def make_processor_with(processor):
 async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
     settings, raw_publisher, tmp_path, aiohttp_client
 ):
-    from tests.conftest import app_for, bearer
+    from tests.conftest import bearer
+    from tests.integration.conftest import app_for
 
     write = bearer(client_id="demo-mis", scopes=("job:read", "encounter:write"))
     async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, _):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from service.storage.embedded import free_port
-from tests.conftest import app_for
+from tests.integration.conftest import app_for
 
 
 async def test_live_and_ready(api) -> None:

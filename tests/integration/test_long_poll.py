@@ -9,11 +9,8 @@ import time
 from datetime import UTC, datetime
 
 import orjson
-import pytest
-from aiohttp.test_utils import make_mocked_request
 
 from service.api.keys import JOB_SERVICE
-from service.api.views.jobs import long_poll_seconds
 from tests.conftest import bearer
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example
 
@@ -81,27 +78,6 @@ async def test_a_finished_job_answers_at_once_whatever_the_wait(api, db, start_c
     assert response.status == 303 and time.monotonic() - started < 1
 
 
-@pytest.mark.parametrize(
-    ("query", "prefer", "expected"),
-    [
-        ("", "", (0.0, False)),
-        ("?wait=5", "", (5.0, False)),
-        ("?wait=90", "", (30.0, False)),
-        ("?wait=-1", "", (0.0, False)),
-        ("?wait=nan", "", (0.0, False)),
-        ("?wait=abc", "", (0.0, False)),
-        ("", "respond-async, wait=10", (10.0, True)),
-        ("", "WAIT=3", (3.0, True)),
-        ("", "wait=1e9", (30.0, True)),
-        ("?wait=2", "wait=10", (2.0, False)),
-    ],
-)
-def test_how_long_to_wait(query, prefer, expected):
-    headers = {"Prefer": prefer} if prefer else {}
-    request = make_mocked_request("GET", f"/api/jobs/x{query}", headers=headers)
-    assert long_poll_seconds(request) == expected
-
-
 async def test_the_events_subscription_is_retried_until_the_broker_answers(settings):
     from service.messaging.broker import Topology
     from service.messaging.job_events import JobEvents
@@ -161,26 +137,3 @@ async def test_jobs_finishing_together_go_out_as_one_event_and_wake_every_waiter
     finally:
         await connection.close()
         await events.close()
-
-
-async def test_a_blocked_broker_does_not_hold_the_consumer_stop(monkeypatch):
-    """A publish that never returns (a broker blocking publishers) ends at the timeout; ids
-    added after the stop are dropped, not sent on a closed channel."""
-    from service.messaging import job_events
-
-    class BlockedExchange:
-        published = 0
-
-        async def publish(self, message, routing_key, **kwargs):
-            BlockedExchange.published += 1
-            await asyncio.Event().wait()
-
-    monkeypatch.setattr(job_events, "PUBLISH_TIMEOUT_SECONDS", 0.2)
-    finished = job_events.FinishedEvents(BlockedExchange())
-    finished.add("job-1")
-    started = time.monotonic()
-    await finished.close()
-    assert time.monotonic() - started < 1.0
-    finished.add("job-2")
-    await asyncio.sleep(0.05)
-    assert BlockedExchange.published == 1

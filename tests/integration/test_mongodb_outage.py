@@ -11,7 +11,8 @@ from pymongo import AsyncMongoClient
 
 from service.storage.embedded import EmbeddedMongo, free_port
 from service.storage.jobs import JobStore
-from tests.conftest import app_for, bearer, new_job
+from tests.conftest import bearer, new_job
+from tests.integration.conftest import app_for
 
 # Far above what the timeouts below allow, far below a hanging request.
 BOUND_SECONDS = 15

@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from service.api.auth import mint_token
-from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, TEST_SECRET, app_for, bearer, new_job
+from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, TEST_SECRET, bearer, new_job
+from tests.integration.conftest import app_for
 
 SCOPE_MESSAGE = "Your scope does not allow to access this resource. Missing allowances: job:read"
 

@@ -1,0 +1,71 @@
+"""A job type is one declaration: given to the bootstrap's registry, it is routed over HTTP,
+documented in OpenAPI, checked against its scope and its schema, and processed by the
+consumer, with nothing else written for it."""
+
+from __future__ import annotations
+
+from consumers.processors import builtin_registry
+from schemas.rules import StrictSchema, String
+from service.api.app import create_app
+from service.bootstrap import Services
+from service.domain.jobs import JobOutcome, Link, entity_href
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
+from tests.conftest import bearer
+from tests.harness import ACTIVE_PATIENT, poll
+
+
+class NoteSchema(StrictSchema):
+    text = String(required=True, max_length=100)
+
+
+async def write_note(context: JobContext) -> JobOutcome:
+    await context.jobs.database["notes"].insert_one(
+        {"_id": context.job_id, "patient_id": context.patient_id, **context.data}
+    )
+    return JobOutcome.processed(
+        [Link("note", entity_href(context.patient_id, "notes", context.job_id))]
+    )
+
+
+NOTE = JobType(
+    name="note.create",
+    schema=NoteSchema(),
+    handler=write_note,
+    required_scope="note:write",
+    http=HttpSubmission("POST", "/api/patients/{patient_id}/notes", "Write a note"),
+)
+URL = f"/api/patients/{ACTIVE_PATIENT}/notes"
+
+
+async def test_a_declared_job_type_is_submitted_over_http_and_processed(
+    aiohttp_client, settings, db, start_consumer
+) -> None:
+    registry = builtin_registry().with_types(NOTE)
+    api = await aiohttp_client(create_app(Services(settings, registry)))
+    await start_consumer(registry)
+    writer = bearer(scopes=("job:read", "note:write"))
+
+    response = await api.post(URL, json={"text": "seen on the ward"}, headers=writer)
+    assert response.status == 202
+    job_id = response.headers["Location"].rsplit("/", 1)[-1]
+    polled, body = await poll(api, job_id, writer)
+    assert polled.status == 303
+    assert body["data"]["links"] == [
+        {"entity": "note", "href": f"/api/patients/{ACTIVE_PATIENT}/notes/{job_id}"}
+    ]
+    assert (await db["notes"].find_one({"_id": job_id}))["text"] == "seen on the ward"
+
+    # Its scope, stated once, is checked at the POST; its schema by the consumer.
+    reader = bearer(scopes=("job:read",))
+    refused = await api.post(URL, json={"text": "x"}, headers=reader)
+    assert refused.status == 403
+    assert (await refused.json())["error"]["message"].endswith("Missing allowances: note:write")
+    response = await api.post(URL, json={"text": "x" * 101}, headers=writer)
+    polled, body = await poll(api, response.headers["Location"].rsplit("/", 1)[-1], writer)
+    assert body["data"]["status_code"] == "422"
+    assert body["data"]["error"]["invalid"][0]["entry"] == "$.text"
+
+    document = await (await api.get("/api/openapi.json")).json()
+    assert document["paths"]["/api/patients/{patient_id}/notes"]["post"]["summary"] == (
+        "Write a note (scope note:write)"
+    )

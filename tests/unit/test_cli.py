@@ -1,0 +1,76 @@
+"""`medevents token` and the development secret it signs with; a bad configuration named."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from service.cli.main import main
+
+
+def test_token_is_signed_with_a_secret_generated_once_under_data_dir(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.delenv("JWT_PUBLIC_KEY", raising=False)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+    assert main(["token", "--client-id", "mis-1", "--scope", "job:read encounter:write"]) == 0
+    first = capsys.readouterr().out.strip()
+    secret_file = tmp_path / "data" / "jwt_secret"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    secret = secret_file.read_text()
+
+    claims = jwt.decode(first, secret, algorithms=["HS256"])
+    assert claims["client_id"] == "mis-1"
+    assert claims["scope"] == "job:read encounter:write"
+    assert claims["exp"] > time.time()
+
+    assert main(["token", "--client-id", "mis-2", "--scope", "job:read"]) == 0
+    second = capsys.readouterr().out.strip()
+    assert secret_file.read_text() == secret
+    assert jwt.decode(second, secret, algorithms=["HS256"])["client_id"] == "mis-2"
+
+
+def test_token_uses_the_configured_secret(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("JWT_SECRET", "configured-secret-configured-secret-0123")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert main(["token", "--client-id", "c", "--scope", "job:read"]) == 0
+    token = capsys.readouterr().out.strip()
+    jwt.decode(token, "configured-secret-configured-secret-0123", algorithms=["HS256"])
+    assert not (tmp_path / "data" / "jwt_secret").exists()
+
+
+def test_a_bad_configuration_is_a_clear_error(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HTTP_PORT", "eighty")
+    assert main(["token", "--client-id", "c"]) == 2
+    assert "HTTP_PORT must be an integer" in capsys.readouterr().err
+
+
+def _secret_in(data_dir: str) -> str:
+    from service.api.auth import local_secret
+
+    return local_secret(Path(data_dir))
+
+
+@pytest.mark.parametrize("round_number", range(5))
+def test_processes_starting_at_once_share_one_whole_secret(tmp_path, round_number) -> None:
+    from concurrent.futures import ProcessPoolExecutor
+
+    data_dir = str(tmp_path / f"data-{round_number}")
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        secrets_seen = list(pool.map(_secret_in, [data_dir] * 8))
+    assert len(set(secrets_seen)) == 1
+    assert len(secrets_seen[0]) >= 32
+    assert sorted(p.name for p in Path(data_dir).iterdir()) == ["jwt_secret"]
+
+
+def test_an_emptied_secret_file_is_an_error_not_an_empty_key(tmp_path) -> None:
+    from service.api.auth import local_secret
+
+    (tmp_path / "jwt_secret").write_text("")
+    with pytest.raises(ValueError, match="no usable secret"):
+        local_secret(tmp_path)
