@@ -1,1 +1,2 @@
-"""The RabbitMQ consumer and the submission processors (built in a later issue)."""
+"""The AMQP entrypoint: the RabbitMQ consumer, its process, and the job types it processes
+(`consumers/processors/`)."""

@@ -3,7 +3,7 @@
     {"type": "encounter_package.create", "patient_id": "<uuid>",
      "requested_by": {"client_id", "user_id", "scope"}, "data": {...}}
 
-`data` is checked by the schema of the job type (see `consumers.registry`), with its errors
+`data` is checked by the schema of the job type (`service.usecases.job_types`), with its errors
 under `$.data`.
 """
 

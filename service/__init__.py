@@ -1,1 +1,2 @@
-"""The HTTP side of the job service: app factory, configuration, MongoDB store."""
+"""The job service for medical-event submissions: its domain, storage and messaging adapters,
+use cases, the composition root (`bootstrap`), the HTTP API and the `medevents` command."""

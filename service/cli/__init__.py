@@ -1,0 +1,1 @@
+"""`medevents`, the one console script (see `service.cli.main`)."""

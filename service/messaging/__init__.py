@@ -1,0 +1,1 @@
+"""The RabbitMQ adapters: topology, submissions published and consumed, events, dead letters."""

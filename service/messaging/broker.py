@@ -56,7 +56,7 @@ class Topology:
 
     @property
     def events_exchange(self) -> str:
-        """Fanout of job-finished events, for long polls (see service.job_events)."""
+        """Fanout of job-finished events, for long polls (see `messaging.job_events`)."""
         return f"{self.prefix}medical_events.finished"
 
 

@@ -1,0 +1,1 @@
+"""Logs (structlog, one event per line) and Prometheus metrics."""

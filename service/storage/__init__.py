@@ -1,0 +1,1 @@
+"""The MongoDB adapters: client, repositories, indexes, the embedded server for local use."""

@@ -69,7 +69,7 @@ async def test_the_list_is_newest_first_filtered_and_rendered_as_the_seed(api, s
     first = body["data"][0]
     assert first["status"] == "failed" and first["status_code"] == "404"
     assert first["client_id"] == "mis-a" and "hash" not in first
-    # The seed's rendering: what the job's own client reads at GET /api/jobs/{id}.
+    # Its client's rendering: what the job's own client reads at GET /api/jobs/{id}.
     own = await api.get(f"/api/jobs/{failed[0]}", headers=bearer(client_id="mis-a"))
     assert first["job"] == (await own.json())["data"]
 

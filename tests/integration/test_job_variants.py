@@ -16,7 +16,7 @@ from tests.conftest import bearer, new_job
 EXAMPLES = Path(__file__).parent / "published_examples"
 ISO_UTC_MILLIS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 PATIENT = "3da18c10-d2ca-469e-bde5-7413201cea2f"
-SEED_ENTITY_KINDS = [
+PUBLISHED_ENTITY_KINDS = [
     ("encounter", "encounters"),
     ("condition", "conditions"),
     ("observation", "observations"),
@@ -47,7 +47,7 @@ OUTCOMES: dict[str, JobOutcome | None] = {
     "processed": JobOutcome.processed(
         [
             Link(kind, entity_href(PATIENT, collection, f"id-{kind}"))
-            for kind, collection in SEED_ENTITY_KINDS
+            for kind, collection in PUBLISHED_ENTITY_KINDS
         ]
     ),
     "failed_403": JobOutcome.failed(403, "forbidden", "Scope encounter:write is required"),
@@ -62,7 +62,7 @@ def shape(value: Any) -> Any:
     """Keys, nesting and value types, with the values themselves left out."""
     if isinstance(value, dict):
         return {key: shape(item) for key, item in value.items()}
-    if isinstance(value, list):  # the seed shows one element of each list at most
+    if isinstance(value, list):  # the published examples show one element of each list at most
         return [shape(value[0])] if value else []
     return type(value).__name__
 
@@ -106,7 +106,7 @@ async def test_processed_links_every_created_entity(api, store) -> None:
     response = await api.get(f"/api/jobs/{job_id}", headers=bearer(), allow_redirects=False)
     assert response.status == 303
     links = (await response.json())["data"]["links"]
-    assert [link["entity"] for link in links] == [kind for kind, _ in SEED_ENTITY_KINDS]
+    assert [link["entity"] for link in links] == [kind for kind, _ in PUBLISHED_ENTITY_KINDS]
     assert links[0]["href"] == f"/api/patients/{PATIENT}/encounters/id-encounter"
 
 

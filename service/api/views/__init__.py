@@ -1,0 +1,1 @@
+"""HTTP handlers by resource, thin over the use cases; every body comes from `schemas/`."""
