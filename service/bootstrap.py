@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import cached_property
 from typing import Self
 
-import structlog
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -45,8 +44,6 @@ from service.usecases.load_reports import LoadReporter
 from service.usecases.operations import OperatorService
 from service.usecases.processing import SubmissionProcessor
 from service.usecases.retention import RetentionSweeper
-
-log = structlog.get_logger("medevents.bootstrap")
 
 Closer = Callable[[], Awaitable[None]]
 

@@ -15,6 +15,7 @@ from service.api.keys import (
     JOB_SERVICE,
     OPENAPI_DOCUMENT,
     OPERATOR_SERVICE,
+    SERVICES,
     SETTINGS,
 )
 from service.api.middlewares import MIDDLEWARES
@@ -24,8 +25,6 @@ from service.bootstrap import Services
 from service.messaging.broker import BrokerUnavailable
 
 log = structlog.get_logger("medevents.app")
-
-SERVICES = web.AppKey("services", Services)
 
 
 def create_app(services: Services) -> web.Application:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.api.auth import Authenticator
+from service.bootstrap import Services
 from service.config import Settings
 from service.domain.principal import Principal
 from service.messaging.job_events import JobEvents
@@ -12,6 +13,8 @@ from service.storage.entities import EntityStore
 from service.usecases.jobs import JobService
 from service.usecases.operations import OperatorService
 
+# What the bootstrap built; the app closes it at its cleanup.
+SERVICES = web.AppKey("services", Services)
 SETTINGS = web.AppKey("settings", Settings)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 ENTITY_STORE = web.AppKey("entity_store", EntityStore)
