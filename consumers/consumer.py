@@ -20,12 +20,11 @@ import time
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from service.domain.jobs import job_href, job_id_of_message
 from service.messaging.broker import DELIVERY_LIMIT
 from service.messaging.headers import data_root_in, delivery_count, request_id_in
-from service.messaging.job_queue import JobQueue
+from service.messaging.job_queue import JobQueue, channel_closed
 from service.observability.metrics import DEAD_LETTERED, REDELIVERIES
 from service.storage.mongo import StoreUnavailable
 from service.usecases.load_reports import LoadReporter
@@ -40,31 +39,6 @@ STOP_TIMEOUT_SECONDS = 30.0
 # At this delivery a message failing for a reason of ours ends its job with 500 instead of
 # going back once more to be dead-lettered by the broker's delivery limit.
 LAST_DELIVERY = DELIVERY_LIMIT - 1
-
-
-def channel_closed(message: AbstractIncomingMessage) -> bool:
-    try:
-        channel = message.channel  # raises once the channel is closed
-    except CONNECTION_EXCEPTIONS:
-        return True
-    return channel is None or channel.is_closed
-
-
-async def settle(message: AbstractIncomingMessage, how: str) -> None:
-    """Ack, nack (requeue) or reject (dead-letter) a message. When the channel it came on is
-    gone, nothing can be settled: the broker delivers it again, and processing is
-    repeatable, so that is only logged."""
-    if how == "reject":
-        DEAD_LETTERED.inc()
-    try:
-        if how == "ack":
-            await message.ack()
-        elif how == "nack":
-            await message.nack(requeue=True)
-        else:
-            await message.reject(requeue=False)
-    except CONNECTION_EXCEPTIONS as exc:
-        log.warning("message_not_settled", how=how, error=repr(exc))
 
 
 class JobConsumer:
@@ -82,6 +56,11 @@ class JobConsumer:
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._reporting: asyncio.Task | None = None
+
+    async def _settle(self, message: AbstractIncomingMessage, how: str) -> None:
+        if how == "reject":
+            DEAD_LETTERED.inc()
+        await self._queue.settle(message, how)
 
     async def start(self) -> None:
         """Connect (waiting for the broker if it is down), declare, and start consuming."""
@@ -124,7 +103,7 @@ class JobConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
-            await settle(message, "nack")
+            await self._settle(message, "nack")
             return
         if message.redelivered:
             REDELIVERIES.inc()
@@ -143,7 +122,7 @@ class JobConsumer:
                 message_id=(message.message_id or "")[:100],
                 body_bytes=len(message.body),
             )
-            await settle(message, "reject")
+            await self._settle(message, "reject")
             return
         request_id = request_id_in(message.headers) or job_id
         with structlog.contextvars.bound_contextvars(request_id=request_id, job_id=job_id):
@@ -153,7 +132,7 @@ class JobConsumer:
                 job = await self._process_until_stored(delivery, parsed, message)
             except JobIdTaken:
                 log.error("message_dead_lettered", reason="job id taken by another submission")
-                await settle(message, "reject")
+                await self._settle(message, "reject")
                 return
             except Exception:
                 await self._after_unexpected_failure(message, job_id)
@@ -161,7 +140,7 @@ class JobConsumer:
             if job is None:
                 return
             self._queue.finished(job_id)  # wake the long polls waiting for it
-            await settle(message, "ack")
+            await self._settle(message, "ack")
             elapsed = time.perf_counter() - started
             log.debug("message_acked", duration_ms=round(elapsed * 1000, 2))
 
@@ -175,16 +154,16 @@ class JobConsumer:
         log.exception("message_failed", delivery_count=deliveries)
         if deliveries < LAST_DELIVERY:
             await asyncio.sleep(OUTAGE_BACKOFF_START)
-            await settle(message, "nack")
+            await self._settle(message, "nack")
             return
         try:
             await self._processor.give_up(job_id)
         except Exception:
             log.exception("message_dead_lettered", reason="failed at its last delivery")
-            await settle(message, "reject")
+            await self._settle(message, "reject")
             return
         self._queue.finished(job_id)
-        await settle(message, "ack")
+        await self._settle(message, "ack")
 
     async def _process_until_stored(
         self, delivery: Delivery, parsed: ParsedBody, message: AbstractIncomingMessage
@@ -202,7 +181,7 @@ class JobConsumer:
                 return await self._processor.complete(job, parsed, delivery.data_root)
             except StoreUnavailable as exc:
                 if self._stopping.is_set() or channel_closed(message):
-                    await settle(message, "nack")
+                    await self._settle(message, "nack")
                     return None
                 log.warning("mongodb_unavailable", error=str(exc)[:200], retry_in_s=delay)
                 with contextlib.suppress(TimeoutError):

@@ -18,6 +18,8 @@ from service.config import Settings
 from service.observability.metrics import QUEUE_DEPTH
 
 log = structlog.get_logger("medevents.worker")
+# `medevents run` says that its consumer could not start as the app's own line.
+app_log = structlog.get_logger("medevents.app")
 
 QUEUE_DEPTH_EVERY_SECONDS = 15.0
 
@@ -40,8 +42,8 @@ async def run_consumer(services: Services) -> None:
     async with services:
         # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
         await services.prepare_storage()
+        services.start_retention()  # stopped after the consumer: closers run in reverse
         consumer = build_consumer(services)
-        services.start_retention()
         serve_metrics(services.settings)
         depth = asyncio.create_task(_track_queue_depth(consumer, stop))
         starting = asyncio.create_task(consumer.start())
@@ -63,8 +65,8 @@ async def consumer_in_background(services: Services) -> AsyncIterator[None]:
     for the broker while that is down) and stops with `services`. A consumer that cannot
     start stops the whole process: an API taking submissions that nothing processes would
     only pile them up."""
+    services.start_retention()  # stopped after the consumer: closers run in reverse
     consumer = build_consumer(services)
-    services.start_retention()
     starting = asyncio.create_task(consumer.start())
     starting.add_done_callback(_stop_process_if_failed)
 
@@ -82,7 +84,7 @@ async def consumer_in_background(services: Services) -> AsyncIterator[None]:
 def _stop_process_if_failed(task: asyncio.Task) -> None:
     if task.cancelled() or task.exception() is None:
         return
-    log.error("consumer_failed_to_start", exc_info=task.exception())
+    app_log.error("consumer_failed_to_start", exc_info=task.exception())
     os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -131,9 +131,13 @@ def fields_read_by(*schemas: Schema) -> frozenset[str]:
     return frozenset(read)
 
 
-# What a poll reads of a job: every field a variant renders, nothing more (storage projects a
-# poll's read to these).
-JOB_RESPONSE_FIELDS = fields_read_by(*(data for _, _, data in VARIANTS.values()))
+# What a poll reads of a job (storage projects a poll's read to these): every field a variant
+# renders, and what picks the variant (`variant_of`) and the `Retry-After` of a pending job.
+JOB_RESPONSE_FIELDS = fields_read_by(*(data for _, _, data in VARIANTS.values())) | {
+    "status",
+    "status_code",
+    "eta",
+}
 
 
 def variant_of(job: dict[str, Any]) -> str:
@@ -148,12 +152,6 @@ def variant_of(job: dict[str, Any]) -> str:
     if status_code in MESSAGE_ONLY_STATUS_CODES:
         return "failed_with_message"
     return "failed_with_typed_error"
-
-
-def job_response_schema(job: dict[str, Any]) -> tuple[int, Schema]:
-    """The HTTP status and the envelope schema for a stored job."""
-    http_status, envelope, _ = VARIANTS[variant_of(job)]
-    return http_status, envelope
 
 
 def job_data_schema(job: dict[str, Any]) -> Schema:

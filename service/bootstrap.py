@@ -5,14 +5,15 @@ Every entrypoint starts here. The HTTP API (`service.api.app.create_app`), the c
 `Services` and use what it built; nothing else opens a MongoDB client or a broker connection.
 
 Built lazily: a process builds only what it uses (`medevents token` opens nothing, `medevents
-api` builds no consumer). Whatever must be closed is registered as it is built or started, and
-`aclose()` closes it all in the reverse order, so a part always closes before the parts it was
-built from (a consumer stops before the MongoDB client it writes with closes), whichever
-entrypoint started what and in whatever order.
+api` builds no consumer). Whatever must be closed registers its closer as it is built or
+started, after whatever it was built from (building it built those first), and `aclose()`
+runs the closers in the reverse order: a consumer stops before the MongoDB client it writes
+with closes, whichever entrypoint started what, and whichever calls `aclose()` first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Iterator
@@ -37,8 +38,9 @@ from service.storage.jobs import JobStore
 from service.storage.mongo import open_mongo_client
 from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
 from service.storage.patients import PatientStore
+from service.usecases.dead_letters import DeadLetterService
 from service.usecases.eta import EtaEstimator
-from service.usecases.job_types import ProcessorRegistry
+from service.usecases.job_types import JobTypeRegistry
 from service.usecases.jobs import JobService
 from service.usecases.load_reports import LoadReporter
 from service.usecases.operations import OperatorService
@@ -62,11 +64,13 @@ def mongodb_configured(settings: Settings) -> Iterator[Settings]:
 class Services:
     """What `settings` and the job types in `registry` make: adapters, then use cases."""
 
-    def __init__(self, settings: Settings, registry: ProcessorRegistry) -> None:
+    def __init__(self, settings: Settings, registry: JobTypeRegistry) -> None:
         self.settings = settings
         self.registry = registry
         self.topology = Topology(settings.amqp_prefix)
         self._closers: list[Closer] = []
+        self._closing: asyncio.Lock | None = None
+        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
@@ -76,13 +80,29 @@ class Services:
 
     def on_close(self, closer: Closer) -> None:
         """Call `closer` at `aclose()`, before whatever was registered before it."""
+        if self._closed:
+            raise RuntimeError("these services are closed: build new ones")
         self._closers.append(closer)
 
     async def aclose(self) -> None:
-        """Close everything registered, the last registered first. Each part is closed once,
-        even when `aclose()` is called again (by a second entrypoint of the process)."""
-        while self._closers:
-            await self._closers.pop()()
+        """Close everything registered, the last registered first, each part once. A second
+        caller (the other entrypoint of `medevents run`) waits for the first to finish. A
+        closer that fails does not keep the others from running; its error is raised after
+        them (all of them, in an `ExceptionGroup`, when more than one failed)."""
+        if self._closing is None:
+            self._closing = asyncio.Lock()
+        async with self._closing:
+            self._closed = True
+            errors: list[Exception] = []
+            while self._closers:
+                try:
+                    await self._closers.pop()()
+                except Exception as exc:
+                    errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup("closing the services failed", errors)
 
     # --- MongoDB ---
 
@@ -164,11 +184,17 @@ class Services:
     def job_service(self) -> JobService:
         """Submitting and polling, for the HTTP API."""
         estimator = EtaEstimator(self.consumer_stats, self.publisher.queue_depth)
-        return JobService(self.jobs, self.publisher, estimator)
+        return JobService(self.jobs, self.publisher, estimator, self.job_events)
+
+    @cached_property
+    def dead_letter_service(self) -> DeadLetterService:
+        return DeadLetterService(self.dead_letters)
 
     @cached_property
     def operator_service(self) -> OperatorService:
-        return OperatorService(self.jobs, self.outcome_stats, self.publisher, self.dead_letters)
+        return OperatorService(
+            self.jobs, self.outcome_stats, self.publisher, self.dead_letter_service
+        )
 
     @cached_property
     def load_reporter(self) -> LoadReporter:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from schemas.encounter_package import EncounterPackageSchema
-from service.domain.entities import ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EntityKind
+from service.domain.entities import (
+    ENCOUNTER,
+    ENCOUNTER_ENTITY_KINDS,
+    EntityKind,
+    entity_document,
+)
 from service.domain.jobs import JobOutcome, Link, entity_href
-from service.storage.entities import entity_document
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
 

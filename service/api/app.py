@@ -11,7 +11,6 @@ from service.api.auth import build_authenticator
 from service.api.keys import (
     AUTHENTICATOR,
     ENTITY_STORE,
-    JOB_EVENTS,
     JOB_SERVICE,
     OPENAPI_DOCUMENT,
     OPERATOR_SERVICE,
@@ -45,7 +44,6 @@ def create_app(services: Services) -> web.Application:
     app[JOB_SERVICE] = services.job_service
     app[OPERATOR_SERVICE] = services.operator_service
     app[ENTITY_STORE] = services.entities
-    app[JOB_EVENTS] = services.job_events
     app.cleanup_ctx.append(lifetime)
     setup_routes(app, services.registry)
     return app

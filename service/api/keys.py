@@ -8,7 +8,6 @@ from service.api.auth import Authenticator
 from service.bootstrap import Services
 from service.config import Settings
 from service.domain.principal import Principal
-from service.messaging.job_events import JobEvents
 from service.storage.entities import EntityStore
 from service.usecases.jobs import JobService
 from service.usecases.operations import OperatorService
@@ -19,7 +18,6 @@ SETTINGS = web.AppKey("settings", Settings)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 ENTITY_STORE = web.AppKey("entity_store", EntityStore)
 JOB_SERVICE = web.AppKey("job_service", JobService)
-JOB_EVENTS = web.AppKey("job_events", JobEvents)
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 OPERATOR_SERVICE = web.AppKey("operator_service", OperatorService)
 

@@ -21,7 +21,7 @@ from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
 from schemas.health import HEALTH
 from service.api.views.jobs import MAX_WAIT_SECONDS
 from service.domain.entities import ALL_ENTITY_KINDS
-from service.usecases.job_types import JobType, ProcessorRegistry
+from service.usecases.job_types import JobType, JobTypeRegistry
 
 JSON = "application/json"
 
@@ -54,7 +54,7 @@ def body_name(job_type: JobType) -> str:
     return type(job_type.schema).__name__.removesuffix("Schema")
 
 
-def build_openapi(registry: ProcessorRegistry) -> dict[str, Any]:
+def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="medevents: asynchronous jobs for medical-event submissions",
@@ -80,7 +80,9 @@ def build_openapi(registry: ProcessorRegistry) -> dict[str, Any]:
         "HealthEnvelope": HEALTH,
     }
     for job_type in registry.submitted_over_http:
-        envelopes.setdefault(body_name(job_type), job_type.schema)
+        known = envelopes.setdefault(body_name(job_type), job_type.schema)
+        if type(known) is not type(job_type.schema):  # two schemas, one name
+            raise ValueError(f"{body_name(job_type)} names two schemas of request bodies")
     for kind in ALL_ENTITY_KINDS:
         envelopes[envelope_name(kind)] = ENTITY_ENVELOPES[kind.collection]
     for name, schema in envelopes.items():
@@ -306,5 +308,5 @@ def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> 
     )
 
 
-def openapi_document(registry: ProcessorRegistry) -> bytes:
+def openapi_document(registry: JobTypeRegistry) -> bytes:
     return orjson.dumps(build_openapi(registry))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from service.api.views import admin, entities, health, jobs, submissions
-from service.usecases.job_types import ProcessorRegistry
+from service.usecases.job_types import JobTypeRegistry
 
 
-def setup_routes(app: web.Application, registry: ProcessorRegistry) -> None:
+def setup_routes(app: web.Application, registry: JobTypeRegistry) -> None:
     app.router.add_get("/health/live", health.live, name="live")
     app.router.add_get("/health/ready", health.ready, name="ready")
     app.router.add_get("/metrics", health.metrics, name="metrics")

@@ -31,6 +31,7 @@ from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
 from service.cli.publish import publish_submission, read_submission
 from service.config import ConfigError, Settings
+from service.messaging.broker import BrokerUnavailable
 from service.observability.logs import configure_logging
 
 log = structlog.get_logger("medevents.cli")
@@ -92,11 +93,15 @@ def publish(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def dead_letters(settings: Settings, args: argparse.Namespace) -> int:
-    dead = bootstrap(settings).dead_letters
-    if args.action == "count":
-        print(asyncio.run(dead.count()))
-    else:
-        print(f"replayed {asyncio.run(dead.replay(args.limit))}")
+    dead = bootstrap(settings).dead_letter_service
+    try:
+        if args.action == "count":
+            print(asyncio.run(dead.count()))
+        else:
+            print(f"replayed {asyncio.run(dead.replay(limit=args.limit))}")
+    except BrokerUnavailable as exc:
+        print(f"medevents dead-letters: the broker is unavailable: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,6 +7,9 @@ its reads (`collection`), and its list in an encounter package (`package_key`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from service.domain.clock import utcnow
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +60,21 @@ ENCOUNTER_ENTITY_KINDS = (
 )
 ALL_ENTITY_KINDS = (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS)
 KINDS_BY_COLLECTION = {kind.collection: kind for kind in ALL_ENTITY_KINDS}
+
+
+def entity_document(
+    entity: dict[str, Any], *, patient_id: str, job: dict[str, Any]
+) -> dict[str, Any]:
+    """An entity as stored: its fields, `_id` for its id, and who wrote it, when and how."""
+    now = utcnow()
+    document = {key: value for key, value in entity.items() if key != "id"}
+    document.update(
+        _id=entity["id"],
+        patient_id=patient_id,
+        job_id=job["_id"],
+        client_id=job.get("client_id"),
+        user_id=job.get("user_id"),
+        inserted_at=now,
+        updated_at=now,
+    )
+    return document

@@ -27,8 +27,7 @@ PENDING_ETA = timedelta(seconds=30)
 
 
 class JobStatus(IntEnum):
-    """Stored as integers, as eHealth's medical events service stores them, so that its
-    tools read our documents."""
+    """Stored as integers, as eHealth's medical events service stores them."""
 
     PENDING = 0
     PROCESSED = 1
@@ -49,7 +48,8 @@ def is_valid_job_id(job_id: str) -> bool:
 
 
 def new_job_id() -> str:
-    """A URL-safe random id of 22 characters, shaped like eHealth's (`NBXk9EyErUZv1RhXgyvgg`)."""
+    """A URL-safe random id of 22 characters, shaped like eHealth's job ids
+    (`NBXk9EyErUZv1RhXgyvgg`)."""
     return secrets.token_urlsafe(16)
 
 

@@ -16,7 +16,13 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from service.messaging.broker import CONNECT_TIMEOUT_SECONDS, Topology, declare_topology
+from service.messaging.broker import (
+    CONNECT_TIMEOUT_SECONDS,
+    CONNECTION_EXCEPTIONS,
+    BrokerUnavailable,
+    Topology,
+    declare_topology,
+)
 
 # Headers the broker wrote while dead-lettering or redelivering: not the producer's.
 BROKER_HEADERS = (
@@ -40,11 +46,15 @@ class DeadLetters:
         self._topology = topology
 
     async def count(self) -> int:
-        connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
-        async with connection:
-            channel = await connection.channel()
-            queue = await self._dead_queue(channel)
-            return queue.declaration_result.message_count or 0
+        """The messages in the dead queue; `BrokerUnavailable` when the broker cannot say."""
+        try:
+            connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
+            async with connection:
+                channel = await connection.channel()
+                queue = await self._dead_queue(channel)
+                return queue.declaration_result.message_count or 0
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            raise BrokerUnavailable(repr(exc)) from exc
 
     async def replay(
         self,
@@ -53,7 +63,16 @@ class DeadLetters:
     ) -> int:
         """Publish dead letters again, oldest first; returns how many were replayed. With
         `select`, only the messages it selects: the others are held until the end of the run
-        and then go back to the dead queue as they were."""
+        and then go back to the dead queue as they were. `BrokerUnavailable` when the broker
+        cannot be reached (what was replayed before stays replayed)."""
+        try:
+            return await self._replay(limit, select)
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            raise BrokerUnavailable(repr(exc)) from exc
+
+    async def _replay(
+        self, limit: int | None, select: Callable[[AbstractIncomingMessage], bool] | None
+    ) -> int:
         connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT_SECONDS)
         async with connection:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -33,6 +33,15 @@ CANCEL_TIMEOUT_SECONDS = 5.0
 OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 
+def channel_closed(message: AbstractIncomingMessage) -> bool:
+    """Whether the channel a message came on is gone (it can be settled no more)."""
+    try:
+        channel = message.channel  # raises once the channel is closed
+    except CONNECTION_EXCEPTIONS:
+        return True
+    return channel is None or channel.is_closed
+
+
 class JobQueue:
     def __init__(self, amqp_url: str, topology: Topology, *, prefetch: int) -> None:
         self._url = amqp_url
@@ -75,6 +84,20 @@ class JobQueue:
                 await self._queue.cancel(self._consumer_tag)
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
             log.warning("consumer_cancel_failed", error=repr(exc))
+
+    async def settle(self, message: AbstractIncomingMessage, how: str) -> None:
+        """Ack, nack (requeue) or reject (dead-letter) a message. When the channel it came on
+        is gone, nothing can be settled: the broker delivers it again, and processing is
+        repeatable, so that is only logged."""
+        try:
+            if how == "ack":
+                await message.ack()
+            elif how == "nack":
+                await message.nack(requeue=True)
+            else:
+                await message.reject(requeue=False)
+        except CONNECTION_EXCEPTIONS as exc:
+            log.warning("message_not_settled", how=how, error=repr(exc))
 
     def finished(self, job_id: str) -> None:
         """Tell the APIs that `job_id` finished (its long polls wake), batched with others."""

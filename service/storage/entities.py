@@ -14,7 +14,6 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from service.domain.clock import utcnow
 from service.domain.entities import ALL_ENTITY_KINDS, ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EntityKind
 from service.storage.mongo import unavailable_on_outage
 
@@ -123,21 +122,3 @@ class EntityStore:
             async for document in collection.find(selector, {"_id": 1}):
                 covered.append((kind, document["_id"]))
         return covered
-
-
-def entity_document(
-    entity: dict[str, Any], *, patient_id: str, job: dict[str, Any]
-) -> dict[str, Any]:
-    """An entity as stored: its fields, `_id` for its id, and who wrote it, when and how."""
-    now = utcnow()
-    document = {key: value for key, value in entity.items() if key != "id"}
-    document.update(
-        _id=entity["id"],
-        patient_id=patient_id,
-        job_id=job["_id"],
-        client_id=job.get("client_id"),
-        user_id=job.get("user_id"),
-        inserted_at=now,
-        updated_at=now,
-    )
-    return document

@@ -1,2 +1,2 @@
-"""What the service does, the same for every entrypoint (HTTP, AMQP, the CLI): submit, read,
-process, finish, retention, the operators' queries."""
+"""What the service does, the same code whichever entrypoint asks (HTTP, AMQP, the CLI):
+submit, read and wait, process and finish, retention, the operators' queries and dead letters."""

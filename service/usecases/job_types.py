@@ -51,6 +51,15 @@ class HttpSubmission:
     # What the operation does, for the OpenAPI document ("Submit an encounter package").
     summary: str
 
+    METHODS = ("POST", "PUT", "PATCH")
+    PATH_PREFIX = "/api/patients/{patient_id}/"
+
+    def __post_init__(self) -> None:
+        if self.method.upper() not in self.METHODS:
+            raise ValueError(f"a submission is one of {', '.join(self.METHODS)}: {self.method}")
+        if not self.path.startswith(self.PATH_PREFIX):
+            raise ValueError(f"a submission's path starts with {self.PATH_PREFIX}: {self.path}")
+
 
 @dataclass(frozen=True, slots=True)
 class JobType:
@@ -65,7 +74,7 @@ class JobType:
     http: HttpSubmission | None = None
 
 
-class ProcessorRegistry:
+class JobTypeRegistry:
     def __init__(self, job_types: Iterable[JobType]) -> None:
         self._types: dict[str, JobType] = {}
         routes: set[tuple[str, str]] = set()
@@ -91,5 +100,5 @@ class ProcessorRegistry:
         """The job types with an HTTP submission, in the order they were registered."""
         return [job_type for job_type in self._types.values() if job_type.http is not None]
 
-    def with_types(self, *job_types: JobType) -> ProcessorRegistry:
-        return ProcessorRegistry([*self._types.values(), *job_types])
+    def with_types(self, *job_types: JobType) -> JobTypeRegistry:
+        return JobTypeRegistry([*self._types.values(), *job_types])

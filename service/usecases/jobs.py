@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 import structlog
 
-from service.domain.jobs import is_valid_job_id, new_job_id, submission_hash
+from service.domain.jobs import JobStatus, is_valid_job_id, new_job_id, submission_hash
 from service.domain.principal import Principal
 from service.messaging.broker import BrokerUnavailable
+from service.messaging.job_events import JobEvents
 from service.messaging.publisher import SubmissionPublisher
 from service.storage.jobs import JobStore
 from service.usecases.eta import EtaEstimator
@@ -39,9 +40,13 @@ class JobService:
         store: JobStore,
         publisher: SubmissionPublisher | None = None,
         estimator: EtaEstimator | None = None,
+        events: JobEvents | None = None,
     ) -> None:
+        """`events`: the job-finished events a long poll waits for; None: a poll that asks
+        to wait answers at once."""
         self.store = store
         self.publisher = publisher
+        self.events = events
         self.pending = PendingJobs(store, estimator.eta if estimator else None)
         self._finished = FinishedJobs()
         self._submitting: dict[str, _Turn] = {}
@@ -57,7 +62,26 @@ class JobService:
         """Messages ready in the jobs queue; None when the broker cannot say now."""
         return await self.publisher.queue_depth() if self.publisher is not None else None
 
-    async def job_for_client(self, job_id: str, client_id: str) -> dict[str, Any]:
+    async def job_for_client(
+        self, job_id: str, client_id: str, *, wait: float = 0
+    ) -> dict[str, Any]:
+        """The job as its response needs it; `JobNotFound` when there is none for this client.
+        With `wait` (seconds), a pending job is returned as soon as it finishes, or after
+        `wait` as it is then (a long poll): woken by the job-finished event, not by reading
+        MongoDB in a loop."""
+        job = await self._job_for_client(job_id, client_id)
+        if wait <= 0 or job["status"] != JobStatus.PENDING or self.events is None:
+            return job
+        with self.events.waiting_for(job_id) as finished:
+            job = await self._job_for_client(job_id, client_id)  # it may have finished already
+            if job["status"] == JobStatus.PENDING:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await finished.wait()
+                job = await self._job_for_client(job_id, client_id)
+        return job
+
+    async def _job_for_client(self, job_id: str, client_id: str) -> dict[str, Any]:
         """The job as its response needs it. An id that cannot be a job id is not looked up,
         so that nothing shaped like an operator or a path ever reaches the database."""
         if not is_valid_job_id(job_id):

@@ -1,27 +1,21 @@
-"""The operators' service layer: the job list, the counts, the dead letters. The dashboard and
-`/api/admin/...` read it; it knows nothing of HTTP."""
+"""The operators' service layer: the job list, the counts, the dead letters
+(`usecases.dead_letters`). The dashboard and `/api/admin/...` read it; it knows nothing of
+HTTP."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
-from typing import Any, Protocol
-
-import structlog
+from typing import Any
 
 from service.domain.clock import utcnow
-from service.domain.jobs import JobQuery, JobStatus, is_valid_job_id, job_id_of_message
+from service.domain.jobs import JobQuery, JobStatus, is_valid_job_id
 from service.domain.outcome_counts import minute_key, percentile_ms
-from service.messaging.broker import CONNECTION_EXCEPTIONS, BrokerUnavailable
-from service.messaging.dead_letters import DeadLetters
 from service.messaging.publisher import SubmissionPublisher
 from service.storage.jobs import JobStore
 from service.storage.outcome_stats import OutcomeStats
+from service.usecases.dead_letters import DeadLetterService
 from service.usecases.jobs import JobNotFound
-from service.usecases.submissions import parse_body
-
-log = structlog.get_logger("medevents.operations")
 
 PENDING_COUNT_CAP = 10_000
 TERMINAL_LABELS = tuple(status.label for status in JobStatus if status.is_terminal)
@@ -33,7 +27,7 @@ class OperatorService:
         jobs: JobStore,
         outcomes: OutcomeStats,
         publisher: SubmissionPublisher | None,
-        dead_letters: DeadLetters,
+        dead_letters: DeadLetterService,
     ) -> None:
         self.jobs = jobs
         self.outcomes = outcomes
@@ -76,56 +70,10 @@ class OperatorService:
             "per_minute": _per_minute(last_hour, now),
             "queue": {
                 "ready": await self.publisher.queue_depth() if self.publisher else None,
-                "dead_letters": await self.dead_letter_count(),
+                "dead_letters": await self.dead_letters.count_if_known(),
             },
             "generated_at": now,
         }
-
-    async def dead_letter_count(self) -> int | None:
-        """None when the broker cannot be asked now."""
-        try:
-            return await self.dead_letters.count()
-        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-            log.warning("dead_letters_uncounted", error=repr(exc))
-            return None
-
-    async def replay(self, job_ids: Collection[str] | None, limit: int | None) -> int:
-        """Replay dead letters: all, the oldest `limit`, or those of `job_ids`."""
-        select = None if job_ids is None else of_jobs(job_ids)
-        try:
-            replayed = await self.dead_letters.replay(limit, select)
-        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-            raise BrokerUnavailable(repr(exc)) from exc
-        log.info("dead_letters_replayed", count=replayed, by_job_id=job_ids is not None)
-        return replayed
-
-
-class _Message(Protocol):
-    message_id: str | None
-    body: bytes
-    timestamp: Any
-    correlation_id: str | None
-
-
-def of_jobs(job_ids: Collection[str]) -> Callable[[_Message], bool]:
-    """Selects the dead letters of these jobs, by the job id the consumer gave each message
-    (derived from its body when the producer set no `message_id`, as the consumer derives it),
-    so that every dead letter the dashboard shows can be replayed by it."""
-    wanted = set(job_ids)
-
-    def select(message: _Message) -> bool:
-        if message.message_id is not None:
-            return message.message_id in wanted
-        job_id = job_id_of_message(
-            None,
-            message.body,
-            message.timestamp,
-            message.correlation_id,
-            body_is_object=parse_body(message.body).raw is not None,
-        )
-        return job_id in wanted
-
-    return select
 
 
 def _window(minutes: list[dict[str, Any]]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from service.storage.jobs import JobStore
 from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeRecorder
 from service.storage.patients import PatientStore
-from service.usecases.job_types import JobContext, ProcessorRegistry
+from service.usecases.job_types import JobContext, JobTypeRegistry
 from service.usecases.submissions import (
     UNKNOWN_TYPE,
     ParsedBody,
@@ -78,7 +78,7 @@ class SubmissionProcessor:
         jobs: JobStore,
         entities: EntityStore,
         patients: PatientStore,
-        registry: ProcessorRegistry,
+        registry: JobTypeRegistry,
         *,
         max_attempts: int = MAX_ATTEMPTS,
         retry_delay: float = RETRY_DELAY_SECONDS,

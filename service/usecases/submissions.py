@@ -1,5 +1,6 @@
-"""A submission: the message body every entrypoint publishes and the consumer reads, how a
-body that arrives is parsed, and the pending job a submission is recorded as.
+"""A submission: the message body the HTTP API publishes (and a producer sends) and the
+consumer reads, how a body that arrives is parsed, and the pending job a submission is
+recorded as.
 
     {"type": "encounter_package.create", "patient_id": "<uuid>",
      "requested_by": {"client_id", "user_id", "scope"}, "data": {...}}

@@ -32,7 +32,7 @@ from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore
-from service.usecases.job_types import ProcessorRegistry
+from service.usecases.job_types import JobTypeRegistry
 from service.usecases.processing import SubmissionProcessor
 from tests.conftest import TEST_SECRET
 from tests.harness import ACTIVE_PATIENT, INACTIVE_PATIENT, RawPublisher
@@ -112,7 +112,7 @@ async def patients(db: AsyncDatabase) -> PatientStore:
     return store
 
 
-def make_processor(db: AsyncDatabase, registry: ProcessorRegistry | None = None, **options):
+def make_processor(db: AsyncDatabase, registry: JobTypeRegistry | None = None, **options):
     return SubmissionProcessor(
         JobStore(db), EntityStore(db), PatientStore(db), registry or builtin_registry(), **options
     )
@@ -123,7 +123,7 @@ async def start_consumer(settings: Settings, db: AsyncDatabase, patients):
     """Starts in-process consumers on the test database and topology; stops them after."""
     started: list[JobConsumer] = []
 
-    async def start(registry: ProcessorRegistry | None = None, **options) -> JobConsumer:
+    async def start(registry: JobTypeRegistry | None = None, **options) -> JobConsumer:
         await EntityStore(db).ensure_indexes()
         consumer = JobConsumer(
             JobQueue(settings.amqp_url, Topology(settings.amqp_prefix), prefetch=8),

@@ -19,7 +19,7 @@ from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import JobOutcome, JobStatus, Link, NewJob, cap_error
 from service.domain.principal import Principal, ScopeDenied
-from service.usecases.job_types import HttpSubmission, JobContext, JobType, ProcessorRegistry
+from service.usecases.job_types import HttpSubmission, JobContext, JobType, JobTypeRegistry
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
@@ -128,7 +128,7 @@ def test_a_job_type_brings_its_route_and_its_openapi_operation() -> None:
 def test_a_job_type_without_http_is_not_routed() -> None:
     quiet = JobType("note.archive", NoteSchema(), write_note, "note:write")
     app = web.Application()
-    setup_routes(app, ProcessorRegistry([quiet]))
+    setup_routes(app, JobTypeRegistry([quiet]))
     assert not [r for r in app.router.resources() if "note" in r.canonical]
 
 
@@ -141,7 +141,35 @@ def test_two_job_types_cannot_claim_one_route() -> None:
         http=HttpSubmission("post", "/api/patients/{patient_id}/notes", "Replace a note"),
     )
     with pytest.raises(ValueError, match="declared by two job types"):
-        ProcessorRegistry([NOTE, twin])
+        JobTypeRegistry([NOTE, twin])
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/api/patients/{patient_id}/notes"), ("POST", "/api/notes")],
+)
+def test_a_submission_is_a_write_under_its_patient(method: str, path: str) -> None:
+    with pytest.raises(ValueError, match="submission"):
+        HttpSubmission(method, path, "Write a note")
+
+
+async def test_a_failing_closer_does_not_keep_the_others_from_closing() -> None:
+    services = Services(Settings(jwt_secret="x" * 40), builtin_registry())
+    closed: list[str] = []
+
+    async def close_store() -> None:
+        closed.append("store")
+
+    async def fail() -> None:
+        raise RuntimeError("index task failed")
+
+    services.on_close(close_store)
+    services.on_close(fail)
+    with pytest.raises(RuntimeError, match="index task failed"):
+        await services.aclose()
+    assert closed == ["store"]
+    with pytest.raises(RuntimeError, match="closed"):
+        services.on_close(close_store)  # nothing is built after the close
 
 
 async def test_services_build_nothing_until_asked_and_close_in_reverse_order() -> None:

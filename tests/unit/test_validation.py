@@ -15,7 +15,7 @@ from schemas.encounter_package import EncounterPackageSchema
 from schemas.validation import invalid_entries, json_path
 from service.domain.entities import ENCOUNTER_ENTITY_KINDS
 from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
-from service.usecases.job_types import JobType, ProcessorRegistry
+from service.usecases.job_types import JobType, JobTypeRegistry
 from service.usecases.submissions import parse_body
 from tests.harness import example
 
@@ -230,7 +230,7 @@ def test_the_registry_finds_every_processor_module() -> None:
 def test_a_job_type_is_registered_once() -> None:
     job_type = builtin_registry().get("encounter_package.create")
     with pytest.raises(ValueError, match="registered twice"):
-        ProcessorRegistry([job_type, job_type])
+        JobTypeRegistry([job_type, job_type])
     extra = JobType("episode.create", job_type.schema, job_type.handler, "episode:write")
     assert builtin_registry().with_types(extra).get("episode.create") is extra
 

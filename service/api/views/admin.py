@@ -90,9 +90,9 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     """`POST /api/admin/dead-letters/replay`: all, `{"job_ids": [...]}` or `{"limit": N}`."""
     values = await read_json_object(request) if request.can_read_body else {}
     asked = _load(REPLAY_REQUEST, values, [])
-    operations = request.app[OPERATOR_SERVICE]
-    replayed = await operations.replay(asked.get("job_ids"), asked.get("limit"))
-    remaining = await operations.dead_letter_count()
+    dead_letters = request.app[OPERATOR_SERVICE].dead_letters
+    replayed = await dead_letters.replay(asked.get("job_ids"), asked.get("limit"))
+    remaining = await dead_letters.count_if_known()
     body = REPLAYED.dump(
         {"data": {"replayed": replayed, "dead_letters": remaining}, "meta": _meta(request)}
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 from typing import Any
 
@@ -13,7 +11,6 @@ from schemas.envelope import Meta, dump_envelope
 from schemas.jobs import dump_job_data
 from service.api.errors import NotFound
 from service.api.keys import (
-    JOB_EVENTS,
     JOB_SERVICE,
     LONG_POLL,
     REQUEST_ID,
@@ -33,24 +30,12 @@ async def get_job(request: web.Request) -> web.Response:
     soon as it finishes, or after N seconds as it is then (long poll)."""
     job_id, client_id = request.match_info["job_id"], principal_of(request).client_id
     service = request.app[JOB_SERVICE]
-
-    async def current() -> dict:
-        try:
-            return await service.job_for_client(job_id, client_id)
-        except JobNotFound:
-            raise NotFound("Job not found") from None
-
-    job = await current()
     wait, preferred = long_poll_seconds(request)
     request[LONG_POLL] = bool(wait)
-    if wait and job["status"] == JobStatus.PENDING:
-        with request.app[JOB_EVENTS].waiting_for(job_id) as finished:
-            job = await current()  # it may have finished before we listened
-            if job["status"] == JobStatus.PENDING:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await finished.wait()
-                job = await current()
+    try:
+        job = await service.job_for_client(job_id, client_id, wait=wait)
+    except JobNotFound:
+        raise NotFound("Job not found") from None
     # A finished job's `data` and its ETag never change: made once, wrapped per request.
     status, data, tag = service.rendered(job_id, client_id, job, _rendered)
     body = dump_envelope(data, Meta(status, request[REQUEST_URL], request[REQUEST_ID]))
