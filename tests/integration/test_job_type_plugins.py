@@ -5,35 +5,12 @@ consumer, with nothing else written for it."""
 from __future__ import annotations
 
 from consumers.processors import builtin_registry
-from schemas.rules import StrictSchema, String
 from service.api.app import create_app
 from service.bootstrap import Services
-from service.domain.jobs import JobOutcome, Link, entity_href
-from service.usecases.job_types import HttpSubmission, JobContext, JobType
 from tests.conftest import bearer
 from tests.harness import ACTIVE_PATIENT, poll
+from tests.note_job_type import NOTE
 
-
-class NoteSchema(StrictSchema):
-    text = String(required=True, max_length=100)
-
-
-async def write_note(context: JobContext) -> JobOutcome:
-    await context.jobs.database["notes"].insert_one(
-        {"_id": context.job_id, "patient_id": context.patient_id, **context.data}
-    )
-    return JobOutcome.processed(
-        [Link("note", entity_href(context.patient_id, "notes", context.job_id))]
-    )
-
-
-NOTE = JobType(
-    name="note.create",
-    schema=NoteSchema(),
-    handler=write_note,
-    required_scope="note:write",
-    http=HttpSubmission("POST", "/api/patients/{patient_id}/notes", "Write a note"),
-)
 URL = f"/api/patients/{ACTIVE_PATIENT}/notes"
 
 

@@ -12,14 +12,14 @@ from marshmallow import Schema, fields
 
 from consumers.processors import builtin_registry
 from schemas.jobs import JOB_RESPONSE_FIELDS, dump_job_data, fields_read_by
-from schemas.rules import StrictSchema, String
 from service.api.openapi import build_openapi
 from service.api.routes import setup_routes
 from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import JobOutcome, JobStatus, Link, NewJob, cap_error
 from service.domain.principal import Principal, ScopeDenied
-from service.usecases.job_types import HttpSubmission, JobContext, JobType, JobTypeRegistry
+from service.usecases.job_types import HttpSubmission, JobType, JobTypeRegistry
+from tests.note_job_type import NOTE, NoteSchema, write_note
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
@@ -85,23 +85,6 @@ def test_a_field_whose_reads_cannot_be_listed_is_refused() -> None:
 
     with pytest.raises(TypeError, match=r"Opaque\.links"):
         fields_read_by(Opaque())
-
-
-class NoteSchema(StrictSchema):
-    text = String(required=True, max_length=100)
-
-
-async def write_note(context: JobContext) -> JobOutcome:
-    return JobOutcome.processed([])
-
-
-NOTE = JobType(
-    name="note.create",
-    schema=NoteSchema(),
-    handler=write_note,
-    required_scope="note:write",
-    http=HttpSubmission("POST", "/api/patients/{patient_id}/notes", "Write a note"),
-)
 
 
 def test_a_job_type_brings_its_route_and_its_openapi_operation() -> None:
