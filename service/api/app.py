@@ -29,13 +29,11 @@ log = structlog.get_logger("medevents.app")
 def create_app(services: Services) -> web.Application:
     """The API over what `services` built; the app closes them at its cleanup.
 
-    `services.settings.mongodb_url` must be set: the CLI starts the embedded server first when
-    the environment names none. The routes of submissions and their OpenAPI operations come
-    from the job types of `services.registry`.
+    `services.settings.mongodb_url` must be set (the bootstrap says so when it is not): the CLI
+    starts the embedded server first when the environment names none. The routes of
+    submissions and their OpenAPI operations come from the job types of `services.registry`.
     """
     settings = services.settings
-    if not settings.mongodb_url:
-        raise ValueError("create_app needs settings.mongodb_url")
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_request_bytes)
     app[SERVICES] = services
     app[SETTINGS] = settings
