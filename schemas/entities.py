@@ -8,8 +8,8 @@ from typing import Any
 
 from marshmallow import Schema, fields
 
-from schemas.encounter_package import ENTITY_SCHEMAS
 from schemas.envelope import Meta, UtcDateTime, envelope_schema
+from schemas.package_content import ENTITY_SCHEMAS
 from service.domain.entities import ALL_ENTITY_KINDS, EntityKind
 
 

@@ -1,28 +1,43 @@
-"""Validation rules that know their own name.
+"""Validation rules in the vocabulary of eHealth's validator.
 
-marshmallow reports errors as messages. To publish each one as a 422's
-`{"rule", "params", "description"}`, every field and validator here raises a `Rule` object
-instead of a bare string; `schemas.validation` turns the error tree into the `invalid` list.
+eHealth's medical events service validates requests with JSON schemas (NExJsonSchema) and
+renders each failure through EView as `{"rule", "params", "description"}`. An MIS maps those
+rule names to its own messages, so ours are the same, with the same params and descriptions:
 
-The fields are strict: a string is never taken for a number or a boolean, numbers must be
-finite, and every string has a maximum length.
+- a property missing: `required`, `[]`, "required property id was not present";
+- a wrong JSON type or null: `cast`, `["string"]`, "type mismatch. Expected String but got
+  Integer";
+- a property not in the schema: `schema`, the unknown properties, "schema does not allow
+  additional properties";
+- a value outside an enum: `inclusion`, the allowed values, "value is not allowed in enum";
+- too short or too long: `length`, `{"min": n}` or `{"max": n}`, "expected value to have a
+  minimum length of 1 but was 0" ("expected a minimum of 1 items but got 0" for arrays);
+- a number out of range: `number`, `{"less_than_or_equal_to": n}`, "expected the value to
+  be <= 10";
+- a pattern (UUIDs): `format`, `[pattern]`, 'string does not match pattern "^...$"';
+- a date-time or a date: `datetime` or `date`, `[regex]`, 'expected "x" to be a valid ISO
+  8601 date-time'.
+
+Business rules (in the job types) use `invalid`, and `oneOf` for "exactly one of".
+
+marshmallow reports errors as messages; every field and validator here raises a `Rule`
+instead of a string, and `schemas.validation` turns the error tree into the `invalid` list.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, date, datetime
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_schema
 
 Validator = Callable[[Any], None]
-
-MAX_STRING_LENGTH = 4_000
-MAX_LIST_LENGTH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +46,11 @@ class Rule:
     description: str
     params: Any = field(default_factory=list)
 
-    def to_document(self) -> dict[str, Any]:
-        return {"rule": self.rule, "params": self.params, "description": self.description}
+    def to_document(self, property_name: str | int | None = None) -> dict[str, Any]:
+        description = self.description
+        if "{property}" in description:
+            description = description.replace("{property}", str(property_name))
+        return {"rule": self.rule, "params": self.params, "description": description}
 
 
 def violation(rule: Rule) -> ValidationError:
@@ -40,153 +58,236 @@ def violation(rule: Rule) -> ValidationError:
     return ValidationError([rule])
 
 
-REQUIRED = Rule("required", "required property is missing")
-NULL = Rule("required", "must not be null")
-UNKNOWN = Rule("unknown", "is not allowed: unknown property")
+# `{property}` is the missing property's name, filled in where the path is known.
+REQUIRED = Rule("required", "required property {property} was not present")
+ADDITIONAL_PROPERTIES = "schema does not allow additional properties"
+NOT_IN_ENUM = "value is not allowed in enum"
+
+_JSON_TYPE_NAMES = {
+    bool: "Boolean",
+    int: "Integer",
+    float: "Number",
+    str: "String",
+    dict: "Object",
+    list: "Array",
+    type(None): "Null",
+}
 
 
-def type_rule(expected: str) -> Rule:
-    return Rule("type", f"type mismatch: expected {expected}", [expected])
+def json_type_of(value: Any) -> str:
+    """The JSON type of a parsed value, capitalized as the original's messages say it."""
+    return _JSON_TYPE_NAMES.get(type(value), "Object")
+
+
+def cast_rule(expected: str, value: Any) -> Rule:
+    """`expected` is a JSON type: "string", "integer", "number", "boolean", "object", "array"."""
+    return Rule(
+        "cast",
+        f"type mismatch. Expected {expected.capitalize()} but got {json_type_of(value)}",
+        [expected],
+    )
+
+
+def _inspect(text: str) -> str:
+    """A string as the original quotes it in messages (Elixir's `inspect`)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 class StrictSchema(Schema):
-    """Rejects unknown properties (marshmallow's default, stated here) with named rules."""
+    """An object with `additionalProperties: false`: each unknown property is reported at
+    its own path, rule `schema`, with every unknown property and its value as params."""
 
-    error_messages = {"unknown": UNKNOWN, "type": type_rule("object")}  # noqa: RUF012
+    class Meta:
+        unknown = EXCLUDE  # reported by `no_additional_properties`, as the original does
+
+    @validates_schema(pass_original=True, skip_on_field_errors=False)
+    def no_additional_properties(self, _: Any, original: Any, **__: Any) -> None:
+        if not isinstance(original, dict):
+            return
+        known = {f.data_key or name for name, f in self.load_fields.items()}
+        unknown = {key: value for key, value in original.items() if key not in known}
+        if unknown:
+            rule = Rule("schema", ADDITIONAL_PROPERTIES, unknown)
+            raise ValidationError({key: [rule] for key in unknown})
 
 
-class _RuleMessages:
-    default_error_messages = {  # noqa: RUF012
-        "required": REQUIRED,
-        "null": NULL,
-        "validator_failed": Rule("invalid", "is invalid"),
-    }
+class _Typed:
+    """A field of one JSON type: `null` and other types are a `cast` to `json_type`."""
+
+    json_type = "string"
+    default_error_messages = {"required": REQUIRED}  # noqa: RUF012
+
+    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kw: Any) -> Any:
+        if value is None and not getattr(self, "allow_none", False):
+            raise violation(cast_rule(self.json_type, None))
+        return super().deserialize(value, attr, data, **kw)  # type: ignore[misc]
+
+    def _accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> Any:
+        if not self._accepts(value):
+            raise violation(cast_rule(self.json_type, value))
+        return super()._deserialize(value, attr, data, **kw)  # type: ignore[misc]
 
 
-class String(_RuleMessages, fields.String):
-    default_error_messages = {  # noqa: RUF012
-        "invalid": type_rule("string"),
-        "invalid_utf8": Rule("format", "is not valid UTF-8", ["utf-8"]),
-    }
-
+class String(_Typed, fields.String):
     def __init__(
-        self, *, max_length: int = MAX_STRING_LENGTH, min_length: int = 1, **kwargs: Any
+        self, *, max_length: int | None = None, min_length: int | None = None, **kwargs: Any
     ) -> None:
-        validators = [length(min_length, max_length), *_as_list(kwargs.pop("validate", None))]
+        validators = _as_list(kwargs.pop("validate", None))
+        if min_length is not None or max_length is not None:
+            validators.insert(0, length(min_length, max_length))
         super().__init__(validate=validators, **kwargs)
+
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, str)
+
+
+UUID_PATTERN = "^[0-9a-f]{8}-[0-9a-f]{4}-[1-5][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
 
 class UUIDString(String):
-    """A UUID kept as its canonical lowercase string."""
+    """eHealth's `uuid`: a string matching its pattern (lowercase, version 1 to 5)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(max_length=36, min_length=1, **kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        text = super()._deserialize(value, attr, data, **kwargs)
-        try:
-            parsed = uuid.UUID(text)
-        except ValueError:
-            raise violation(Rule("uuid", "is not a valid UUID", ["uuid"])) from None
-        if str(parsed) != text.lower() or len(text) != 36:
-            raise violation(Rule("uuid", "is not a valid UUID", ["uuid"]))
-        return str(parsed)
+        super().__init__(
+            validate=[pattern(UUID_PATTERN), *_as_list(kwargs.pop("validate", None))], **kwargs
+        )
 
 
-class Boolean(_RuleMessages, fields.Boolean):
+class Boolean(_Typed, fields.Boolean):
     """`true` or `false`: not "true", not 1 (which Python takes for True)."""
 
-    default_error_messages = {"invalid": type_rule("boolean")}  # noqa: RUF012
+    json_type = "boolean"
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
-        if not isinstance(value, bool):
-            raise self.make_error("invalid")
-        return value
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
 
 
-class Integer(_RuleMessages, fields.Integer):
-    default_error_messages = {  # noqa: RUF012
-        "invalid": type_rule("integer"),
-        "too_large": Rule("number", "is too large"),
-    }
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class Integer(_Typed, fields.Integer):
+    json_type = "integer"
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(strict=True, **kwargs)
 
-    def _validated(self, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.make_error("invalid")
-        return super()._validated(value)
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
 
 
-class Number(_RuleMessages, fields.Float):
-    """A finite JSON number (integer or decimal); strings are not numbers."""
+class Number(_Typed, fields.Raw):
+    """A finite JSON number (integer or decimal), kept as given; strings are not numbers."""
 
-    default_error_messages = {  # noqa: RUF012
-        "invalid": type_rule("number"),
-        "too_large": Rule("number", "is too large"),
-        "special": Rule("number", "must be a finite number"),
-    }
+    json_type = "number"
 
-    def _validated(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.make_error("invalid")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise self.make_error("special")
+    def _accepts(self, value: Any) -> bool:
+        return _is_number(value) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+# The patterns the original's validator checks formats with, shown in its params as Elixir
+# prints a regex.
+DATE_TIME_REGEX = (
+    r"^(-?(?:[1-9][0-9]*)?[0-9]{4})-(1[0-2]|0[1-9])-(3[01]|0[1-9]|[12][0-9])"
+    r"T(2[0-3]|[01][0-9]):([0-5][0-9]):([0-5][0-9])(\.[0-9]+)?"
+    r"(Z|[+-](?:2[0-3]|[01][0-9]):[0-5][0-9])?$"
+)
+DATE_REGEX = (
+    r"^([\+-]?\d{4}(?!\d{2}\b))((-?)((0[1-9]|1[0-2])(\3([12]\d|0[1-9]|3[01]))?"
+    r"|W([0-4]\d|5[0-2])(-?[1-7])?|(00[1-9]|0[1-9]\d|[12]\d{2}|3([0-5]\d|6[1-6])))?)?$"
+)
+_DATE_TIME = re.compile(DATE_TIME_REGEX)
+_DATE = re.compile(DATE_REGEX)
+
+
+class DateTime(String):
+    """`format: date-time`: ISO 8601; one without an offset is taken as UTC. Kept as an aware
+    datetime, so that MongoDB stores a date and reads can compare it."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> datetime:
+        text = super()._deserialize(value, attr, data, **kw)
+        if not _DATE_TIME.match(text):
+            raise violation(
+                Rule(
+                    "datetime",
+                    f"expected {_inspect(text)} to be a valid ISO 8601 date-time",
+                    [f"~r/{DATE_TIME_REGEX}/"],
+                )
+            )
         try:
-            return float(value)
-        except OverflowError:
-            raise self.make_error("too_large") from None
-
-
-class DateTime(_RuleMessages, fields.AwareDateTime):
-    """ISO 8601 date-time; one without an offset is taken as UTC."""
-
-    default_error_messages = {  # noqa: RUF012
-        "invalid": Rule("format", "expected an ISO 8601 date-time", ["date-time"]),
-        "invalid_awareness": Rule("format", "expected an ISO 8601 date-time", ["date-time"]),
-        "format": Rule("format", "expected an ISO 8601 date-time", ["date-time"]),
-    }
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(format="iso", default_timezone=UTC, **kwargs)
-
-
-class Date(_RuleMessages, fields.Date):
-    """An ISO 8601 calendar date, kept as its text (`2027-06-30`): BSON has no date type."""
-
-    default_error_messages = {  # noqa: RUF012
-        "invalid": Rule("format", "expected an ISO 8601 date", ["date"]),
-        "format": Rule("format", "expected an ISO 8601 date", ["date"]),
-    }
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
-        return super()._deserialize(value, attr, data, **kwargs).isoformat()
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise violation(
+                Rule("datetime", f"expected {_inspect(text)} to be an existing date-time")
+            ) from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
-        return value if isinstance(value, str) or value is None else value.isoformat()
+        if isinstance(value, datetime):
+            aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+            return aware.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return value
 
 
-class Nested(_RuleMessages, fields.Nested):
-    default_error_messages = {"type": type_rule("object")}  # noqa: RUF012
+class Date(String):
+    """`format: date`: an ISO 8601 calendar date, kept as its text (BSON has no date type)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kw)
+        if not _DATE.match(text):
+            raise violation(
+                Rule(
+                    "date",
+                    f"expected {_inspect(text)} to be a valid ISO 8601 date",
+                    [f"~r/{DATE_REGEX}/"],
+                )
+            )
+        try:
+            date.fromisoformat(text)
+        except ValueError:
+            raise violation(
+                Rule("date", f"expected {_inspect(text)} to be an existing date")
+            ) from None
+        return text
 
 
-class List(_RuleMessages, fields.List):
-    default_error_messages = {"invalid": type_rule("array")}  # noqa: RUF012
+class Nested(_Typed, fields.Nested):
+    json_type = "object"
+
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, dict)
+
+
+class List(_Typed, fields.List):
+    json_type = "array"
 
     def __init__(
         self,
         inner: fields.Field,
         *,
-        min_length: int = 0,
-        max_length: int = MAX_LIST_LENGTH,
+        min_items: int | None = None,
+        max_items: int | None = None,
         **kw: Any,
     ) -> None:
-        validators = [
-            length(min_length, max_length, unit="items"),
-            *_as_list(kw.pop("validate", None)),
-        ]
+        validators = _as_list(kw.pop("validate", None))
+        if min_items is not None or max_items is not None:
+            validators.insert(0, item_count(min_items, max_items))
         super().__init__(inner, validate=validators, **kw)
+
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, list)
+
+
+class JsonObject(_Typed, fields.Dict):
+    """Any JSON object; its content is checked later, by a schema of its own."""
+
+    json_type = "object"
+
+    def _accepts(self, value: Any) -> bool:
+        return isinstance(value, dict)
 
 
 def _as_list(validate: Any) -> list[Any]:
@@ -195,40 +296,133 @@ def _as_list(validate: Any) -> list[Any]:
     return list(validate) if isinstance(validate, list | tuple) else [validate]
 
 
-def length(
-    minimum: int | None = None, maximum: int | None = None, unit: str = "characters"
-) -> Validator:
-    def check(value: Sequence[Any]) -> None:
+def length(minimum: int | None = None, maximum: int | None = None) -> Validator:
+    """`minLength` / `maxLength` of a string."""
+
+    def check(value: str) -> None:
         size = len(value)
         if minimum is not None and size < minimum:
-            raise violation(Rule("length", f"expected at least {minimum} {unit}", {"min": minimum}))
+            raise violation(
+                Rule(
+                    "length",
+                    f"expected value to have a minimum length of {minimum} but was {size}",
+                    {"min": minimum},
+                )
+            )
         if maximum is not None and size > maximum:
-            raise violation(Rule("length", f"expected at most {maximum} {unit}", {"max": maximum}))
+            raise violation(
+                Rule(
+                    "length",
+                    f"expected value to have a maximum length of {maximum} but was {size}",
+                    {"max": maximum},
+                )
+            )
 
     return check
 
 
-def one_of(choices: Sequence[str]) -> Validator:
+def item_count(minimum: int | None = None, maximum: int | None = None) -> Validator:
+    """`minItems` / `maxItems` of an array."""
+
+    def check(value: Sequence[Any]) -> None:
+        size = len(value)
+        if minimum is not None and size < minimum:
+            raise violation(
+                Rule(
+                    "length",
+                    f"expected a minimum of {minimum} items but got {size}",
+                    {"min": minimum},
+                )
+            )
+        if maximum is not None and size > maximum:
+            raise violation(
+                Rule(
+                    "length",
+                    f"expected a maximum of {maximum} items but got {size}",
+                    {"max": maximum},
+                )
+            )
+
+    return check
+
+
+def one_of(choices: Sequence[Any]) -> Validator:
+    """`enum`."""
     allowed = list(choices)
 
     def check(value: Any) -> None:
         if value not in allowed:
+            raise violation(Rule("inclusion", NOT_IN_ENUM, allowed))
+
+    return check
+
+
+def pattern(regex: str) -> Validator:
+    compiled = re.compile(regex)
+
+    def check(value: str) -> None:
+        if not compiled.search(value):
             raise violation(
-                Rule("inclusion", f"value is not allowed in enum: {', '.join(allowed)}", allowed)
+                Rule("format", f"string does not match pattern {_inspect(regex)}", [regex])
             )
 
     return check
 
 
 def number_range(minimum: float | None = None, maximum: float | None = None) -> Validator:
+    """`minimum` / `maximum`, inclusive."""
+
     def check(value: float) -> None:
         if minimum is not None and value < minimum:
             raise violation(
-                Rule("number", f"expected a value of at least {minimum}", {"min": minimum})
+                Rule(
+                    "number",
+                    f"expected the value to be >= {minimum}",
+                    {"greater_than_or_equal_to": minimum},
+                )
             )
         if maximum is not None and value > maximum:
             raise violation(
-                Rule("number", f"expected a value of at most {maximum}", {"max": maximum})
+                Rule(
+                    "number",
+                    f"expected the value to be <= {maximum}",
+                    {"less_than_or_equal_to": maximum},
+                )
             )
 
+    return check
+
+
+def invalid(description: str, params: Any = None) -> Rule:
+    """A business rule's failure, as the original's `Core.ValidationError` renders it."""
+    return Rule("invalid", description, [] if params is None else params)
+
+
+# The dictionaries of eHealth's registry a load checks codes against: name -> allowed codes.
+# Set around a load by the job that knows them (`use_dictionaries`); a dictionary that is not
+# there checks nothing, as the original's schema mapper leaves such a property as it is.
+_DICTIONARIES: ContextVar[Mapping[str, Collection[str]] | None] = ContextVar(
+    "dictionaries", default=None
+)
+
+
+@contextmanager
+def use_dictionaries(dictionaries: Mapping[str, Collection[str]]) -> Iterator[None]:
+    token = _DICTIONARIES.set(dictionaries)
+    try:
+        yield
+    finally:
+        _DICTIONARIES.reset(token)
+
+
+def dictionary(name: str) -> Validator:
+    """A property described "Dictionary: <name>" in the original's schema: its value must be
+    a key of that dictionary (`inclusion`, with the dictionary's keys in order as params)."""
+
+    def check(value: Any) -> None:
+        allowed = (_DICTIONARIES.get() or {}).get(name)
+        if allowed is not None and value not in allowed:
+            raise violation(Rule("inclusion", NOT_IN_ENUM, sorted(allowed)))
+
+    check.dictionary = name  # type: ignore[attr-defined]
     return check

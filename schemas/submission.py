@@ -9,9 +9,7 @@ under `$.data`.
 
 from __future__ import annotations
 
-from marshmallow import fields
-
-from schemas.rules import Nested, StrictSchema, String, UUIDString, type_rule
+from schemas.rules import JsonObject, Nested, StrictSchema, String, UUIDString
 
 # The largest body a consumer parses; larger ones fail with 422 without being parsed. Far
 # above what the HTTP API lets through (MAX_REQUEST_BYTES, 3 MiB at most) plus the envelope
@@ -23,12 +21,6 @@ class RequestedBySchema(StrictSchema):
     client_id = String(required=True, max_length=255)
     user_id = String(required=True, max_length=255)
     scope = String(required=True, min_length=0, max_length=4000)
-
-
-class JsonObject(fields.Dict):
-    """Any JSON object; its content is checked later by the job type's own schema."""
-
-    default_error_messages = {"invalid": type_rule("object")}  # noqa: RUF012
 
 
 class SubmissionSchema(StrictSchema):

@@ -1,7 +1,9 @@
 """The 422 builder: a marshmallow error tree becomes the `invalid` list of a failed job.
 
-Every error is reported at once, each at a JSONPath with list indices
-(`$.data.conditions[0].code.coding[0].code`), its rules named by kind with their params.
+Every error is reported at once, each at a JSONPath, its rules in the original's vocabulary
+(`schemas.rules`). The paths are written as the original writes them: a schema's errors with
+a dot before a list index (`$.encounter.diagnoses.[0].role`, NExJsonSchema's style), a
+business rule's without (`$.conditions[0].context.identifier.value`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import orjson
 from marshmallow import Schema, fields
 from marshmallow.schema import SCHEMA
 
-from schemas.rules import Rule, type_rule
+from schemas.rules import Rule, cast_rule
 
 ENTRY_TYPE = "json_data_property"
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -32,11 +34,12 @@ class InvalidEntrySchema(Schema):
     rules = fields.List(fields.Nested(ValidationRuleSchema), required=True)
 
 
-def json_path(parts: list[str | int]) -> str:
+def json_path(parts: list[str | int], *, schema_style: bool = False) -> str:
+    """`$.a[0].b`, or with `schema_style` `$.a.[0].b`."""
     path = "$"
     for part in parts:
         if isinstance(part, int):
-            path += f"[{part}]"
+            path += f".[{part}]" if schema_style else f"[{part}]"
         elif _IDENTIFIER.fullmatch(part):
             path += f".{part}"
         else:  # a key a client sent that is no identifier: bracket notation, quoted
@@ -53,7 +56,8 @@ def _as_rule(message: Any) -> Rule:
 
 
 def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[dict[str, Any]]:
-    """Flatten marshmallow's `ValidationError.messages` into `invalid` entries, in order."""
+    """Flatten marshmallow's `ValidationError.messages` of a schema into `invalid` entries, in
+    order."""
     entries: dict[str, list[dict[str, Any]]] = {}
 
     def walk(node: Any, parts: list[str | int]) -> None:
@@ -66,8 +70,8 @@ def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[
             if isinstance(message, dict | list):
                 walk(message, parts)
                 continue
-            rules = entries.setdefault(json_path(parts), [])
-            rule = _as_rule(message).to_document()
+            rules = entries.setdefault(json_path(parts, schema_style=True), [])
+            rule = _as_rule(message).to_document(parts[-1] if parts else None)
             if rule not in rules:
                 rules.append(rule)
 
@@ -80,7 +84,16 @@ def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[
 
 def single_entry(parts: list[str | int], rule: Rule) -> list[dict[str, Any]]:
     """An `invalid` list with one entry, for checks made outside a schema."""
-    return [{"entry_type": ENTRY_TYPE, "entry": json_path(parts), "rules": [rule.to_document()]}]
+    return [invalid_entry(parts, rule)]
+
+
+def invalid_entry(parts: list[str | int], *rules: Rule) -> dict[str, Any]:
+    """One entry of a business rule's 422 (the original's `Core.ValidationError`)."""
+    return {
+        "entry_type": ENTRY_TYPE,
+        "entry": json_path(parts),
+        "rules": [rule.to_document(parts[-1] if parts else None) for rule in rules],
+    }
 
 
 def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
@@ -92,7 +105,7 @@ def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]
     except orjson.JSONDecodeError as exc:
         return None, single_entry([], Rule("json", f"is not valid JSON: {exc}"))
     if not isinstance(value, dict):
-        return None, single_entry([], type_rule("object"))
+        return None, single_entry([], cast_rule("object", value))
     duplicated = duplicated_keys(body)
     if duplicated:
         return value, [

@@ -24,7 +24,8 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.jobs import JOB_RESPONSE_FIELDS
-from service.config import Settings
+from service.config import ConfigError, Settings
+from service.domain.signatures import Base64JsonDecoder, CmsSignatureVerifier, SignatureDecoder
 from service.messaging.broker import Topology
 from service.messaging.dead_letters import DeadLetters
 from service.messaging.job_events import JobEvents
@@ -38,6 +39,7 @@ from service.storage.jobs import JobStore
 from service.storage.mongo import open_mongo_client
 from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
 from service.storage.patients import PatientStore
+from service.storage.registries import RegistryStore
 from service.usecases.dead_letters import DeadLetterService
 from service.usecases.eta import EtaEstimator
 from service.usecases.job_types import JobTypeRegistry
@@ -135,6 +137,19 @@ class Services:
         return PatientStore(self.database)
 
     @cached_property
+    def registries(self) -> RegistryStore:
+        return RegistryStore(self.database)
+
+    @cached_property
+    def signatures(self) -> SignatureDecoder:
+        """How `signed_data` is read: verified against SIGNATURE_CA_FILE, or only decoded."""
+        if self.settings.signature_mode == "decode":
+            return Base64JsonDecoder()
+        if self.settings.signature_ca_file is None:
+            raise ConfigError("SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE")
+        return CmsSignatureVerifier.from_pem(self.settings.signature_ca_file.read_bytes())
+
+    @cached_property
     def consumer_stats(self) -> ConsumerStats:
         return ConsumerStats(self.database)
 
@@ -184,7 +199,9 @@ class Services:
     def job_service(self) -> JobService:
         """Submitting and polling, for the HTTP API."""
         estimator = EtaEstimator(self.consumer_stats, self.publisher.queue_depth)
-        return JobService(self.jobs, self.publisher, estimator, self.job_events)
+        return JobService(
+            self.jobs, self.publisher, estimator, self.job_events, patients=self.patients
+        )
 
     @cached_property
     def dead_letter_service(self) -> DeadLetterService:
@@ -212,6 +229,8 @@ class Services:
             self.entities,
             self.patients,
             self.registry,
+            registries=self.registries,
+            signatures=self.signatures,
             estimate_eta=functools.partial(estimator.eta, in_progress=True),
             outcomes=self.load_reporter.outcomes,
             on_finished=self.load_reporter.processed_in,

@@ -15,6 +15,9 @@ from typing import Self
 AUTH_MODES = ("jwt", "gateway")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# How `signed_data` is read (service.domain.signatures): `cms` verifies a CMS signature
+# against SIGNATURE_CA_FILE; `decode` only decodes base64 JSON, for development and tests.
+SIGNATURE_MODES = ("cms", "decode")
 
 
 class ConfigError(ValueError):
@@ -42,6 +45,8 @@ class Settings:
     metrics_port: int = 9464
     max_request_bytes: int = 1024 * 1024
     data_dir: Path = Path(".data")
+    signature_mode: str = "cms"
+    signature_ca_file: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -49,6 +54,7 @@ class Settings:
         reader = _Reader(env)
         defaults = cls()
         public_key = reader.text("JWT_PUBLIC_KEY")
+        ca_file = reader.text("SIGNATURE_CA_FILE")
         settings = cls(
             mongodb_url=reader.text("MONGODB_URL"),
             mongodb_db=reader.text("MONGODB_DB") or defaults.mongodb_db,
@@ -73,6 +79,10 @@ class Settings:
                 "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1024, MAX_REQUEST_BYTES_LIMIT
             ),
             data_dir=Path(reader.text("DATA_DIR") or defaults.data_dir),
+            signature_mode=reader.choice(
+                "SIGNATURE_MODE", defaults.signature_mode, SIGNATURE_MODES
+            ),
+            signature_ca_file=Path(ca_file) if ca_file else None,
         )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
@@ -80,6 +90,8 @@ class Settings:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
         if settings.jwt_public_key:
             _check_public_key(settings.jwt_public_key)
+        if settings.signature_mode == "cms":
+            _check_ca_file(settings.signature_ca_file)
         _check_scheme("MONGODB_URL", settings.mongodb_url, ("mongodb://", "mongodb+srv://"))
         _check_scheme("AMQP_URL", settings.amqp_url, ("amqp://", "amqps://"))
         return settings
@@ -96,6 +108,23 @@ MAX_REQUEST_BYTES_LIMIT = 3 * 1024 * 1024
 def _check_scheme(name: str, url: str | None, schemes: tuple[str, ...]) -> None:
     if url is not None and not url.startswith(schemes):
         raise ConfigError(f"{name} must start with {' or '.join(schemes)}")
+
+
+def _check_ca_file(path: Path | None) -> None:
+    """PEM CA certificates to verify signatures with, or a ConfigError saying why not."""
+    from cryptography import x509
+
+    if path is None:
+        raise ConfigError(
+            "SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE (PEM CA certificates); "
+            "SIGNATURE_MODE=decode verifies nothing and is for development only"
+        )
+    try:
+        x509.load_pem_x509_certificates(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"SIGNATURE_CA_FILE: no such file: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"SIGNATURE_CA_FILE: no PEM certificates in {path} ({exc})") from None
 
 
 def _check_public_key(path: Path) -> None:

@@ -12,11 +12,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from service.api.auth import mint_token
+from service.cli.demo import DEMO_CLIENT
 from service.domain.jobs import NewJob, new_job_id
 from service.observability.logs import configure_logging
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
-CLIENT_ID = "mis-client-1"
+# The demo MIS: its legal entity owns the doctor, division and episode the examples name.
+CLIENT_ID = DEMO_CLIENT
 OTHER_CLIENT_ID = "mis-client-2"
 
 

@@ -16,30 +16,45 @@ import orjson
 import pika
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service.cli import demo
 from service.cli.publish import with_new_ids
 from service.config import Settings
 from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobStatus
+from service.domain.signatures import decode_unsigned
 from service.messaging.broker import Topology, declare_topology
 from service.storage.embedded import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-ACTIVE_PATIENT = "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f"
-INACTIVE_PATIENT = "6f3a8b9d-4c2e-4d7f-8a1b-2e3d4c5b6a7f"
-DEMO_CLIENT = "demo-mis"
+ACTIVE_PATIENT = demo.ACTIVE_PATIENT
+INACTIVE_PATIENT = demo.INACTIVE_PATIENT
+DEMO_CLIENT = demo.DEMO_CLIENT
 
 
 def example(name: str, *, new_ids: bool = True) -> dict[str, Any]:
-    """A submission of `examples/`, with fresh entity ids unless told otherwise."""
+    """A submission of `examples/`, its dates moved to yesterday, with fresh entity ids
+    unless told otherwise."""
     submission = orjson.loads((EXAMPLES / f"{name}.json").read_bytes())
-    return with_new_ids(submission) if new_ids else submission
+    return with_new_ids(submission, new_ids=new_ids)
+
+
+def examples(*names: str) -> list[dict[str, Any]]:
+    """Submissions of `examples/` renewed together: a package and its cancel keep naming the
+    same (fresh) entities."""
+    submissions = [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in names]
+    return with_new_ids(*submissions)
+
+
+def package_content(submission: dict[str, Any]) -> dict[str, Any]:
+    """What a submission's unsigned `signed_data` carries."""
+    return decode_unsigned(submission["data"]["signed_data"])
 
 
 def package_entity_count(submission: dict[str, Any]) -> dict[str, int]:
-    data = submission["data"]
+    content = package_content(submission)
     return {
         kind.collection: (
-            1 if kind.package_key == "encounter" else len(data.get(kind.package_key, []))
+            1 if kind.package_key == "encounter" else len(content.get(kind.package_key, []))
         )
         for kind in ALL_ENTITY_KINDS
     }

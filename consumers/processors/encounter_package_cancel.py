@@ -1,61 +1,211 @@
-"""`encounter_package.cancel`: mark an encounter, and everything recorded with it, as
-entered in error. Only the client that submitted the encounter may cancel it."""
+"""`encounter_package.cancel`: the MIS signs its package again, with what it cancels marked
+`entered_in_error`, and those entities are marked so.
+
+The request is eHealth's: `{"signed_data"}`, its content the package as created plus the
+encounter's `cancellation_reason` and `explanatory_letter` (`schemas.package_content`). As
+the original's cancel (`apps/core/lib/core/patients/encounters/cancel.ex`): the signature and
+the schema (422), the `oneOf` rules (422), the signer (409), the encounter (404) and its
+episode (404), the episode's managing organization (422), then the conflicts (409): nothing to
+cancel, something cancelled already, content that is not what was created, a cancelled
+condition still a diagnosis of a live encounter.
+"""
 
 from __future__ import annotations
 
-from schemas.encounter_package import EncounterCancelSchema
-from service.domain.entities import ENCOUNTER
+from datetime import UTC, datetime
+from typing import Any
+
+from consumers.processors.package_checks import (
+    ENTERED_IN_ERROR,
+    entities_of,
+    ref,
+    signer_conflict,
+)
+from schemas.encounter_package import PackageCancelRequestSchema
+from schemas.one_of import PACKAGE_ONE_OF, check_one_of
+from schemas.package_content import PACKAGE_CANCEL_CONTENT
+from schemas.rules import invalid
+from schemas.validation import single_entry
+from service.domain.entities import ALL_ENTITY_KINDS, CONDITION, ENCOUNTER, EntityKind
 from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
+from service.usecases.signed_content import read_signed_content
+
+# Set on the encounter by a cancel, not compared with what was created.
+_CANCELLATION_FIELDS = ("cancellation_reason", "explanatory_letter")
+_NOT_COMPARED = {"id", *_CANCELLATION_FIELDS}
+
+
+def _conflict(message: str) -> JobOutcome:
+    return JobOutcome.failed(409, "request_conflict", message)
 
 
 async def cancel_encounter_package(context: JobContext) -> JobOutcome:
-    encounter_id = context.data["encounter_id"]
-    encounter = await context.entities.get(ENCOUNTER, context.patient_id, encounter_id)
+    raw, content, signer = await read_signed_content(context, PACKAGE_CANCEL_CONTENT)
+    if broken := check_one_of(raw, PACKAGE_ONE_OF):
+        return JobOutcome.validation_failed(broken)
+    submitted = content["encounter"]
+    if signer is not None:
+        performer_id = ref(submitted.get("performer")) or ""
+        performer = (await context.registries.employees([performer_id])).get(performer_id)
+        user_id = context.requested_by["user_id"]
+        if conflict := signer_conflict(signer, performer, context.client_id, user_id):
+            return _conflict(conflict)
+
+    encounter = await context.entities.get(ENCOUNTER, context.patient_id, submitted["id"])
     if encounter is None:
         return JobOutcome.failed(404, "not_found", "Encounter not found")
-    if encounter.get("client_id") != context.requested_by["client_id"]:
-        return JobOutcome.failed(
-            403, "forbidden", "Only the client that submitted the encounter may cancel it"
-        )
     creator = await context.jobs.get(encounter.get("job_id", ""))
     if creator is not None and creator["status"] == JobStatus.PENDING:
         # Its package is still being written: cancelling now would miss what comes after.
-        return JobOutcome.failed(
-            409, "request_conflict", "The encounter's package is still being processed"
-        )
-    covered = await context.entities.cancel_encounter(
-        context.patient_id,
-        encounter_id,
-        context.job_id,
-        context.data.get("reason"),
-        take_over_from=await _abandoned_cancel(context, encounter),
+        return _conflict("The encounter's package is still being processed")
+    episode_id = ref(encounter.get("episode")) or ""
+    episode = (await context.entities.found("episodes", [episode_id], context.patient_id)).get(
+        episode_id
     )
-    if covered is None:
-        return JobOutcome.failed(409, "request_conflict", "Encounter is already cancelled")
+    if episode is None:
+        return JobOutcome.failed(404, "not_found", "Encounter's episode not found")
+    if problem := await _organization_problem(context, episode):
+        path = ["managing_organization", "identifier", "value"]
+        return JobOutcome.validation_failed(single_entry(path, invalid(problem)))
+
+    stored = await _stored_entities(context, content, submitted["id"])
+    ours = await _ours(context, stored)
+    marks = [
+        (kind, entity["id"])
+        for kind in ALL_ENTITY_KINDS
+        for entity in entities_of(content, kind)
+        if entity.get(kind.status_field) == ENTERED_IN_ERROR
+    ]
+    if not marks:
+        return _conflict('At least one entity should have status "entered_in_error"')
+    for kind, entity_id in marks:
+        document = stored.get((kind, entity_id))
+        if (
+            document is not None
+            and document.get(kind.status_field) == ENTERED_IN_ERROR
+            and document.get("cancelled_by_job") not in ours
+        ):
+            return _conflict(f"Invalid transition for {kind.entity} - already entered_in_error")
+    if difference := _first_difference(content, stored):
+        return _conflict(
+            "Submitted signed content does not correspond to previously created content: "
+            + difference
+        )
+    if _cancels_a_diagnosis(content, marks):
+        return _conflict("The condition can not be canceled while encounter is not canceled")
+
+    await context.entities.mark_entered_in_error(
+        context.patient_id, context.job_id, marks, ours=sorted(ours)
+    )
+    cancellation = {name: submitted[name] for name in _CANCELLATION_FIELDS if name in submitted}
+    await context.entities.set_fields(ENCOUNTER, submitted["id"], cancellation)
     return JobOutcome.processed(
         [
             Link(kind.entity, entity_href(context.patient_id, kind.collection, entity_id))
-            for kind, entity_id in covered
+            for kind, entity_id in marks
         ]
     )
 
 
-async def _abandoned_cancel(context: JobContext, encounter: dict) -> str | None:
-    """The id of an earlier cancel of this encounter that failed half-way (500): this one
-    may take its work over and complete it."""
-    earlier_id = encounter.get("cancelled_by_job")
-    if not earlier_id or earlier_id == context.job_id:
-        return None
-    earlier = await context.jobs.get(earlier_id)
-    if earlier is not None and earlier["status"] == JobStatus.FAILED_WITH_ERROR:
-        return earlier_id
+async def _organization_problem(context: JobContext, episode: dict[str, Any]) -> str | None:
+    organization = ref(episode.get("managing_organization")) or ""
+    legal_entity = await context.registries.legal_entity(organization)
+    if legal_entity is None:
+        return "LegalEntity with such ID is not found"
+    if legal_entity.get("status") != "ACTIVE":
+        return "LegalEntity is not active"
+    if organization != context.client_id:
+        return "Managing_organization does not correspond to user's legal_entity"
     return None
+
+
+async def _stored_entities(
+    context: JobContext, content: dict[str, Any], encounter_id: str
+) -> dict[tuple[EntityKind, str], dict[str, Any]]:
+    """The stored entities of the encounter that the package names, by kind and id."""
+    stored: dict[tuple[EntityKind, str], dict[str, Any]] = {}
+    for kind in ALL_ENTITY_KINDS:
+        ids = [entity["id"] for entity in entities_of(content, kind)]
+        found = await context.entities.found(kind.collection, ids, context.patient_id)
+        for entity_id, document in found.items():
+            if kind is ENCOUNTER or document.get("encounter_id") == encounter_id:
+                stored[(kind, entity_id)] = document
+    return stored
+
+
+async def _ours(
+    context: JobContext, stored: dict[tuple[EntityKind, str], dict[str, Any]]
+) -> set[str]:
+    """This job, and the cancels that failed half-way (500) whose marks it may take over."""
+    ours = {context.job_id}
+    for earlier_id in {d.get("cancelled_by_job") for d in stored.values()} - {None, context.job_id}:
+        earlier = await context.jobs.get(earlier_id)
+        if earlier is not None and earlier["status"] == JobStatus.FAILED_WITH_ERROR:
+            ours.add(earlier_id)
+    return ours
+
+
+def _first_difference(
+    content: dict[str, Any], stored: dict[tuple[EntityKind, str], dict[str, Any]]
+) -> str | None:
+    """The first property the package gives otherwise than it was created, as a flat path
+    (`conditions.0.code.coding.0.code`); statuses and the cancellation are not compared."""
+    for kind in ALL_ENTITY_KINDS:
+        for index, entity in enumerate(entities_of(content, kind)):
+            where = kind.package_key if kind is ENCOUNTER else f"{kind.package_key}.{index}"
+            document = stored.get((kind, entity["id"]))
+            if document is None:
+                return f"{where}.id"
+            for name, value in entity.items():
+                if name in _NOT_COMPARED or name == kind.status_field:
+                    continue
+                if (path := _differs(value, document.get(name), f"{where}.{name}")) is not None:
+                    return path
+    return None
+
+
+def _differs(submitted: Any, stored: Any, path: str) -> str | None:
+    if isinstance(submitted, dict):
+        if not isinstance(stored, dict):
+            return path
+        for key, value in submitted.items():
+            if (found := _differs(value, stored.get(key), f"{path}.{key}")) is not None:
+                return found
+        return None
+    if isinstance(submitted, list):
+        if not isinstance(stored, list) or len(stored) != len(submitted):
+            return path
+        for index, (one, other) in enumerate(zip(submitted, stored, strict=True)):
+            if (found := _differs(one, other, f"{path}.{index}")) is not None:
+                return found
+        return None
+    if isinstance(submitted, datetime):
+        return None if _instant(submitted) == _instant(stored) else path
+    return None if submitted == stored else path
+
+
+def _instant(value: Any) -> Any:
+    """A datetime as MongoDB keeps it: UTC, to the millisecond."""
+    if not isinstance(value, datetime):
+        return value
+    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+    aware = aware.astimezone(UTC)
+    return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
+
+
+def _cancels_a_diagnosis(content: dict[str, Any], marks: list[tuple[EntityKind, str]]) -> bool:
+    """A condition cancelled while its encounter, which names it as a diagnosis, is not."""
+    if (ENCOUNTER, content["encounter"]["id"]) in marks:
+        return False
+    cancelled = {entity_id for kind, entity_id in marks if kind is CONDITION}
+    diagnoses = {ref(d.get("condition")) for d in content["encounter"].get("diagnoses") or []}
+    return bool(cancelled & diagnoses)
 
 
 JOB_TYPE = JobType(
     name="encounter_package.cancel",
-    schema=EncounterCancelSchema(),
+    schema=PackageCancelRequestSchema(),
     handler=cancel_encounter_package,
     required_scope="encounter:write",
     http=HttpSubmission(

@@ -1,55 +1,113 @@
-"""`encounter_package.create`: store an encounter and everything recorded with it."""
+"""`encounter_package.create`: an MIS's signed encounter package, checked and stored.
+
+The request is eHealth's: `{"visit", "signed_data"}` (`schemas.encounter_package`). In order,
+as the original's package create: the signature and the content's schema (422), the `oneOf`
+rules (422), the signer against the encounter's performer (409, when signatures are
+verified), then every business rule at once (422, `package_checks`). The encounter, its
+visit and every entity are then written, each with the job that wrote it; the encounter also
+records who signed the package.
+"""
 
 from __future__ import annotations
 
-from schemas.encounter_package import EncounterPackageSchema
+from typing import Any
+
+from consumers.processors.package_checks import (
+    check_package,
+    entities_of,
+    gather_facts,
+    iter_links,
+    ref,
+    signer_conflict,
+)
+from schemas.encounter_package import PackageCreateRequestSchema
+from schemas.one_of import PACKAGE_ONE_OF, check_one_of
+from schemas.package_content import PACKAGE_CREATE_CONTENT
+from schemas.rules import invalid
+from schemas.validation import single_entry
+from service.domain.clock import utcnow
 from service.domain.entities import (
     ENCOUNTER,
     ENCOUNTER_ENTITY_KINDS,
+    VISIT,
     EntityKind,
     entity_document,
 )
 from service.domain.jobs import JobOutcome, Link, entity_href
-from service.usecases.job_types import HttpSubmission, JobContext, JobType
-
-
-def _already_exists(kind: EntityKind, entity_id: str) -> JobOutcome:
-    return JobOutcome.failed(
-        409, "request_conflict", f"{kind.title} with id '{entity_id}' already exists"
-    )
+from service.domain.signatures import Signer
+from service.usecases.job_types import HttpSubmission, JobContext, JobFailed, JobType
+from service.usecases.signed_content import read_signed_content
 
 
 async def create_encounter_package(context: JobContext) -> JobOutcome:
-    patient_id, job_id = context.patient_id, context.job_id
+    raw, content, signer = await read_signed_content(context, PACKAGE_CREATE_CONTENT)
+    if broken := check_one_of(raw, PACKAGE_ONE_OF):
+        return JobOutcome.validation_failed(broken)
+    visit = context.data.get("visit")
 
-    def documents(entities: list[dict]) -> list[dict]:
-        return [entity_document(e, patient_id=patient_id, job=context.job) for e in entities]
+    facts = await gather_facts(context, content, visit)
+    performer = facts.employees.get(ref(content["encounter"]["performer"]) or "")
+    user_id = context.requested_by["user_id"]
+    if conflict := signer_conflict(signer, performer, context.client_id, user_id):
+        return JobOutcome.failed(409, "request_conflict", conflict)
+    if broken := check_package(content, visit, facts, client_id=context.client_id, now=utcnow()):
+        return JobOutcome.validation_failed(broken)
 
-    # The encounter first: it is the package's root, so two packages for one encounter
-    # conflict here, before either wrote anything else.
-    encounter = documents([context.data["encounter"]])
-    if taken := await context.entities.insert(ENCOUNTER, encounter, job_id):
-        return _already_exists(ENCOUNTER, taken[0])
-    links = [
-        Link(ENCOUNTER.entity, entity_href(patient_id, ENCOUNTER.collection, encounter[0]["_id"]))
-    ]
+    await _write(context, content, visit, signer)
+    return JobOutcome.processed(
+        [
+            Link(kind.entity, entity_href(context.patient_id, kind.collection, entity_id))
+            for kind, entity_id in iter_links(content)
+        ]
+    )
 
+
+async def _write(
+    context: JobContext,
+    content: dict[str, Any],
+    visit: dict[str, Any] | None,
+    signer: Signer | None,
+) -> None:
+    """The encounter first: it is the package's root, so two packages for one encounter
+    conflict there, before either wrote anything else. An id taken since the checks (another
+    package, in between) leaves nothing of this one written."""
+    patient_id, job = context.patient_id, context.job
+    encounter = content["encounter"]
+
+    def document(entity: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        return {**entity_document(entity, patient_id=patient_id, job=job), **extra}
+
+    signed_by = signer.to_document() if signer is not None else None
+    written = [(ENCOUNTER, [document(encounter, signed_by=signed_by)])]
+    if visit is not None:
+        written.append((VISIT, [document(visit)]))
     for kind in ENCOUNTER_ENTITY_KINDS:
-        written = documents(context.data.get(kind.package_key) or [])
-        if taken := await context.entities.insert(kind, written, job_id):
-            # Leave nothing of a package that cannot be stored whole.
-            await context.entities.remove_written_by(job_id)
-            return _already_exists(kind, taken[0])
-        links.extend(
-            Link(kind.entity, entity_href(patient_id, kind.collection, document["_id"]))
-            for document in written
-        )
-    return JobOutcome.processed(links)
+        entities = entities_of(content, kind)
+        written.append((kind, [document(e, encounter_id=encounter["id"]) for e in entities]))
+    for kind, documents in written:
+        if taken := await context.entities.insert(kind, documents, context.job_id):
+            await context.entities.remove_written_by(context.job_id)
+            path, description = _taken(content, kind, taken[0])
+            raise JobFailed(JobOutcome.validation_failed(single_entry(path, invalid(description))))
+
+
+def _taken(
+    content: dict[str, Any], kind: EntityKind, entity_id: str
+) -> tuple[list[str | int], str]:
+    """Where an id taken by another job is, and the original's words for it."""
+    if kind is VISIT:
+        return ["visit", "id"], "Visit with such id already exists"
+    if kind is ENCOUNTER:
+        return ["encounter", "id"], "Encounter with such id already exists"
+    ids = [entity["id"] for entity in entities_of(content, kind)]
+    return [kind.package_key, ids.index(entity_id), "id"], (
+        f"{kind.title} with id '{entity_id}' already exists"
+    )
 
 
 JOB_TYPE = JobType(
     name="encounter_package.create",
-    schema=EncounterPackageSchema(),
+    schema=PackageCreateRequestSchema(),
     handler=create_encounter_package,
     required_scope="encounter:write",
     http=HttpSubmission(

@@ -42,6 +42,11 @@ class NotFound(ApiError):
     error_type = "not_found"
 
 
+class Conflict(ApiError):
+    status = 409
+    error_type = "request_conflict"
+
+
 class RequestValidationFailed(ApiError):
     """The request body itself is unusable (not a JSON object); `invalid` says where."""
 
@@ -66,6 +71,7 @@ _TYPES_BY_STATUS = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    409: "request_conflict",
     413: "request_entity_too_large",
     415: "unsupported_media_type",
     422: "validation_failed",

@@ -73,13 +73,18 @@ def request_id_from(request: web.Request) -> str:
 
 
 def request_url(request: web.Request) -> str:
-    """The URL the client asked for. A malformed `Host` header makes the absolute URL
-    unbuildable; the path and query alone are then what `meta.url` says."""
+    """`meta.url` as the original renders it: scheme, host, the port unless it is 80, and the
+    path, without the query string. A malformed `Host` header leaves the path alone."""
     try:
-        return str(request.url)
+        url = request.url
+        host, port = url.raw_host, url.port
+        if not host:
+            raise ValueError("no host")
+        netloc = host if port in (80, None) else f"{host}:{port}"
+        return f"{url.scheme}://{netloc}{url.raw_path}"
     except (ValueError, UnicodeError):
         try:
-            return str(request.rel_url)
+            return request.rel_url.raw_path
         except (ValueError, UnicodeError):
             return ""
 

@@ -6,6 +6,8 @@
     medevents publish FILE     publish a submission to RabbitMQ (`--wait`: poll it to the end)
     medevents token            a development JWT for the given client and scopes
     medevents patient add ID   add or update a patient (local use)
+    medevents registry add NAME FILE   add registry records: employees, divisions,
+                               legal_entities, dictionaries, episodes (local use)
     medevents dead-letters count|replay [--limit N]   the dead-letter queue
 
 Configuration comes from the environment (README, "Configuration").
@@ -20,6 +22,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import orjson
 import structlog
 from aiohttp import web
 from uvloop import new_event_loop
@@ -29,6 +32,13 @@ from consumers.worker import consumer_in_background, run_consumer
 from service.api.app import create_app
 from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
+from service.cli.demo import (
+    ACTIVE_PATIENT,
+    DEMO_CLIENT,
+    DEMO_PATIENTS,
+    DEMO_USER,
+    write_demo_records,
+)
 from service.cli.publish import publish_submission, read_submission
 from service.config import ConfigError, Settings
 from service.messaging.broker import BrokerUnavailable
@@ -51,11 +61,12 @@ def serve_api(settings: Settings, _: argparse.Namespace) -> int:
 
 def serve_all(settings: Settings, _: argparse.Namespace) -> int:
     """API and consumer in one process. With the embedded MongoDB (local use), the demo
-    patients are written first and the banner says how to submit and poll."""
+    records are written first (`service.cli.demo`) and the banner says how to submit and
+    poll."""
     local = not settings.mongodb_url
     with mongodb_configured(settings) as settings:
         if local:
-            asyncio.run(_put_patients(settings, DEMO_PATIENTS))
+            asyncio.run(_write_demo(settings))
             print(banner(settings), flush=True)
         services = bootstrap(settings)
         app = create_app(services)
@@ -118,11 +129,39 @@ async def _put_patients(settings: Settings, patients: dict[str, str]) -> None:
             await services.patients.put(patient_id, status)
 
 
-# The patients `make run` writes, and the examples use.
-DEMO_PATIENTS = {
-    "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f": "active",
-    "6f3a8b9d-4c2e-4d7f-8a1b-2e3d4c5b6a7f": "inactive",
-}
+async def _write_demo(settings: Settings) -> None:
+    async with bootstrap(settings) as services:
+        await write_demo_records(services.patients, services.registries, services.entities)
+
+
+REGISTRY_NAMES = ("employees", "divisions", "legal_entities", "dictionaries", "episodes")
+
+
+def add_records(settings: Settings, args: argparse.Namespace) -> int:
+    """Records of another registry (or episodes, until they are submitted as jobs), from a
+    JSON object or a list of them, each with its `_id`."""
+    try:
+        records = orjson.loads(args.file.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        print(f"medevents registry add: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    records = records if isinstance(records, list) else [records]
+    if not all(isinstance(r, dict) and isinstance(r.get("_id"), str) for r in records):
+        print("medevents registry add: each record is an object with an _id", file=sys.stderr)
+        return 2
+    with mongodb_configured(settings) as settings:
+        asyncio.run(_put_records(settings, args.name, records))
+    print(f"{len(records)} {args.name} written")
+    return 0
+
+
+async def _put_records(settings: Settings, name: str, records: list[dict]) -> None:
+    async with bootstrap(settings) as services:
+        for record in records:
+            if name == "episodes":
+                await services.entities.put_episode(record)
+            else:
+                await services.registries.put(name, record)
 
 
 def banner(settings: Settings) -> str:
@@ -130,11 +169,12 @@ def banner(settings: Settings) -> str:
     return f"""
 medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
   submit:  .venv/bin/medevents publish examples/encounter_package.json --wait
-  token:   TOKEN=$(.venv/bin/medevents token --client-id demo-mis \\
-             --scope "job:read encounter:write")
+  token:   TOKEN=$(.venv/bin/medevents token --client-id {DEMO_CLIENT} \\
+             --user-id {DEMO_USER} --scope "job:read encounter:write")
   poll:    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/jobs/JOB_ID?wait=30"
   operate: {api}/dashboard with .venv/bin/medevents token --client-id ops --scope jobs:admin
   demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}
+  demo episode of {ACTIVE_PATIENT}: see service/cli/demo.py
 """
 
 
@@ -200,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     patient_add.add_argument("patient_id", type=uuid.UUID)
     patient_add.add_argument("--status", choices=["active", "inactive"], default="active")
     patient_add.set_defaults(func=add_patient)
+
+    registry = commands.add_parser("registry", help="records of other registries (local use)")
+    registry_commands = registry.add_subparsers(dest="registry_command", required=True)
+    registry_add = registry_commands.add_parser("add", help="add or replace records")
+    registry_add.add_argument("name", choices=REGISTRY_NAMES)
+    registry_add.add_argument("file", type=Path, help="a JSON object or a list of them")
+    registry_add.set_defaults(func=add_records)
 
     token = commands.add_parser("token", help="print a development JWT")
     token.add_argument("--client-id", required=True, help="the client (MIS) the token is for")

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +18,77 @@ from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import job_href, new_job_id
+from service.domain.signatures import SignatureRejected, decode_unsigned, encode_unsigned
 from service.messaging.broker import BrokerUnavailable
 
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
 
-def with_new_ids(submission: dict[str, Any]) -> dict[str, Any]:
-    """The submission with every entity id inside `data` replaced by a new UUID, consistently
-    (references keep pointing at the same entity), so an example can be sent again."""
-    text = orjson.dumps(submission["data"]).decode()
+def with_new_ids(
+    *submissions: dict[str, Any], new_ids: bool = True, now: datetime | None = None
+) -> Any:
+    """The submissions (one, or several sent together: a package and its cancel) renewed so
+    that they can be sent again: the id of every entity they create (each `"id"` in `data`)
+    replaced by a new UUID wherever it appears, consistently across them (references keep
+    pointing at the same entity; references to other registries' records are left as they
+    are), unless `new_ids` is false,
+    and every date-time moved by whole days, so that the latest is yesterday (an encounter
+    may not be in the future, nor older than ENCOUNTER_MAX_DAYS_PASSED). Unsigned
+    `signed_data` (SIGNATURE_MODE=decode) is decoded, renewed and encoded again; signed data
+    cannot be renewed and is left as it is."""
     renamed: dict[str, str] = {}
+    contents = [_readable(submission) for submission in submissions]
+    found = [_parse(m) for text in contents for m in re.findall(DATE_TIME_TEXT, text)]
+    shift = timedelta(0)
+    if found:
+        today = (now or datetime.now(UTC)).date()
+        shift = timedelta(days=(today - max(found).date()).days - 1)
+
+    own = {
+        found.lower() for text in contents for found in re.findall(f'"id":"({UUID_TEXT})"', text)
+    }
 
     def rename(match: re.Match[str]) -> str:
+        if not new_ids or match.group(0).lower() not in own:
+            return match.group(0)
         return renamed.setdefault(match.group(0).lower(), str(uuid.uuid4()))
 
-    return {**submission, "data": orjson.loads(re.sub(UUID_TEXT, rename, text))}
+    def moved(match: re.Match[str]) -> str:
+        return (_parse(match.group(0)) + shift).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    renewed = []
+    for submission, text in zip(submissions, contents, strict=True):
+        text = re.sub(DATE_TIME_TEXT, moved, re.sub(UUID_TEXT, rename, text))
+        renewed.append({**submission, "data": _signed_again(orjson.loads(text))})
+    return renewed[0] if len(renewed) == 1 else renewed
+
+
+DATE_TIME_TEXT = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"
+_UNSIGNED = "unsigned_content"
+
+
+def _parse(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+def _readable(submission: dict[str, Any]) -> str:
+    """`data` as JSON text, with unsigned `signed_data` decoded in place."""
+    data = dict(submission.get("data") or {})
+    signed = data.get("signed_data")
+    if isinstance(signed, str):
+        try:
+            data[_UNSIGNED] = decode_unsigned(signed)
+            del data["signed_data"]
+        except SignatureRejected:
+            pass  # signed for real, or not decodable: left as it is
+    return orjson.dumps(data).decode()
+
+
+def _signed_again(data: dict[str, Any]) -> dict[str, Any]:
+    if _UNSIGNED in data:
+        content = data.pop(_UNSIGNED)
+        data["signed_data"] = encode_unsigned(content)
+    return data
 
 
 def read_submission(path: Path) -> dict[str, Any] | None:

@@ -59,6 +59,8 @@ ENCOUNTER_ENTITY_KINDS = (
     PROCEDURE,
 )
 ALL_ENTITY_KINDS = (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS)
+# The visit a package's encounter happened in: written with the package, not read on its own.
+VISIT = EntityKind("visit", "visits", "visit")
 KINDS_BY_COLLECTION = {kind.collection: kind for kind in ALL_ENTITY_KINDS}
 
 

@@ -217,9 +217,11 @@ class JobOutcome:
         return update
 
 
+# The original's words. The published page cuts the address short ("#introduction/
+# interacting"); its code, which MIS developers see in real answers, has it whole.
 VALIDATION_FAILED_MESSAGE = (
     "Validation failed. You can find validators description at our API Manifest: "
-    "http://docs.apimanifest.apiary.io/#introduction/interacting"
+    "http://docs.apimanifest.apiary.io/#introduction/interacting-with-api/errors."
 )
 
 

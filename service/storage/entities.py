@@ -8,16 +8,25 @@ conflict removes exactly what it wrote.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from service.domain.entities import ALL_ENTITY_KINDS, ENCOUNTER, ENCOUNTER_ENTITY_KINDS, EntityKind
+from service.domain.entities import (
+    ALL_ENTITY_KINDS,
+    ENCOUNTER_ENTITY_KINDS,
+    VISIT,
+    EntityKind,
+)
 from service.storage.mongo import unavailable_on_outage
 
 DUPLICATE_KEY = 11000
+ENTERED_IN_ERROR = "entered_in_error"
+# What a job may write: the entities, and the visit of a package.
+WRITTEN_KINDS = (*ALL_ENTITY_KINDS, VISIT)
 
 
 class EntityStore:
@@ -29,10 +38,10 @@ class EntityStore:
 
     @unavailable_on_outage
     async def ensure_indexes(self) -> None:
-        for kind in ALL_ENTITY_KINDS:
+        for kind in WRITTEN_KINDS:
             collection = self._collection(kind)
             await collection.create_index([("job_id", ASCENDING)])
-            if kind is not ENCOUNTER:
+            if kind in ENCOUNTER_ENTITY_KINDS:
                 await collection.create_index([("encounter_id", ASCENDING)])
 
     @unavailable_on_outage
@@ -66,8 +75,29 @@ class EntityStore:
         return await self.insert(kind, gone, job_id) if gone else []
 
     @unavailable_on_outage
+    async def found(
+        self, collection: str, ids: Iterable[str], patient_id: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The documents of `collection` with these ids (of this patient, when given), by id:
+        what a package refers to, or which of its ids are taken."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        query: dict[str, Any] = {"_id": {"$in": wanted}}
+        if patient_id is not None:
+            query["patient_id"] = patient_id
+        return {document["_id"]: document async for document in self._db[collection].find(query)}
+
+    @unavailable_on_outage
+    async def put_episode(self, episode: dict[str, Any]) -> None:
+        """Write an episode (`make run`'s demo and the tests, until episodes are submitted as
+        jobs): `{"_id", "patient_id", "status": "active", "managing_organization":
+        {"identifier": {"value": <legal entity>}}, ...}`."""
+        await self._db["episodes"].replace_one({"_id": episode["_id"]}, episode, upsert=True)
+
+    @unavailable_on_outage
     async def remove_written_by(self, job_id: str) -> None:
-        for kind in ALL_ENTITY_KINDS:
+        for kind in WRITTEN_KINDS:
             await self._collection(kind).delete_many({"job_id": job_id})
 
     @unavailable_on_outage
@@ -75,50 +105,40 @@ class EntityStore:
         return await self._collection(kind).find_one({"_id": entity_id, "patient_id": patient_id})
 
     @unavailable_on_outage
-    async def cancel_encounter(
+    async def mark_entered_in_error(
         self,
         patient_id: str,
-        encounter_id: str,
         job_id: str,
-        reason: dict[str, Any] | None,
+        marks: list[tuple[EntityKind, str]],
         *,
-        take_over_from: str | None = None,
-    ) -> list[tuple[EntityKind, str]] | None:
-        """Mark the encounter and everything recorded with it as entered in error.
+        ours: list[str],
+    ) -> None:
+        """Mark each entity of `marks` as entered in error, by job `job_id`.
 
-        Returns the entities it covers, or None when the encounter was already cancelled by
-        another job. A redelivery of the same job finds its own mark and completes the rest;
-        so does a job taking over from `take_over_from`, a cancel that failed half-way.
+        Repeatable: an entity already marked by one of `ours` (this job, or a cancel it takes
+        over from) is marked again, one marked by anyone else is left as it is (the job checked
+        before that none was).
         """
-        mark = {"cancelled_by_job": job_id}
-        if reason is not None:
-            mark["cancel_reason"] = reason
-        ours = [job_id] if take_over_from is None else [job_id, take_over_from]
-        claimed = await self._collection(ENCOUNTER).find_one_and_update(
-            {
-                "_id": encounter_id,
-                "patient_id": patient_id,
-                "$or": [
-                    {"status": {"$ne": "entered_in_error"}},
-                    {"cancelled_by_job": {"$in": ours}},
-                ],
-            },
-            {"$set": {**mark, "status": "entered_in_error"}, "$currentDate": {"updated_at": True}},
-            projection={"_id": 1},
-        )
-        if claimed is None:
-            return None
-        covered: list[tuple[EntityKind, str]] = [(ENCOUNTER, encounter_id)]
-        for kind in ENCOUNTER_ENTITY_KINDS:
-            collection = self._collection(kind)
-            selector = {"encounter_id": encounter_id, "patient_id": patient_id}
-            await collection.update_many(
-                selector,
+        for kind, entity_id in marks:
+            await self._collection(kind).update_one(
                 {
-                    "$set": {**mark, kind.status_field: "entered_in_error"},
+                    "_id": entity_id,
+                    "patient_id": patient_id,
+                    "$or": [
+                        {kind.status_field: {"$ne": ENTERED_IN_ERROR}},
+                        {"cancelled_by_job": {"$in": ours}},
+                    ],
+                },
+                {
+                    "$set": {kind.status_field: ENTERED_IN_ERROR, "cancelled_by_job": job_id},
                     "$currentDate": {"updated_at": True},
                 },
             )
-            async for document in collection.find(selector, {"_id": 1}):
-                covered.append((kind, document["_id"]))
-        return covered
+
+    @unavailable_on_outage
+    async def set_fields(self, kind: EntityKind, entity_id: str, fields: dict[str, Any]) -> None:
+        """`$set` of plain values (no datetimes: the test server stores them as strings)."""
+        if fields:
+            await self._collection(kind).update_one(
+                {"_id": entity_id}, {"$set": fields, "$currentDate": {"updated_at": True}}
+            )

@@ -16,14 +16,17 @@ from typing import Any
 from marshmallow import Schema
 
 from service.domain.jobs import JobOutcome
+from service.domain.signatures import SignatureDecoder
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore
+from service.storage.registries import RegistryStore
 
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    """What a handler works with: the job, the checked submission, and the stores."""
+    """What a handler works with: the job, the checked submission, the stores, and how
+    `signed_data` is read."""
 
     job: dict[str, Any]
     patient_id: str
@@ -32,10 +35,25 @@ class JobContext:
     jobs: JobStore
     entities: EntityStore
     patients: PatientStore
+    registries: RegistryStore
+    signatures: SignatureDecoder
 
     @property
     def job_id(self) -> str:
         return self.job["_id"]
+
+    @property
+    def client_id(self) -> str:
+        """The submitting client: in eHealth, the MIS's legal entity."""
+        return self.requested_by["client_id"]
+
+
+class JobFailed(Exception):
+    """Raised by a handler's checks: the job ends with `outcome` (a 4xx)."""
+
+    def __init__(self, outcome: JobOutcome) -> None:
+        super().__init__(outcome.status_code)
+        self.outcome = outcome
 
 
 Handler = Callable[[JobContext], Awaitable[JobOutcome]]

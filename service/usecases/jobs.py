@@ -8,16 +8,25 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import structlog
+from marshmallow import ValidationError
 
+from schemas.validation import invalid_entries
 from service.domain.jobs import JobStatus, is_valid_job_id, new_job_id, submission_hash
 from service.domain.principal import Principal
 from service.messaging.broker import BrokerUnavailable
 from service.messaging.job_events import JobEvents
 from service.messaging.publisher import SubmissionPublisher
 from service.storage.jobs import JobStore
+from service.storage.patients import PatientStore
 from service.usecases.eta import EtaEstimator
 from service.usecases.finished_jobs import FinishedJobs
-from service.usecases.submissions import PendingJobs, submission_body
+from service.usecases.job_types import JobType
+from service.usecases.submissions import (
+    PATIENT_NOT_ACTIVE,
+    PATIENT_NOT_FOUND,
+    PendingJobs,
+    submission_body,
+)
 
 log = structlog.get_logger("medevents.jobs")
 
@@ -26,6 +35,19 @@ T = TypeVar("T")
 
 class JobNotFound(Exception):
     """No such job for this client: it does not exist, or another client submitted it."""
+
+
+class SubmissionRefused(Exception):
+    """What the original answers on the request itself, before any job: 404 (no such
+    patient), 409 (patient not active), 422 (`invalid`: the request's schema)."""
+
+    def __init__(
+        self, status: int, message: str, invalid: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.invalid = invalid
 
 
 class _Turn:
@@ -41,10 +63,14 @@ class JobService:
         publisher: SubmissionPublisher | None = None,
         estimator: EtaEstimator | None = None,
         events: JobEvents | None = None,
+        *,
+        patients: PatientStore | None = None,
     ) -> None:
         """`events`: the job-finished events a long poll waits for; None: a poll that asks
-        to wait answers at once."""
+        to wait answers at once. `patients`: where a submission's patient is checked before
+        its job is created; None: the consumer checks it alone."""
         self.store = store
+        self.patients = patients
         self.publisher = publisher
         self.events = events
         self.pending = PendingJobs(store, estimator.eta if estimator else None)
@@ -101,16 +127,33 @@ class JobService:
         """`render(job)` of the job `job_for_client` returned, made once per finished job."""
         return self._finished.rendered(job_id, client_id, job, render)
 
+    async def check_submission(
+        self, job_type: JobType, patient_id: str, data: dict[str, Any]
+    ) -> None:
+        """What the original checks on the request, in its order: the patient exists (404)
+        and is active (409), the request has its schema (422). `SubmissionRefused` if not."""
+        if job_type.needs_active_patient and self.patients is not None:
+            patient = await self.patients.get(patient_id)
+            if patient is None:
+                raise SubmissionRefused(404, PATIENT_NOT_FOUND)
+            if patient.get("status") != "active":
+                raise SubmissionRefused(409, PATIENT_NOT_ACTIVE)
+        try:
+            job_type.schema.load(data)
+        except ValidationError as exc:
+            raise SubmissionRefused(422, "", invalid_entries(exc.messages)) from None
+
     async def submit(
         self,
         principal: Principal,
-        job_type: str,
+        job_type: JobType,
         patient_id: str,
         data: dict[str, Any],
         request_id: str,
     ) -> tuple[dict[str, Any], bool]:
-        """Publish the submission and record its pending job; returns the job and whether it
-        is new. An identical pending submission returns the existing job, unpublished.
+        """Check the request (`check_submission`), publish it and record its pending job;
+        returns the job and whether it is new. An identical pending submission returns the
+        existing job, unpublished.
 
         The message goes first: when the broker does not take it, there is no job at all
         (`BrokerUnavailable`, 503), never one waiting for a message that was never sent. A
@@ -119,7 +162,8 @@ class JobService:
         """
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
-        submission = submission_body(job_type, patient_id, principal, data)
+        await self.check_submission(job_type, patient_id, data)
+        submission = submission_body(job_type.name, patient_id, principal, data)
         request_hash = submission_hash(submission)
         # Identical submissions arriving together (a double click) wait for each other in
         # this process, so that the second finds the first's job. Across API processes the
@@ -136,7 +180,7 @@ class JobService:
             await self.publisher.publish(submission, job_id, request_id, data_root="$")
             job, _ = await self.pending.create(
                 job_id,
-                job_type=job_type,
+                job_type=job_type.name,
                 client_id=principal.client_id,
                 user_id=principal.user_id,
                 patient_id=patient_id,
@@ -144,7 +188,7 @@ class JobService:
                 request_id=request_id,
                 eta=eta,
             )
-        log.info("job_submitted", job_id=job_id, type=job_type)
+        log.info("job_submitted", job_id=job_id, type=job_type.name)
         return job, True
 
     @contextlib.asynccontextmanager

@@ -29,14 +29,18 @@ from schemas.validation import invalid_entries, single_entry
 from service.domain.clock import utcnow
 from service.domain.jobs import JobOutcome, JobStatus, submission_hash
 from service.domain.principal import Principal, ScopeDenied
+from service.domain.signatures import SignatureDecoder
 from service.observability.metrics import JOB_PROCESSING, JOBS_FINISHED
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeRecorder
 from service.storage.patients import PatientStore
-from service.usecases.job_types import JobContext, JobTypeRegistry
+from service.storage.registries import RegistryStore
+from service.usecases.job_types import JobContext, JobFailed, JobTypeRegistry
 from service.usecases.submissions import (
+    PATIENT_NOT_ACTIVE,
+    PATIENT_NOT_FOUND,
     UNKNOWN_TYPE,
     ParsedBody,
     PendingJobs,
@@ -80,6 +84,8 @@ class SubmissionProcessor:
         patients: PatientStore,
         registry: JobTypeRegistry,
         *,
+        registries: RegistryStore,
+        signatures: SignatureDecoder,
         max_attempts: int = MAX_ATTEMPTS,
         retry_delay: float = RETRY_DELAY_SECONDS,
         estimate_eta: Callable[[], Awaitable[datetime]] | None = None,
@@ -95,6 +101,8 @@ class SubmissionProcessor:
         self.entities = entities
         self.patients = patients
         self.registry = registry
+        self.registries = registries
+        self.signatures = signatures
         self.max_attempts = max_attempts
         self.retry_delay = retry_delay
         self.pending = PendingJobs(jobs, estimate_eta)
@@ -223,10 +231,21 @@ class SubmissionProcessor:
         if job_type.needs_active_patient:
             patient = await self.patients.get(patient_id)
             if patient is None:
-                return JobOutcome.failed(404, "not_found", "Patient not found")
+                return JobOutcome.failed(404, "not_found", PATIENT_NOT_FOUND)
             if patient.get("status") != "active":
-                return JobOutcome.failed(409, "request_conflict", "Patient is not active")
+                return JobOutcome.failed(409, "request_conflict", PATIENT_NOT_ACTIVE)
         context = JobContext(
-            job, patient_id, requested_by, data, self.jobs, self.entities, self.patients
+            job,
+            patient_id,
+            requested_by,
+            data,
+            self.jobs,
+            self.entities,
+            self.patients,
+            self.registries,
+            self.signatures,
         )
-        return await job_type.handler(context)
+        try:
+            return await job_type.handler(context)
+        except JobFailed as failed:
+            return failed.outcome

@@ -25,6 +25,9 @@ from service.storage.jobs import JobStore
 
 # The type a job is recorded with when its body names none that can be stored.
 UNKNOWN_TYPE = "unknown"
+# The original's words, on its POST (404, 409) and in its jobs.
+PATIENT_NOT_FOUND = "Patient not found"
+PATIENT_NOT_ACTIVE = "Person is not active"
 
 
 def submission_body(

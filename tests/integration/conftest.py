@@ -24,7 +24,9 @@ from consumers.processors import builtin_registry
 from schemas.jobs import JOB_RESPONSE_FIELDS
 from service.api.app import create_app
 from service.bootstrap import Services
+from service.cli.demo import write_demo_records
 from service.config import Settings
+from service.domain.signatures import Base64JsonDecoder
 from service.messaging.broker import Topology, delete_topology
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
@@ -32,10 +34,11 @@ from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore
+from service.storage.registries import RegistryStore
 from service.usecases.job_types import JobTypeRegistry
 from service.usecases.processing import SubmissionProcessor
 from tests.conftest import TEST_SECRET
-from tests.harness import ACTIVE_PATIENT, INACTIVE_PATIENT, RawPublisher
+from tests.harness import RawPublisher
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +63,8 @@ def settings(mongodb_url: str, tmp_path: Path) -> Settings:
         jwt_secret=TEST_SECRET,
         data_dir=tmp_path / "data",
         max_request_bytes=64 * 1024,
+        # Most tests send unsigned packages; the signature tests build a CMS verifier.
+        signature_mode="decode",
     )
 
 
@@ -105,14 +110,17 @@ async def services(settings: Settings, db: AsyncDatabase) -> AsyncIterator[Servi
 
 @pytest.fixture
 async def patients(db: AsyncDatabase) -> PatientStore:
-    """The patients the examples use: one active, one inactive."""
+    """The records the examples refer to (`service.cli.demo`): the patients (one active, one
+    inactive), the demo MIS's legal entity, division, doctor and dictionaries, and an open
+    episode of the active patient."""
     store = PatientStore(db)
-    await store.put(ACTIVE_PATIENT, "active")
-    await store.put(INACTIVE_PATIENT, "inactive")
+    await write_demo_records(store, RegistryStore(db), EntityStore(db))
     return store
 
 
 def make_processor(db: AsyncDatabase, registry: JobTypeRegistry | None = None, **options):
+    options.setdefault("registries", RegistryStore(db))
+    options.setdefault("signatures", Base64JsonDecoder())
     return SubmissionProcessor(
         JobStore(db), EntityStore(db), PatientStore(db), registry or builtin_registry(), **options
     )

@@ -1,0 +1,80 @@
+"""Builds the example submissions (`examples/*.json`) from the readable package contents
+(`examples/content/*.json`): each content becomes the `signed_data` of its submission, base64
+of the JSON, as SIGNATURE_MODE=decode reads it.
+
+    python examples/build.py          write the examples
+    python examples/build.py --check  exit 1 if an example is not what its content makes
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ACTIVE_PATIENT = "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f"
+INACTIVE_PATIENT = "6f3a8b9d-4c2e-4d7f-8a1b-2e3d4c5b6a7f"
+UNKNOWN_PATIENT = "00000000-0000-4000-8000-000000000000"
+CLIENT = "9e9b8a1f-0c2d-4e3f-8a4b-5c6d7e8f9a0b"
+WRITE = "encounter:write job:read"
+VISIT = {
+    "id": "52a1b6c4-7d8e-4f90-a1b2-c3d4e5f6a7b8",
+    "period": {"start": "2026-12-01T08:55:00Z", "end": "2026-12-01T09:50:00Z"},
+}
+
+# name: (job type, patient, scope, content, with the visit)
+EXAMPLES = {
+    "encounter_package": ("create", ACTIVE_PATIENT, WRITE, "encounter_package", True),
+    "cancel_encounter_package": (
+        "cancel",
+        ACTIVE_PATIENT,
+        WRITE,
+        "cancel_encounter_package",
+        False,
+    ),
+    "failed_403_missing_scope": ("create", ACTIVE_PATIENT, "job:read", "encounter_package", True),
+    "failed_404_unknown_patient": ("create", UNKNOWN_PATIENT, WRITE, "encounter_package", True),
+    "failed_409_inactive_patient": ("create", INACTIVE_PATIENT, WRITE, "encounter_package", True),
+    "failed_422_invalid_package": ("create", ACTIVE_PATIENT, WRITE, "invalid_package", True),
+    "failed_422_business_rules": ("create", ACTIVE_PATIENT, WRITE, "unknown_references", True),
+}
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def example(name: str) -> dict[str, Any]:
+    action, patient_id, scope, content_name, with_visit = EXAMPLES[name]
+    content = json.loads((HERE / "content" / f"{content_name}.json").read_bytes())
+    data: dict[str, Any] = {"visit": VISIT} if with_visit else {}
+    data["signed_data"] = base64.b64encode(_json(content)).decode()
+    return {
+        "type": f"encounter_package.{action}",
+        "patient_id": patient_id,
+        "requested_by": {"client_id": CLIENT, "user_id": "demo-doctor", "scope": scope},
+        "data": data,
+    }
+
+
+def main(argv: list[str]) -> int:
+    stale = []
+    for name in EXAMPLES:
+        path = HERE / f"{name}.json"
+        text = json.dumps(example(name), indent=2) + "\n"
+        if "--check" in argv:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"stale examples (run python examples/build.py): {', '.join(stale)}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
