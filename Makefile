@@ -17,8 +17,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 # The service with its embedded defaults: RabbitMQ started (or installed) when AMQP_URL names
 # no other broker, the embedded MongoDB when MONGODB_URL is unset, demo patients written.
+# Unsigned packages (SIGNATURE_MODE=decode) unless told otherwise: see README, "Signatures".
 run: install services
-	$(BIN)/medevents run
+	SIGNATURE_MODE=$${SIGNATURE_MODE:-decode} $(BIN)/medevents run
 
 # RabbitMQ on 127.0.0.1:5672, for `run` and the tests (which start their own MongoDB).
 services:

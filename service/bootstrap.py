@@ -146,7 +146,10 @@ class Services:
         if self.settings.signature_mode == "decode":
             return Base64JsonDecoder()
         if self.settings.signature_ca_file is None:
-            raise ConfigError("SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE")
+            raise ConfigError(
+                "SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE (PEM CA certificates); "
+                "SIGNATURE_MODE=decode verifies nothing and is for development only"
+            )
         return CmsSignatureVerifier.from_pem(self.settings.signature_ca_file.read_bytes())
 
     @cached_property

@@ -90,7 +90,7 @@ class Settings:
             raise ConfigError(f"JWT_SECRET must be at least {MIN_JWT_SECRET_LENGTH} characters")
         if settings.jwt_public_key:
             _check_public_key(settings.jwt_public_key)
-        if settings.signature_mode == "cms":
+        if settings.signature_ca_file is not None:
             _check_ca_file(settings.signature_ca_file)
         _check_scheme("MONGODB_URL", settings.mongodb_url, ("mongodb://", "mongodb+srv://"))
         _check_scheme("AMQP_URL", settings.amqp_url, ("amqp://", "amqps://"))
@@ -110,15 +110,11 @@ def _check_scheme(name: str, url: str | None, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must start with {' or '.join(schemes)}")
 
 
-def _check_ca_file(path: Path | None) -> None:
-    """PEM CA certificates to verify signatures with, or a ConfigError saying why not."""
+def _check_ca_file(path: Path) -> None:
+    """PEM CA certificates to verify signatures with, or a ConfigError saying why not. (A
+    consumer in `cms` mode without them refuses to start: `Services.signatures`.)"""
     from cryptography import x509
 
-    if path is None:
-        raise ConfigError(
-            "SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE (PEM CA certificates); "
-            "SIGNATURE_MODE=decode verifies nothing and is for development only"
-        )
     try:
         x509.load_pem_x509_certificates(path.read_bytes())
     except FileNotFoundError:

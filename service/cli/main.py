@@ -64,6 +64,7 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
     records are written first (`service.cli.demo`) and the banner says how to submit and
     poll."""
     local = not settings.mongodb_url
+    bootstrap(settings).signatures  # noqa: B018 - a consumer without its CA certificates stops here
     with mongodb_configured(settings) as settings:
         if local:
             asyncio.run(_write_demo(settings))
@@ -81,6 +82,7 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
 
 
 def run_consumer_only(settings: Settings, _: argparse.Namespace) -> int:
+    bootstrap(settings).signatures  # noqa: B018 - a consumer without its CA certificates stops here
     with mongodb_configured(settings) as settings:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(run_consumer(bootstrap(settings)))
@@ -272,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medevents: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
-    return args.func(settings, args)
+    try:
+        return args.func(settings, args)
+    except ConfigError as exc:
+        print(f"medevents: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
