@@ -25,12 +25,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from schemas.jobs import JOB_RESPONSE_FIELDS
 from service.config import ConfigError, Settings
-from service.domain.signatures import Base64JsonDecoder, CmsSignatureVerifier, SignatureDecoder
 from service.messaging.broker import Topology
 from service.messaging.dead_letters import DeadLetters
 from service.messaging.job_events import JobEvents
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
+from service.signatures import Base64JsonDecoder, CmsSignatureVerifier, SignatureDecoder
 from service.storage.consumer_stats import ConsumerStats
 from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore

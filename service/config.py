@@ -15,7 +15,7 @@ from typing import Self
 AUTH_MODES = ("jwt", "gateway")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-# How `signed_data` is read (service.domain.signatures): `cms` verifies a CMS signature
+# How `signed_data` is read (service.signatures): `cms` verifies a CMS signature
 # against SIGNATURE_CA_FILE; `decode` only decodes base64 JSON, for development and tests.
 SIGNATURE_MODES = ("cms", "decode")
 

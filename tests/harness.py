@@ -21,8 +21,8 @@ from service.cli.publish import with_new_ids
 from service.config import Settings
 from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobStatus
-from service.domain.signatures import decode_unsigned
 from service.messaging.broker import Topology, declare_topology
+from service.signatures import decode_unsigned
 from service.storage.embedded import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

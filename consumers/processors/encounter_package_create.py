@@ -34,7 +34,7 @@ from service.domain.entities import (
     entity_document,
 )
 from service.domain.jobs import JobOutcome, Link, entity_href
-from service.domain.signatures import Signer
+from service.signatures import Signer
 from service.usecases.job_types import HttpSubmission, JobContext, JobFailed, JobType
 from service.usecases.signed_content import read_signed_content
 

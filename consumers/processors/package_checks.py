@@ -29,7 +29,7 @@ from service.domain.entities import (
     OBSERVATION,
     EntityKind,
 )
-from service.domain.signatures import Signer
+from service.signatures import Signer
 from service.usecases.job_types import JobContext
 
 ENTERED_IN_ERROR = "entered_in_error"

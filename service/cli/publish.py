@@ -18,8 +18,8 @@ from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import job_href, new_job_id
-from service.domain.signatures import SignatureRejected, decode_unsigned, encode_unsigned
 from service.messaging.broker import BrokerUnavailable
+from service.signatures import SignatureRejected, decode_unsigned, encode_unsigned
 
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 

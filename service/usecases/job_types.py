@@ -16,7 +16,7 @@ from typing import Any
 from marshmallow import Schema
 
 from service.domain.jobs import JobOutcome
-from service.domain.signatures import SignatureDecoder
+from service.signatures import SignatureDecoder
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore

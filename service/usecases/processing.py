@@ -29,8 +29,8 @@ from schemas.validation import invalid_entries, single_entry
 from service.domain.clock import utcnow
 from service.domain.jobs import JobOutcome, JobStatus, submission_hash
 from service.domain.principal import Principal, ScopeDenied
-from service.domain.signatures import SignatureDecoder
 from service.observability.metrics import JOB_PROCESSING, JOBS_FINISHED
+from service.signatures import SignatureDecoder
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.mongo import StoreUnavailable

@@ -16,7 +16,7 @@ from marshmallow import Schema, ValidationError
 from schemas.rules import invalid, use_dictionaries
 from schemas.validation import invalid_entries, single_entry
 from service.domain.jobs import JobOutcome
-from service.domain.signatures import SignatureRejected, Signer
+from service.signatures import SignatureRejected, Signer
 from service.usecases.job_types import JobContext, JobFailed
 
 log = structlog.get_logger("medevents.signatures")

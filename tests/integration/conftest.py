@@ -26,10 +26,10 @@ from service.api.app import create_app
 from service.bootstrap import Services
 from service.cli.demo import write_demo_records
 from service.config import Settings
-from service.domain.signatures import Base64JsonDecoder
 from service.messaging.broker import Topology, delete_topology
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
+from service.signatures import Base64JsonDecoder
 from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
