@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validates_schema
 
 Validator = Callable[[Any], None]
 
@@ -99,6 +99,13 @@ class StrictSchema(Schema):
 
     class Meta:
         unknown = EXCLUDE  # reported by `no_additional_properties`, as the original does
+
+    @pre_load
+    def an_object(self, data: Any, **_: Any) -> Any:
+        """Anything else is a `cast` to an object, as any other property of the wrong type."""
+        if not isinstance(data, dict):
+            raise violation(cast_rule("object", data))
+        return data
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def no_additional_properties(self, _: Any, original: Any, **__: Any) -> None:

@@ -6,23 +6,26 @@ from __future__ import annotations
 import json
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from marshmallow import ValidationError
 
-from schemas.encounter_package import EncounterPackageSchema
+from schemas.package_content import PACKAGE_CREATE_CONTENT
+from schemas.validation import invalid_entries
 from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
 from service.usecases.submissions import parse_body
-from tests.harness import example
+from tests.harness import example, package_content
 
-PACKAGE = EncounterPackageSchema()
+PACKAGE = PACKAGE_CREATE_CONTENT
 KEYS = st.sampled_from(
     [
         "encounter",
         "conditions",
         "observations",
         "id",
-        "encounter_id",
+        "context",
+        "identifier",
         "code",
         "coding",
         "system",
@@ -37,7 +40,12 @@ KEYS = st.sampled_from(
     ]
 ) | st.text(max_size=12)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    # Integers as orjson reads them: within 64 bits (it reads larger ones as floats).
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40),
     lambda children: st.lists(children, max_size=6) | st.dictionaries(KEYS, children, max_size=6),
     max_leaves=60,
 )
@@ -58,9 +66,7 @@ def test_any_json_as_a_package_validates_or_names_its_errors(data) -> None:
     try:
         PACKAGE.load(data)
     except ValidationError as error:
-        from schemas.validation import invalid_entries
-
-        check_entries(invalid_entries(error.messages, ["data"]))
+        check_entries(invalid_entries(error.messages))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
@@ -69,13 +75,15 @@ def test_any_json_as_a_package_validates_or_names_its_errors(data) -> None:
     value=JSON,
 )
 def test_a_valid_package_with_one_part_replaced(path, value) -> None:
-    data = example("encounter_package")["data"]
+    data = package_content(example("encounter_package"))
     node = data
     for step in path[:-1]:
         try:
             node = node[step]
         except (KeyError, IndexError, TypeError):
             return
+    if path and isinstance(node, dict) != isinstance(path[-1], str):
+        return  # a JSON object's keys are strings, a list's indices integers
     if path and isinstance(node, dict | list):
         try:
             node[path[-1]] = value
@@ -84,9 +92,7 @@ def test_a_valid_package_with_one_part_replaced(path, value) -> None:
     try:
         PACKAGE.load(data)
     except ValidationError as error:
-        from schemas.validation import invalid_entries
-
-        check_entries(invalid_entries(error.messages, ["data"]))
+        check_entries(invalid_entries(error.messages))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
@@ -99,16 +105,11 @@ def test_any_body_parses_or_names_why_not(body) -> None:
 
 
 def test_an_integer_beyond_64_bits_is_named_at_its_path() -> None:
-    submission = example("encounter_package")
-    body = json.dumps(submission).encode().replace(b'"rank": 1', b'"rank": ' + b"9" * 40)
-    parsed = parse_body(body)
-    assert parsed.submission is not None
-    try:
-        PACKAGE.load(parsed.submission["data"])
-    except ValidationError as error:
-        from schemas.validation import invalid_entries
-
-        entries = invalid_entries(error.messages, ["data"])
-    # orjson reads an integer past 64 bits as a float: an integer field says so, at its path.
-    assert [e["entry"] for e in entries] == ["$.data.encounter.diagnoses[0].rank"]
-    assert entries[0]["rules"][0]["rule"] == "type"
+    content = json.dumps(package_content(example("encounter_package"))).encode()
+    content = content.replace(b'"rank": 1', b'"rank": ' + b"9" * 40)
+    # orjson reads an integer past 64 bits as a float; the rank's maximum says so, at its path.
+    with pytest.raises(ValidationError) as caught:
+        PACKAGE.load(orjson.loads(content))
+    entries = invalid_entries(caught.value.messages)
+    assert [e["entry"] for e in entries] == ["$.encounter.diagnoses.[0].rank"]
+    assert entries[0]["rules"][0]["rule"] == "number"

@@ -1,5 +1,5 @@
-"""Pure logic of validation: the package schemas, their named rules, the 422 builder, and the
-processor registry."""
+"""Pure logic of validation: the package content's schema and its rules in eHealth's
+vocabulary, the 422 builder, and the processor registry."""
 
 from __future__ import annotations
 
@@ -11,168 +11,253 @@ import pytest
 from marshmallow import ValidationError
 
 from consumers.processors import builtin_registry
-from schemas.encounter_package import EncounterPackageSchema
+from schemas.encounter_package import PackageCreateRequestSchema
+from schemas.package_content import PACKAGE_CREATE_CONTENT
+from schemas.rules import DATE_TIME_REGEX, UUID_PATTERN
 from schemas.validation import invalid_entries, json_path
 from service.domain.entities import ENCOUNTER_ENTITY_KINDS
 from service.domain.jobs import MAX_ERROR_BYTES, JobOutcome
 from service.usecases.job_types import JobType, JobTypeRegistry
 from service.usecases.submissions import parse_body
-from tests.harness import example
+from tests.harness import example, package_content
 
-PACKAGE = EncounterPackageSchema()
+PACKAGE = PACKAGE_CREATE_CONTENT
 
 
-def errors_of(data: dict) -> dict[str, list[str]]:
+def entries_of(content: dict, schema=PACKAGE) -> list[dict]:
     with pytest.raises(ValidationError) as caught:
-        PACKAGE.load(data)
-    entries = invalid_entries(caught.value.messages, ["data"])
-    return {entry["entry"]: [rule["rule"] for rule in entry["rules"]] for entry in entries}
+        schema.load(content)
+    return invalid_entries(caught.value.messages)
 
 
-def valid_data() -> dict:
-    return copy.deepcopy(example("encounter_package", new_ids=False)["data"])
+def errors_of(content: dict) -> dict[str, list[str]]:
+    return {
+        entry["entry"]: [rule["rule"] for rule in entry["rules"]] for entry in entries_of(content)
+    }
+
+
+def valid_content() -> dict:
+    return copy.deepcopy(package_content(example("encounter_package", new_ids=False)))
 
 
 def test_the_example_package_is_valid_and_loads_typed_values() -> None:
-    loaded = PACKAGE.load(valid_data())
-    assert loaded["encounter"]["date"] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
-    assert loaded["immunizations"][0]["expiration_date"] == "2027-06-30"
+    loaded = PACKAGE.load(valid_content())
+    assert isinstance(loaded["encounter"]["date"], datetime)
+    assert loaded["encounter"]["date"].tzinfo is not None
     assert loaded["encounter"]["class_"] == {"system": "eHealth/encounter_classes", "code": "AMB"}
 
 
 @pytest.mark.parametrize(
-    ("path", "parts"),
+    ("path", "parts", "schema_style"),
     [
-        ("$", []),
+        ("$", [], False),
         (
-            "$.data.conditions[0].code.coding[0].code",
-            ["data", "conditions", 0, "code", "coding", 0, "code"],
+            "$.conditions[0].code.coding[0].code",
+            ["conditions", 0, "code", "coding", 0, "code"],
+            False,
         ),
-        ("$.data['a.b']", ["data", "a.b"]),
-        ("$['it\\'s']", ["it's"]),
-        ("$['$ne']", ["$ne"]),
-        ("$['9lives']", ["9lives"]),
+        (
+            "$.conditions.[0].code.coding.[0].code",
+            ["conditions", 0, "code", "coding", 0, "code"],
+            True,
+        ),
+        ("$.data['a.b']", ["data", "a.b"], False),
+        ("$['it\\'s']", ["it's"], False),
+        ("$['$ne']", ["$ne"], True),
+        ("$['9lives']", ["9lives"], False),
     ],
 )
-def test_json_paths(path, parts) -> None:
-    assert json_path(parts) == path
+def test_json_paths(path, parts, schema_style) -> None:
+    assert json_path(parts, schema_style=schema_style) == path
 
 
 def test_every_entity_kind_reports_its_required_fields_at_once() -> None:
-    data = {"encounter": {}} | {kind.package_key: [{}] for kind in ENCOUNTER_ENTITY_KINDS}
-    errors = errors_of(data)
-    assert errors["$.data.encounter.id"] == ["required"]
-    assert errors["$.data.encounter.class"] == ["required"]
+    content = {"encounter": {}} | {kind.package_key: [{}] for kind in ENCOUNTER_ENTITY_KINDS}
+    entries = {entry["entry"]: entry["rules"] for entry in entries_of(content)}
+    assert entries["$.encounter.id"] == [
+        {"rule": "required", "params": [], "description": "required property id was not present"}
+    ]
+    assert entries["$.encounter.class"][0]["description"] == (
+        "required property class was not present"
+    )
     for kind in ENCOUNTER_ENTITY_KINDS:
-        assert errors[f"$.data.{kind.package_key}[0].id"] == ["required"], kind.entity
-        assert errors[f"$.data.{kind.package_key}[0].encounter_id"] == ["required"], kind.entity
+        assert entries[f"$.{kind.package_key}.[0].id"][0]["rule"] == "required", kind.entity
+
+
+def _set(path: list, value) -> callable:
+    def change(content: dict) -> None:
+        node = content
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+
+    return change
+
+
+def _drop(path: list) -> callable:
+    def change(content: dict) -> None:
+        node = content
+        for part in path[:-1]:
+            node = node[part]
+        del node[path[-1]]
+
+    return change
+
+
+QUANTITY = ["observations", 0, "value_quantity", "value"]
 
 
 @pytest.mark.parametrize(
-    ("change", "entry", "rule"),
+    ("change", "entry", "rule", "params", "description"),
     [
         (
-            lambda d: d["observations"][0]["value_quantity"].update(value="38.2"),
-            "observations[0].value_quantity.value",
-            "type",
+            _set(QUANTITY, "38.2"),
+            "$.observations.[0].value_quantity.value",
+            "cast",
+            ["number"],
+            "type mismatch. Expected Number but got String",
         ),
         (
-            lambda d: d["observations"][0]["value_quantity"].update(value=True),
-            "observations[0].value_quantity.value",
-            "type",
+            _set(QUANTITY, True),
+            "$.observations.[0].value_quantity.value",
+            "cast",
+            ["number"],
+            "type mismatch. Expected Number but got Boolean",
         ),
         (
-            lambda d: d["observations"][0]["value_quantity"].update(value=10**400),
-            "observations[0].value_quantity.value",
-            "number",
+            _set(["conditions", 0, "primary_source"], 1),
+            "$.conditions.[0].primary_source",
+            "cast",
+            ["boolean"],
+            "type mismatch. Expected Boolean but got Integer",
         ),
         (
-            lambda d: d["observations"][0]["value_quantity"].update(value=1e13),
-            "observations[0].value_quantity.value",
-            "number",
+            _set(["encounter", "status"], None),
+            "$.encounter.status",
+            "cast",
+            ["string"],
+            "type mismatch. Expected String but got Null",
         ),
         (
-            lambda d: d["conditions"][0].update(primary_source="true"),
-            "conditions[0].primary_source",
-            "type",
+            _set(["encounter", "reasons"], {"coding": []}),
+            "$.encounter.reasons",
+            "cast",
+            ["array"],
+            "type mismatch. Expected Array but got Object",
         ),
         (
-            lambda d: d["conditions"][0].update(primary_source=1),
-            "conditions[0].primary_source",
-            "type",
+            _set(["encounter", "status"], "open"),
+            "$.encounter.status",
+            "inclusion",
+            ["finished"],
+            "value is not allowed in enum",
         ),
         (
-            lambda d: d["encounter"]["diagnoses"][0].update(rank="1"),
-            "encounter.diagnoses[0].rank",
-            "type",
-        ),
-        (
-            lambda d: d["encounter"]["diagnoses"][0].update(rank=1.5),
-            "encounter.diagnoses[0].rank",
-            "type",
-        ),
-        (lambda d: d["encounter"].update(status=7), "encounter.status", "type"),
-        (lambda d: d["encounter"].update(status="open"), "encounter.status", "inclusion"),
-        (
-            lambda d: d["encounter"].update(id="{90a9e15b-b71b-4caf-8f2e-ff247e8a5600}"),
-            "encounter.id",
-            "uuid",
-        ),
-        (lambda d: d["encounter"].update(date="2026-13-45T00:00:00Z"), "encounter.date", "format"),
-        (lambda d: d["encounter"].update(date=1700000000), "encounter.date", "format"),
-        (
-            lambda d: d["encounter"]["period"].update(end="2026-11-19T00:00:00Z"),
-            "encounter.period.end",
-            "period",
-        ),
-        (
-            lambda d: d["immunizations"][0].update(expiration_date="30.06.2027"),
-            "immunizations[0].expiration_date",
+            _set(["encounter", "id"], "90A9E15B-B71B-4CAF-8F2E-FF247E8A5600"),
+            "$.encounter.id",
             "format",
-        ),
-        (lambda d: d["encounter"].update(reasons={"coding": []}), "encounter.reasons", "type"),
-        (lambda d: d["encounter"]["type"].update(coding=[]), "encounter.type.coding", "length"),
-        (lambda d: d["procedures"][0].update(note="x" * 2001), "procedures[0].note", "length"),
-        (lambda d: d["procedures"][0].update(note=""), "procedures[0].note", "length"),
-        (lambda d: d.update(observations=[d["observations"][0]] * 501), "observations", "length"),
-        (lambda d: d["encounter"].update(status=None), "encounter.status", "required"),
-        (
-            lambda d: d["encounter"]["diagnoses"][0].update(
-                condition_id="00000000-0000-4000-8000-000000000000"
-            ),
-            "encounter.diagnoses[0].condition_id",
-            "reference",
+            [UUID_PATTERN],
+            f'string does not match pattern "{UUID_PATTERN}"',
         ),
         (
-            lambda d: d["observations"][0].update(
-                diagnostic_report_id="00000000-0000-4000-8000-000000000000"
-            ),
-            "observations[0].diagnostic_report_id",
-            "reference",
+            _set(["encounter", "date"], "2026-12-01 09:00"),
+            "$.encounter.date",
+            "datetime",
+            [f"~r/{DATE_TIME_REGEX}/"],
+            'expected "2026-12-01 09:00" to be a valid ISO 8601 date-time',
         ),
-        (lambda d: d["devices"][0].update(id=d["conditions"][0]["id"]), "devices[0].id", "unique"),
-        (lambda d: d["observations"][0].update(value_string="38.2"), "observations[0]", "one_of"),
-        (lambda d: d.update(extra={"$where": "1"}), "extra", "unknown"),
+        (
+            _set(["encounter", "date"], "2026-02-30T09:00:00Z"),
+            "$.encounter.date",
+            "datetime",
+            [],
+            'expected "2026-02-30T09:00:00Z" to be an existing date-time',
+        ),
+        (
+            _set(["encounter", "type", "coding"], []),
+            "$.encounter.type.coding",
+            "length",
+            {"min": 1},
+            "expected a minimum of 1 items but got 0",
+        ),
+        (
+            _set(["encounter", "diagnoses", 0, "rank"], 11),
+            "$.encounter.diagnoses.[0].rank",
+            "number",
+            {"less_than_or_equal_to": 10},
+            "expected the value to be <= 10",
+        ),
+        (
+            _set(["devices", 0, "model"], "x" * 201),
+            "$.devices.[0].model",
+            "length",
+            {"max": 200},
+            "expected value to have a maximum length of 200 but was 201",
+        ),
+        (
+            _set(["allergy_intolerances", 0, "type"], ""),
+            "$.allergy_intolerances.[0].type",
+            "length",
+            {"min": 1},
+            "expected value to have a minimum length of 1 but was 0",
+        ),
+        (
+            _drop(["encounter", "performer"]),
+            "$.encounter.performer",
+            "required",
+            [],
+            "required property performer was not present",
+        ),
+        (
+            _set(["encounter", "priority"], "urgent"),
+            "$.encounter.priority",
+            "schema",
+            {"priority": "urgent"},
+            "schema does not allow additional properties",
+        ),
+        (
+            _set(["encounter", "class", "system"], "eHealth/other"),
+            "$.encounter.class.system",
+            "inclusion",
+            ["eHealth/encounter_classes"],
+            "value is not allowed in enum",
+        ),
     ],
 )
-def test_each_check_is_named_at_its_path(change, entry, rule) -> None:
-    data = valid_data()
-    change(data)
-    errors = errors_of(data)
-    assert rule in errors[f"$.data.{entry}" if entry else "$.data"], errors
+def test_each_check_is_named_at_its_path(change, entry, rule, params, description) -> None:
+    content = valid_content()
+    change(content)
+    found = {e["entry"]: e["rules"] for e in entries_of(content)}
+    assert {"rule": rule, "params": params, "description": description} in found[entry], found
 
 
-def test_uuids_are_kept_lowercase_and_references_match_regardless_of_case() -> None:
-    data = valid_data()
-    data["encounter"]["id"] = data["encounter"]["id"].upper()
-    loaded = PACKAGE.load(data)
-    assert loaded["encounter"]["id"] == valid_data()["encounter"]["id"]
+def test_fifty_entities_of_a_kind_at_most() -> None:
+    content = valid_content()
+    content["observations"] = content["observations"] * 51
+    assert errors_of(content)["$.observations"] == ["length"]
 
 
 def test_a_date_time_without_offset_is_utc() -> None:
-    data = valid_data()
-    data["encounter"]["date"] = "2026-11-20T09:00:00"
-    assert PACKAGE.load(data)["encounter"]["date"] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+    content = valid_content()
+    content["encounter"]["date"] = "2026-11-20T09:00:00"
+    assert PACKAGE.load(content)["encounter"]["date"] == datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+
+
+def test_the_request_envelope_takes_signed_data_and_visit_only() -> None:
+    request = PackageCreateRequestSchema()
+    data = example("encounter_package")["data"]
+    assert set(request.load(data)) == {"visit", "signed_data"}
+    found = {e["entry"]: e["rules"][0]["rule"] for e in entries_of({"encounter": {}}, request)}
+    assert found == {"$.signed_data": "required", "$.encounter": "schema"}
+    found = {
+        e["entry"]: e["rules"][0]["rule"]
+        for e in entries_of({"signed_data": "", "visit": {"id": "x"}}, request)
+    }
+    assert found == {
+        "$.signed_data": "length",
+        "$.visit.id": "format",
+        "$.visit.period": "required",
+    }
 
 
 @pytest.mark.parametrize(
@@ -181,13 +266,13 @@ def test_a_date_time_without_offset_is_utc() -> None:
         (b"", "$", "json"),
         (b"\xff", "$", "json"),
         (b'{"type": "\\ud800"}', "$", "json"),  # a lone surrogate: no string MongoDB can store
-        (b"[]", "$", "type"),
-        (b"null", "$", "type"),
+        (b"[]", "$", "cast"),
+        (b"null", "$", "cast"),
         (b"{}", "$.type", "required"),
         (
             b'{"type": "x", "patient_id": "p", "requested_by": {}, "data": {}}',
             "$.patient_id",
-            "uuid",
+            "format",
         ),
         (b"[" * 2000 + b"]" * 2000, "$", "json"),
     ],
@@ -199,14 +284,12 @@ def test_bodies_that_are_no_submission(body, entry, rule) -> None:
 
 
 def test_a_huge_validation_error_is_capped_under_10000_bytes() -> None:
-    data = {
-        "encounter": valid_data()["encounter"],
-        "observations": [{"bad": i} for i in range(500)],
+    content = {
+        "encounter": valid_content()["encounter"],
+        "observations": [{"bad": i} for i in range(50)],
     }
-    with pytest.raises(ValidationError) as caught:
-        PACKAGE.load(data)
-    invalid = invalid_entries(caught.value.messages, ["data"])
-    assert len(invalid) > 500
+    invalid = entries_of(content)
+    assert len(invalid) > 300
     outcome = JobOutcome.validation_failed(invalid)
     assert len(orjson.dumps(outcome.error)) <= MAX_ERROR_BYTES
     assert outcome.error["invalid_total"] == len(invalid)
