@@ -226,12 +226,22 @@ VALIDATION_FAILED_MESSAGE = (
 
 
 def cap_error(error: dict[str, Any], limit: int = MAX_ERROR_BYTES) -> dict[str, Any]:
-    """Trim `invalid` from the end until the error encodes to at most `limit` bytes.
+    """The error within `limit` bytes, as the original cuts a stored error: first every
+    rule's `params` emptied (an unknown property's value, a dictionary's codes can be large),
+    then `invalid` trimmed from the end.
 
     The first entries are kept: they are the ones a client fixes first. When entries were
     dropped, `invalid_total` tells the client how many there were in all.
     """
-    invalid = error.get("invalid") or []
+    if len(orjson.dumps(error)) <= limit:
+        return error
+    invalid = [
+        {**entry, "rules": [{**r, "params": []} if r.get("params") else r for r in entry["rules"]]}
+        if isinstance(entry, dict) and isinstance(entry.get("rules"), list)
+        else entry
+        for entry in error.get("invalid") or []
+    ]
+    error = {**error, "invalid": invalid}
     if len(orjson.dumps(error)) <= limit:
         return error
     total = len(invalid)

@@ -110,6 +110,16 @@ def test_an_error_over_the_cap_keeps_the_longest_prefix_that_fits() -> None:
     assert len(orjson.dumps(one_more)) > MAX_ERROR_BYTES
 
 
+def test_params_go_before_entries_as_the_original_cuts_an_error() -> None:
+    """An unknown property's value is in its rule's params: a large one is dropped first,
+    and every entry is kept."""
+    rule = {"rule": "schema", "params": {"x": "y" * 20_000}, "description": "d"}
+    invalid = [{"entry": f"$.items.[{i}].x", "rules": [rule]} for i in range(3)]
+    capped = cap_error({"type": "validation_failed", "message": "m", "invalid": invalid})
+    assert [entry["rules"][0]["params"] for entry in capped["invalid"]] == [[], [], []]
+    assert "invalid_total" not in capped
+
+
 @pytest.mark.parametrize(
     ("value", "rendered"),
     [
