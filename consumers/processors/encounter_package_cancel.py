@@ -208,6 +208,7 @@ JOB_TYPE = JobType(
     schema=PackageCancelRequestSchema(),
     handler=cancel_encounter_package,
     required_scope="encounter:write",
+    signed_content=PACKAGE_CANCEL_CONTENT,
     http=HttpSubmission(
         "PATCH", "/api/patients/{patient_id}/encounter_package", "Cancel a submitted encounter"
     ),

@@ -110,6 +110,7 @@ JOB_TYPE = JobType(
     schema=PackageCreateRequestSchema(),
     handler=create_encounter_package,
     required_scope="encounter:write",
+    signed_content=PACKAGE_CREATE_CONTENT,
     http=HttpSubmission(
         "POST", "/api/patients/{patient_id}/encounter_package", "Submit an encounter package"
     ),

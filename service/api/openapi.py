@@ -39,10 +39,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "The request itself is unusable",
         401: "No token, or not a valid one",
         403: "The token's scope does not allow this",
-        404: "Nothing of that id for this client",
+        404: "Nothing of that id for this client (a submission: no such patient)",
         405: "Not a method of this resource",
+        409: "A submission for a patient who is not active",
         413: "The body is over MAX_REQUEST_BYTES",
-        422: "The body is not a JSON object",
+        422: "The body is not a JSON object, or not of the request's schema",
         500: "An error of the server (no details)",
         503: "MongoDB or RabbitMQ unreachable; see Retry-After",
     }
@@ -52,6 +53,21 @@ def _errors(*statuses: int) -> dict[str, Any]:
 def body_name(job_type: JobType) -> str:
     """The name of a submission's body in the document: its schema's (`EncounterPackage`)."""
     return type(job_type.schema).__name__.removesuffix("Schema")
+
+
+def _signed_content_description(job_type: JobType) -> str:
+    checked = (
+        "Checked at once: the patient (404 if unknown, 409 if not active) and the request's"
+        " schema (422). The rest is checked by the consumer: poll the job."
+    )
+    if job_type.signed_content is None:
+        return checked
+    content = type(job_type.signed_content).__name__.removesuffix("Schema")
+    return (
+        f"`signed_data` is base64 of a CMS SignedData (DER) whose content is a `{content}`"
+        " (SIGNATURE_MODE=cms), or base64 of that JSON (SIGNATURE_MODE=decode, development). "
+        + checked
+    )
 
 
 def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
@@ -80,9 +96,13 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
         "HealthEnvelope": HEALTH,
     }
     for job_type in registry.submitted_over_http:
-        known = envelopes.setdefault(body_name(job_type), job_type.schema)
-        if type(known) is not type(job_type.schema):  # two schemas, one name
-            raise ValueError(f"{body_name(job_type)} names two schemas of request bodies")
+        for schema in (job_type.schema, job_type.signed_content):
+            if schema is None:
+                continue
+            name = type(schema).__name__.removesuffix("Schema")
+            known = envelopes.setdefault(name, schema)
+            if type(known) is not type(schema):  # two schemas, one name
+                raise ValueError(f"{name} names two schemas of request bodies")
     for kind in ALL_ENTITY_KINDS:
         envelopes[envelope_name(kind)] = ENTITY_ENVELOPES[kind.collection]
     for name, schema in envelopes.items():
@@ -156,6 +176,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
             operations={
                 job_type.http.method.lower(): {
                     "summary": f"{job_type.http.summary} (scope {job_type.required_scope})",
+                    "description": _signed_content_description(job_type),
                     "security": secured,
                     "parameters": [patient_id],
                     "requestBody": {
@@ -171,7 +192,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
                             },
                             "content": {JSON: {"schema": _ref("PendingJobEnvelope")}},
                         },
-                        **_errors(401, 403, 404, 413, 422, 503, 500),
+                        **_errors(401, 403, 404, 409, 413, 422, 503, 500),
                     },
                 }
             },

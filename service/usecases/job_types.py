@@ -90,6 +90,9 @@ class JobType:
     needs_active_patient: bool = True
     # None: submitted over AMQP only.
     http: HttpSubmission | None = None
+    # What the request's `signed_data` carries, when it has one: documented in OpenAPI beside
+    # the request; the handler checks it once the signature is read.
+    signed_content: Schema | None = None
 
 
 class JobTypeRegistry:
