@@ -112,8 +112,9 @@ async def publish_submission(
     api_url: str,
     wait_seconds: float,
 ) -> int:
-    if new_ids and isinstance(submission.get("data"), dict):
-        submission = with_new_ids(submission)
+    if isinstance(submission.get("data"), dict):
+        # Dates always (an example's encounter must be recent), ids when asked to.
+        submission = with_new_ids(submission, new_ids=new_ids)
     job_id = new_job_id()
     request_id = f"cli-{uuid.uuid4().hex[:16]}"
     async with services:
