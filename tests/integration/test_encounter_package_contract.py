@@ -289,3 +289,15 @@ async def test_signed_packages_are_verified_and_their_signer_recorded(
             "rules": [{"rule": "invalid", "params": [], "description": "Invalid signed content"}],
         }
     ]
+
+
+async def test_the_cancel_example_published_over_amqp(api, publisher, start_consumer) -> None:
+    await start_consumer()
+    created, cancel = examples("encounter_package", "cancel_encounter_package")
+    for submission in (created, cancel):
+        job_id = new_job_id()
+        await publisher.publish(submission, job_id, request_id=f"req-{job_id}")
+        _, polled = await poll(api, job_id, READ)
+        assert polled["data"]["status"] == "processed", polled
+    # The cancel links what it marked: the encounter and its ten entities.
+    assert len(polled["data"]["links"]) == 11
