@@ -29,7 +29,7 @@ async def test_consumers_report_and_stop_counting_when_silent(db) -> None:
     assert [c["_id"] for c in await stats.live(utcnow())] == ["b"]
 
 
-async def test_a_submission_gets_its_eta_from_the_load(api, db, publisher) -> None:
+async def test_a_submission_gets_its_eta_from_the_load(api, db, publisher, patients) -> None:
     await ConsumerStats(db).report("busy-consumer", 2.0, 4)
     for _ in range(8):  # ahead of it, with no consumer taking them
         job_id = new_job_id()
@@ -39,6 +39,7 @@ async def test_a_submission_gets_its_eta_from_the_load(api, db, publisher) -> No
     url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
     response = await api.post(url, json=example("encounter_package")["data"], headers=WRITE)
     body = await response.json()
+    assert response.status == 202, body
 
     eta = datetime.fromisoformat(body["data"]["eta"].replace("Z", "+00:00"))
     expected = 2.0 * (1 + 8 / 4)  # 6 s

@@ -32,15 +32,19 @@ async def test_a_declared_job_type_is_submitted_over_http_and_processed(
     ]
     assert (await db["notes"].find_one({"_id": job_id}))["text"] == "seen on the ward"
 
-    # Its scope, stated once, is checked at the POST; its schema by the consumer.
+    # Its scope and its schema, stated once, are checked at the POST, before any job.
     reader = bearer(scopes=("job:read",))
     refused = await api.post(URL, json={"text": "x"}, headers=reader)
     assert refused.status == 403
     assert (await refused.json())["error"]["message"].endswith("Missing allowances: note:write")
+    jobs = await db["jobs"].count_documents({})
     response = await api.post(URL, json={"text": "x" * 101}, headers=writer)
-    polled, body = await poll(api, response.headers["Location"].rsplit("/", 1)[-1], writer)
-    assert body["data"]["status_code"] == "422"
-    assert body["data"]["error"]["invalid"][0]["entry"] == "$.text"
+    body = await response.json()
+    assert response.status == 422 and "Location" not in response.headers
+    assert body["error"]["type"] == "validation_failed"
+    assert body["error"]["invalid"][0]["entry"] == "$.text"
+    assert body["error"]["invalid"][0]["rules"][0]["rule"] == "length"
+    assert await db["jobs"].count_documents({}) == jobs
 
     document = await (await api.get("/api/openapi.json")).json()
     assert document["paths"]["/api/patients/{patient_id}/notes"]["post"]["summary"] == (

@@ -8,7 +8,14 @@ import pytest
 from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobOutcome, new_job_id
 from tests.conftest import bearer, new_job
-from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, INACTIVE_PATIENT, example, poll
+from tests.harness import (
+    ACTIVE_PATIENT,
+    DEMO_CLIENT,
+    INACTIVE_PATIENT,
+    example,
+    package_content,
+    poll,
+)
 
 READ_ALL = bearer(
     client_id=DEMO_CLIENT,
@@ -30,9 +37,10 @@ async def processed(api, publisher, start_consumer):
 
 async def test_every_link_of_a_processed_job_resolves(api, processed) -> None:
     submission, links = processed
-    sent = {submission["data"]["encounter"]["id"]: submission["data"]["encounter"]}
+    content = package_content(submission)
+    sent = {content["encounter"]["id"]: content["encounter"]}
     for kind in ALL_ENTITY_KINDS[1:]:
-        sent.update({entity["id"]: entity for entity in submission["data"][kind.package_key]})
+        sent.update({entity["id"]: entity for entity in content[kind.package_key]})
 
     for link in links:
         response = await api.get(link["href"], headers=READ_ALL)

@@ -20,9 +20,9 @@ WRITE = bearer(client_id=DEMO_CLIENT, scopes=("job:read", "encounter:write"))
 
 async def submitted(api) -> str:
     url = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
-    body = await (
-        await api.post(url, json=example("encounter_package")["data"], headers=WRITE)
-    ).json()
+    response = await api.post(url, json=example("encounter_package")["data"], headers=WRITE)
+    body = await response.json()
+    assert response.status == 202, body
     return body["data"]["links"][0]["href"].rsplit("/", 1)[-1]
 
 
@@ -55,7 +55,7 @@ async def test_the_answer_comes_within_200_ms_of_the_job_finishing(api, db, star
     assert reads_while_waiting == 2 and reads == 3  # read, re-read on listening, read at the end
 
 
-async def test_a_wait_that_runs_out_answers_pending(api):
+async def test_a_wait_that_runs_out_answers_pending(api, patients):
     job_id = await submitted(api)
     started = time.monotonic()
     response = await api.get(f"/api/jobs/{job_id}", headers={**READ, "Prefer": "wait=0.5"})

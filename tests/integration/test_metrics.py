@@ -70,7 +70,9 @@ async def test_queue_depth_is_the_brokers_count(api, publisher):
 
 def test_a_consumer_running_alone_serves_its_metrics(settings, tmp_path):
     port = free_port()
-    process = start_medevents("consumer", settings, tmp_path / "data", METRICS_PORT=str(port))
+    process = start_medevents(
+        "consumer", settings, tmp_path / "data", METRICS_PORT=str(port), SIGNATURE_MODE="decode"
+    )
     try:
         for _ in range(100):
             try:
