@@ -52,7 +52,7 @@ OUTCOMES: dict[str, JobOutcome | None] = {
     ),
     "failed_403": JobOutcome.failed(403, "forbidden", "Scope encounter:write is required"),
     "failed_404": JobOutcome.failed(404, "not_found", "Patient not found"),
-    "failed_409": JobOutcome.failed(409, "request_conflict", "Patient is not active"),
+    "failed_409": JobOutcome.failed(409, "request_conflict", "Person is not active"),
     "failed_422": JobOutcome.validation_failed(INVALID),
     "failed_with_error_500": JobOutcome.failed_with_error("Unexpected error"),
 }
@@ -115,7 +115,7 @@ async def test_processed_links_every_created_entity(api, store) -> None:
     [
         ("failed_403", "Scope encounter:write is required"),
         ("failed_404", "Patient not found"),
-        ("failed_409", {"message": "Patient is not active", "type": "request_conflict"}),
+        ("failed_409", {"message": "Person is not active", "type": "request_conflict"}),
         ("failed_with_error_500", {"message": "Unexpected error", "type": "internal_error"}),
     ],
 )
