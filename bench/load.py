@@ -7,8 +7,9 @@ its own, on exchanges and queues of their own), then for `--duration` seconds su
 `--rate` packages a second over HTTP while `--pollers` clients poll random submitted jobs
 without pause. This process is the load generator (aiohttp). Prints: submissions, polls,
 error responses (any 5xx, or a status the API does not document), poll latency p50/p99, job
-time p50/p99 (the server's `inserted_at` to `updated_at`), and jobs lost (still pending a
-minute after the last submission).
+time p50/p99 (the server's `inserted_at` to `updated_at`), jobs processed (the example's
+packages are unsigned: the consumer runs with SIGNATURE_MODE=decode), and jobs lost (still
+pending a minute after the last submission).
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import AMQP_URL, percentile, service_env, wait_up  # noqa: E402
 from service.api.auth import mint_token  # noqa: E402
+from service.cli.demo import DEMO_CLIENT, DEMO_USER, write_demo_records  # noqa: E402
 from service.cli.publish import with_new_ids  # noqa: E402
 from service.messaging.broker import Topology, delete_topology  # noqa: E402
 from service.storage.embedded import EmbeddedMongo, free_port  # noqa: E402
+from service.storage.entities import EntityStore  # noqa: E402
 from service.storage.patients import PatientStore  # noqa: E402
+from service.storage.registries import RegistryStore  # noqa: E402
 
 EXAMPLE = orjson.loads((ROOT / "examples/encounter_package.json").read_bytes())
 SECRET = "load-benchmark-secret-load-benchmark-secret"
@@ -44,7 +48,7 @@ DOCUMENTED = {200, 202, 303, 304, 404}
 
 
 async def run_load(base: str, duration: float, rate: float, pollers: int) -> dict:
-    token = mint_token(SECRET, "load-mis", ["job:read", "encounter:write"], "load", 3600)
+    token = mint_token(SECRET, DEMO_CLIENT, ["job:read", "encounter:write"], DEMO_USER, 3600)
     headers = {"Authorization": f"Bearer {token}"}
     submitted: list[str] = []
     poll_latencies: list[float] = []
@@ -90,7 +94,10 @@ async def run_load(base: str, duration: float, rate: float, pollers: int) -> dic
     return {"submitted": submitted, "polls": poll_latencies, "errors": errors}
 
 
-async def job_times(mongodb_url: str, db_name: str, job_ids: list[str]) -> tuple[list[float], int]:
+async def job_times(
+    mongodb_url: str, db_name: str, job_ids: list[str]
+) -> tuple[list[float], int, int]:
+    """The terminal jobs' times, how many were processed, how many were lost."""
     client = AsyncMongoClient(mongodb_url, tz_aware=True)
     try:
         jobs = client[db_name]["jobs"]
@@ -102,15 +109,18 @@ async def job_times(mongodb_url: str, db_name: str, job_ids: list[str]) -> tuple
             (job["updated_at"] - job["inserted_at"]).total_seconds()
             async for job in jobs.find({"_id": {"$in": job_ids}, "status": {"$ne": 0}})
         ]
-        return times, len(job_ids) - len(times)  # pending or missing: lost
+        processed = await jobs.count_documents({"_id": {"$in": job_ids}, "status": 1})
+        return times, processed, len(job_ids) - len(times)  # pending or missing: lost
     finally:
         await client.close()
 
 
 async def seed(mongodb_url: str, db_name: str) -> None:
+    """The patients and registry records the example refers to (`service.cli.demo`)."""
     client = AsyncMongoClient(mongodb_url)
     try:
-        await PatientStore(client[db_name]).put(EXAMPLE["patient_id"], "active")
+        db = client[db_name]
+        await write_demo_records(PatientStore(db), RegistryStore(db), EntityStore(db))
     finally:
         await client.close()
 
@@ -128,7 +138,15 @@ def main() -> None:
     medevents = str(Path(sys.executable).parent / "medevents")
     with tempfile.TemporaryDirectory() as data_dir, EmbeddedMongo(Path(data_dir)) as mongodb_url:
         asyncio.run(seed(mongodb_url, db_name))
-        env = service_env(mongodb_url, db_name, prefix, SECRET, data_dir, HTTP_PORT=str(port))
+        env = service_env(
+            mongodb_url,
+            db_name,
+            prefix,
+            SECRET,
+            data_dir,
+            HTTP_PORT=str(port),
+            SIGNATURE_MODE="decode",  # the example's packages are unsigned
+        )
         processes = [
             subprocess.Popen([medevents, command], env=env, stdout=subprocess.DEVNULL)
             for command in ("api", "consumer")
@@ -138,7 +156,7 @@ def main() -> None:
             asyncio.run(wait_up(f"{base}/health/ready"))
             result = asyncio.run(run_load(base, args.duration, args.rate, args.pollers))
             job_ids = [href.rsplit("/", 1)[-1] for href in result["submitted"]]
-            times, lost = asyncio.run(job_times(mongodb_url, db_name, job_ids))
+            times, processed, lost = asyncio.run(job_times(mongodb_url, db_name, job_ids))
         finally:
             for process in processes:
                 process.terminate()
@@ -159,6 +177,7 @@ def main() -> None:
         f"  job time p50/p99       {percentile(times, 0.5) * 1000:.0f} / "
         f"{percentile(times, 0.99) * 1000:.0f} ms (inserted_at to updated_at)"
     )
+    print(f"  jobs processed         {processed}")
     print(f"  jobs lost              {lost}")
     if times:
         print(f"  job time mean          {statistics.mean(times) * 1000:.0f} ms")

@@ -36,8 +36,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from marshmallow import INCLUDE, Schema, ValidationError
-from marshmallow.schema import SCHEMA
+from marshmallow import INCLUDE, Schema
 
 from schemas.rules import (
     Boolean,
@@ -86,31 +85,7 @@ class OpenSchema(Schema):
         unknown = INCLUDE
 
 
-class Array(List):
-    """A `List` that also reports its bounds (`minItems`, `maxItems`) when an item fails: the
-    original reports every error of a package at once, and `List` checks its validators only
-    when every item is valid."""
-
-    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kw: Any) -> Any:
-        try:
-            return super().deserialize(value, attr, data, **kw)
-        except ValidationError as error:
-            if not isinstance(value, list) or not isinstance(error.messages, dict):
-                raise
-            bounds: list[Any] = []
-            for validator in self.validators:
-                try:
-                    validator(value)
-                except ValidationError as bound:
-                    bounds.extend(bound.messages)
-            if not bounds:
-                raise
-            raise ValidationError(
-                {**error.messages, SCHEMA: bounds}, valid_data=error.valid_data
-            ) from None
-
-
-class FirstItemArray(Array):
+class FirstItemArray(List):
     """An array whose `items` is a list of one schema (draft 4's tuple validation): only the
     first item is checked, and the items after it are accepted whatever they are."""
 
@@ -128,12 +103,10 @@ class FirstItemArray(Array):
 def _validators(
     choices: Sequence[str] | None = None, dictionary_name: str | None = None
 ) -> list[Any]:
-    found: list[Any] = []
-    if choices is not None:
-        found.append(one_of(choices))
     if dictionary_name is not None:
-        found.append(dictionary(dictionary_name))
-    return found
+        # The original's schema mapper puts the dictionary's codes in the place of the enum.
+        return [dictionary(dictionary_name, instead_of=choices)]
+    return [one_of(choices)] if choices is not None else []
 
 
 def dictionary_string(name: str, **kwargs: Any) -> String:
@@ -252,7 +225,7 @@ def _codeable_concept(
     return _generated(
         _stem(systems, codes) + "Concept",
         {
-            "coding": Array(
+            "coding": List(
                 Nested(item),
                 required=required_coding,
                 min_items=coding_min,
@@ -397,7 +370,7 @@ class ReferenceRangeSchema(StrictSchema):
     low = Nested(QuantitySchema)
     high = Nested(QuantitySchema)
     type = Nested(dictionary_concept("eHealth/reference_range_types"))
-    applies_to = Array(Nested(dictionary_concept("eHealth/reference_range_applications")))
+    applies_to = List(Nested(dictionary_concept("eHealth/reference_range_applications")))
     age = Nested(AgeRangeSchema)
     text = String()
 
@@ -430,13 +403,13 @@ class EncounterSchema(StrictSchema):
     type = Nested(dictionary_concept("eHealth/encounter_types"), required=True)
     incoming_referral = Nested(ReferenceSchema)
     performer = Nested(PerformerSchema, required=True)
-    reasons = Array(Nested(ReasonSchema), required=True, min_items=1)
-    diagnoses = Array(Nested(DiagnosisSchema), required=True, min_items=1)
-    actions = Array(Nested(ActionSchema), required=True, min_items=1)
+    reasons = List(Nested(ReasonSchema), required=True, min_items=1)
+    diagnoses = List(Nested(DiagnosisSchema), required=True, min_items=1)
+    actions = List(Nested(ActionSchema), required=True, min_items=1)
     date = DateTime(required=True)
     division = Nested(reference(resource_type("division")))
     prescriptions = String()
-    supporting_info = Array(Nested(reference(resource_type("observation", "diagnostic_report"))))
+    supporting_info = List(Nested(reference(resource_type("observation", "diagnostic_report"))))
 
 
 # --- Condition --------------------------------------------------------------------------------
@@ -451,8 +424,8 @@ class StageSchema(StrictSchema):
 class EvidenceSchema(StrictSchema):
     """What a condition was found by: reasons, and observations of the package."""
 
-    codes = Array(Nested(dictionary_concept("eHealth/ICPC2/reasons", coding_max=1)), min_items=1)
-    details = Array(Nested(reference(resource_type("observation"))), min_items=1)
+    codes = List(Nested(dictionary_concept("eHealth/ICPC2/reasons", coding_max=1)), min_items=1)
+    details = List(Nested(reference(resource_type("observation"))), min_items=1)
 
 
 class ConditionSchema(StrictSchema):
@@ -473,10 +446,10 @@ class ConditionSchema(StrictSchema):
     # The dictionary's name is misspelt in the original ("Health/"), and so it is looked up.
     verification_status = dictionary_string("Health/condition_verification_statuses", required=True)
     severity = Nested(dictionary_concept("eHealth/condition_severities"))
-    body_sites = Array(Nested(dictionary_concept("eHealth/body_sites")), min_items=1)
+    body_sites = List(Nested(dictionary_concept("eHealth/body_sites")), min_items=1)
     onset_date = DateTime(required=True)
     stage = Nested(StageSchema)
-    evidences = Array(Nested(EvidenceSchema))
+    evidences = List(Nested(EvidenceSchema))
 
 
 # --- Observation ------------------------------------------------------------------------------
@@ -500,7 +473,7 @@ class ComponentSchema(StrictSchema):
     value_date_time = Date()
     value_period = Nested(period())
     interpretation = Nested(InterpretationSchema)
-    reference_ranges = Array(Nested(ReferenceRangeSchema))
+    reference_ranges = List(Nested(ReferenceRangeSchema))
 
 
 class ObservationSchema(StrictSchema):
@@ -513,12 +486,12 @@ class ObservationSchema(StrictSchema):
     status = dictionary_string("eHealth/observation_statuses", required=True)
     context = Nested(EncounterReferenceSchema, required=True)
     diagnostic_report = Nested(reference(resource_type("diagnostic_report")))
-    based_on = Array(
+    based_on = List(
         Nested(reference(resource_type("service_request"), type_required=True)),
         min_items=1,
         max_items=1,
     )
-    categories = Array(
+    categories = List(
         Nested(dictionary_concept("eHealth/observation_categories")),
         required=True,
         min_items=1,
@@ -542,8 +515,8 @@ class ObservationSchema(StrictSchema):
     value_time = String(validate=[pattern("^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$")])
     value_date_time = DateTime()
     value_period = Nested(period())
-    reference_ranges = Array(Nested(ReferenceRangeSchema))
-    components = Array(Nested(ComponentSchema), min_items=1)
+    reference_ranges = List(Nested(ReferenceRangeSchema))
+    components = List(Nested(ComponentSchema), min_items=1)
     reaction_on = Nested(reference(resource_type("immunization")))
 
 
@@ -553,8 +526,8 @@ class ObservationSchema(StrictSchema):
 class ExplanationSchema(StrictSchema):
     """Why a vaccine was given, or why not."""
 
-    reasons = Array(Nested(dictionary_concept("eHealth/reason_explanations")), min_items=1)
-    reasons_not_given = Array(
+    reasons = List(Nested(dictionary_concept("eHealth/reason_explanations")), min_items=1)
+    reasons_not_given = List(
         Nested(dictionary_concept("eHealth/reason_not_given_explanations")), min_items=1
     )
 
@@ -568,7 +541,7 @@ class VaccinationProtocolSchema(StrictSchema):
     authority = Nested(codeable_concept("eHealth/vaccination_authorities", coding_max=1))
     series = String()
     series_doses = Number()
-    target_diseases = Array(
+    target_diseases = List(
         Nested(dictionary_concept("eHealth/vaccination_target_diseases", coding_max=1)),
         min_items=1,
     )
@@ -594,7 +567,7 @@ class ImmunizationSchema(StrictSchema):
     route = Nested(dictionary_concept("eHealth/vaccination_routes"))
     dose_quantity = Nested(QuantitySchema)
     explanation = Nested(ExplanationSchema)
-    vaccination_protocols = Array(Nested(VaccinationProtocolSchema), min_items=1)
+    vaccination_protocols = List(Nested(VaccinationProtocolSchema), min_items=1)
 
 
 # --- Allergy or intolerance -------------------------------------------------------------------
@@ -658,7 +631,7 @@ RiskQuantityRangeSchema = quantity_range(quantity(("value", "system", "code")))
 class BasisSchema(StrictSchema):
     """What a risk assessment is based on."""
 
-    references = Array(Nested(_risk_reference("observation", "condition", "diagnostic_report")))
+    references = List(Nested(_risk_reference("observation", "condition", "diagnostic_report")))
     text = String()
 
 
@@ -702,13 +675,13 @@ class RiskAssessmentSchema(StrictSchema):
     asserted_date = DateTime(required=True)
     primary_source = Boolean()
     basis = Nested(BasisSchema)
-    predictions = Array(Nested(PredictionSchema))
+    predictions = List(Nested(PredictionSchema))
     mitigation = String()
     comment = String()
     performer = Nested(PerformerSchema)
     # No dictionary: two spaces after "Dictionary:" in the original's description.
-    reason_codes = Array(Nested(_risk_concept("eHealth/risk_assessment_reasons")))
-    reason_references = Array(
+    reason_codes = List(Nested(_risk_concept("eHealth/risk_assessment_reasons")))
+    reason_references = List(
         Nested(_risk_reference("condition", "observation", "diagnostic_report"))
     )
 
@@ -909,8 +882,8 @@ class CancelEncounterSchema(EncounterSchema):
     dictionary and no longer required."""
 
     status = dictionary_string("eHealth/encounter_statuses")
-    diagnoses = Array(Nested(CancelDiagnosisSchema), required=True, min_items=1)
-    supporting_info = Array(
+    diagnoses = List(Nested(CancelDiagnosisSchema), required=True, min_items=1)
+    supporting_info = List(
         Nested(
             reference(
                 resource_type("observation", "diagnostic_report", text_nullable=True),
@@ -968,8 +941,8 @@ class CancelProcedureSchema(ProcedureSchema):
 # --- The packages -----------------------------------------------------------------------------
 
 
-def _entities(schema: type[Schema]) -> Array:
-    return Array(Nested(schema), max_items=MAX_ENTITIES)
+def _entities(schema: type[Schema]) -> List:
+    return List(Nested(schema), max_items=MAX_ENTITIES)
 
 
 class PackageCreateContentSchema(StrictSchema):

@@ -36,6 +36,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validates_schema
+from marshmallow.schema import SCHEMA
 
 Validator = Callable[[Any], None]
 
@@ -159,7 +160,8 @@ class UUIDString(String):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
-            validate=[pattern(UUID_PATTERN), *_as_list(kwargs.pop("validate", None))], **kwargs
+            validate=[pattern(UUID_PATTERN, whole=True), *_as_list(kwargs.pop("validate", None))],
+            **kwargs,
         )
 
 
@@ -206,8 +208,9 @@ DATE_REGEX = (
     r"^([\+-]?\d{4}(?!\d{2}\b))((-?)((0[1-9]|1[0-2])(\3([12]\d|0[1-9]|3[01]))?"
     r"|W([0-4]\d|5[0-2])(-?[1-7])?|(00[1-9]|0[1-9]\d|[12]\d{2}|3([0-5]\d|6[1-6])))?)?$"
 )
-_DATE_TIME = re.compile(DATE_TIME_REGEX)
-_DATE = re.compile(DATE_REGEX)
+# ASCII digits only, as in the original's regex engine (Python's \d takes any digit).
+_DATE_TIME = re.compile(DATE_TIME_REGEX, re.ASCII)
+_DATE = re.compile(DATE_REGEX, re.ASCII)
 
 
 class DateTime(String):
@@ -287,6 +290,27 @@ class List(_Typed, fields.List):
     def _accepts(self, value: Any) -> bool:
         return isinstance(value, list)
 
+    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kw: Any) -> Any:
+        """Also reports the bounds (`minItems`, `maxItems`) when an item fails: the original
+        reports every error at once, and marshmallow runs a field's validators only when every
+        item is valid."""
+        try:
+            return super().deserialize(value, attr, data, **kw)
+        except ValidationError as error:
+            if not isinstance(value, list) or not isinstance(error.messages, dict):
+                raise
+            bounds: list[Any] = []
+            for validator in self.validators:
+                try:
+                    validator(value)
+                except ValidationError as bound:
+                    bounds.extend(bound.messages)
+            if not bounds:
+                raise
+            raise ValidationError(
+                {**error.messages, SCHEMA: bounds}, valid_data=error.valid_data
+            ) from None
+
 
 class JsonObject(_Typed, fields.Dict):
     """Any JSON object; its content is checked later, by a schema of its own."""
@@ -364,11 +388,14 @@ def one_of(choices: Sequence[Any]) -> Validator:
     return check
 
 
-def pattern(regex: str) -> Validator:
-    compiled = re.compile(regex)
+def pattern(regex: str, *, whole: bool = False) -> Validator:
+    """`pattern`. With `whole`, `$` does not take a final newline (Python's and the
+    original's `$` both do): an id is used in links, where a newline has no place."""
+    compiled = re.compile(regex, re.ASCII)
+    matches = compiled.fullmatch if whole else compiled.search
 
     def check(value: str) -> None:
-        if not compiled.search(value):
+        if not matches(value):
             raise violation(
                 Rule("format", f"string does not match pattern {_inspect(regex)}", [regex])
             )
@@ -422,13 +449,19 @@ def use_dictionaries(dictionaries: Mapping[str, Collection[str]]) -> Iterator[No
         _DICTIONARIES.reset(token)
 
 
-def dictionary(name: str) -> Validator:
+def dictionary(name: str, instead_of: Sequence[Any] | None = None) -> Validator:
     """A property described "Dictionary: <name>" in the original's schema: its value must be
-    a key of that dictionary (`inclusion`, with the dictionary's keys in order as params)."""
+    a key of that dictionary (`inclusion`, with the dictionary's keys in order as params).
+    The dictionary takes the place of the property's enum (`instead_of`), as the original's
+    schema mapper does; without the dictionary, the enum holds."""
+    enum = one_of(instead_of) if instead_of is not None else None
 
     def check(value: Any) -> None:
         allowed = (_DICTIONARIES.get() or {}).get(name)
-        if allowed is not None and value not in allowed:
+        if allowed is None:
+            if enum is not None:
+                enum(value)
+        elif value not in allowed:
             raise violation(Rule("inclusion", NOT_IN_ENUM, sorted(allowed)))
 
     check.dictionary = name  # type: ignore[attr-defined]

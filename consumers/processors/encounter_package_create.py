@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from consumers.processors.package_checks import (
+    PackageFacts,
     check_package,
     entities_of,
     gather_facts,
@@ -33,25 +34,37 @@ from service.domain.entities import (
     EntityKind,
     entity_document,
 )
-from service.domain.jobs import JobOutcome, Link, entity_href
+from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
 from service.signatures import Signer
 from service.usecases.job_types import HttpSubmission, JobContext, JobFailed, JobType
 from service.usecases.signed_content import read_signed_content
 
 
 async def create_encounter_package(context: JobContext) -> JobOutcome:
+    try:
+        outcome = await _create(context)
+    except JobFailed as failed:
+        outcome = failed.outcome
+    if outcome.status is not JobStatus.PROCESSED and await context.entities.wrote_any(
+        ENCOUNTER, context.job_id
+    ):
+        # Delivered again after a crash half-way, and refused now (what held then does not
+        # any more: a certificate expired since, an employee dismissed, a date now too old):
+        # nothing of a package that is not stored whole stays. The encounter is written
+        # first, so without it this job wrote nothing.
+        await context.entities.remove_written_by(context.job_id)
+    return outcome
+
+
+async def _create(context: JobContext) -> JobOutcome:
     raw, content, signer = await read_signed_content(context, PACKAGE_CREATE_CONTENT)
     if broken := check_one_of(raw, PACKAGE_ONE_OF):
         return JobOutcome.validation_failed(broken)
     visit = context.data.get("visit")
 
     facts = await gather_facts(context, content, visit)
-    performer = facts.employees.get(ref(content["encounter"]["performer"]) or "")
-    user_id = context.requested_by["user_id"]
-    if conflict := signer_conflict(signer, performer, context.client_id, user_id):
-        return JobOutcome.failed(409, "request_conflict", conflict)
-    if broken := check_package(content, visit, facts, client_id=context.client_id, now=utcnow()):
-        return JobOutcome.validation_failed(broken)
+    if (refused := _refusal(context, content, visit, facts, signer)) is not None:
+        return refused
 
     await _write(context, content, visit, signer)
     return JobOutcome.processed(
@@ -60,6 +73,23 @@ async def create_encounter_package(context: JobContext) -> JobOutcome:
             for kind, entity_id in iter_links(content)
         ]
     )
+
+
+def _refusal(
+    context: JobContext,
+    content: dict[str, Any],
+    visit: dict[str, Any] | None,
+    facts: PackageFacts,
+    signer: Signer | None,
+) -> JobOutcome | None:
+    """The signer's conflict (409) or the broken business rules (422); None when neither."""
+    performer = facts.employees.get(ref(content["encounter"]["performer"]) or "")
+    user_id = context.requested_by["user_id"]
+    if conflict := signer_conflict(signer, performer, context.client_id, user_id):
+        return JobOutcome.failed(409, "request_conflict", conflict)
+    if broken := check_package(content, visit, facts, client_id=context.client_id, now=utcnow()):
+        return JobOutcome.validation_failed(broken)
+    return None
 
 
 async def _write(

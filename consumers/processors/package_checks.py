@@ -27,6 +27,7 @@ from service.domain.entities import (
     ENCOUNTER_ENTITY_KINDS,
     IMMUNIZATION,
     OBSERVATION,
+    VISIT,
     EntityKind,
 )
 from service.signatures import Signer
@@ -100,8 +101,11 @@ class PackageFacts:
     # The visit the encounter refers to, when it is not the package's own.
     stored_visit: dict[str, Any] | None = None
     visit_exists: bool = False
-    # Ids of the package that exist already, per collection.
+    # Ids of the package that another job wrote already, per collection.
     taken: dict[str, set[str]] = field(default_factory=dict)
+    # Whether this job wrote some of the package already (a delivery again after a crash):
+    # those writes are its own, not taken ids.
+    own_writes: bool = False
     # Stored entities of the patient the package refers to, per collection.
     stored: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     service_requests: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -176,16 +180,24 @@ async def gather_facts(
             visit_ref
         )
     if visit is not None:
-        facts.visit_exists = bool(await entities.found("visits", [visit["id"]]))
+        found = await entities.found(VISIT.collection, [visit["id"]])
+        facts.visit_exists = _taken(found, context.job_id, facts) != set()
     for kind in (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS):
         ids = [e["id"] for e in entities_of(content, kind) if isinstance(e.get("id"), str)]
-        facts.taken[kind.collection] = set(await entities.found(kind.collection, ids))
+        found = await entities.found(kind.collection, ids)
+        facts.taken[kind.collection] = _taken(found, context.job_id, facts)
     for collection, ids in _referenced(content).items():
         facts.stored[collection] = await entities.found(collection, ids, context.patient_id)
     facts.service_requests = await entities.found(
         "service_requests", _service_request_refs(content), context.patient_id
     )
     return facts
+
+
+def _taken(found: dict[str, dict[str, Any]], job_id: str, facts: PackageFacts) -> set[str]:
+    """The ids of `found` another job wrote; notes in `facts` whether this job wrote any."""
+    facts.own_writes |= any(document.get("job_id") == job_id for document in found.values())
+    return {entity_id for entity_id, document in found.items() if document.get("job_id") != job_id}
 
 
 class _Report:

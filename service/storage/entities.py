@@ -96,6 +96,12 @@ class EntityStore:
         await self._db["episodes"].replace_one({"_id": episode["_id"]}, episode, upsert=True)
 
     @unavailable_on_outage
+    async def wrote_any(self, kind: EntityKind, job_id: str) -> bool:
+        """Whether job `job_id` wrote an entity of `kind` (served by the `job_id` index)."""
+        found = await self._collection(kind).find_one({"job_id": job_id}, {"_id": 1})
+        return found is not None
+
+    @unavailable_on_outage
     async def remove_written_by(self, job_id: str) -> None:
         for kind in WRITTEN_KINDS:
             await self._collection(kind).delete_many({"job_id": job_id})

@@ -21,9 +21,12 @@ import yaml
 from consumers.consumer import STOP_TIMEOUT_SECONDS
 from consumers.processors import builtin_registry
 from service.api.routes import setup_routes
+from service.bootstrap import Services
 from service.cli.main import build_parser
-from service.config import Settings
+from service.config import SIGNATURE_MODES, Settings
 from service.messaging.broker import Topology
+from service.signatures import CmsSignatureVerifier
+from tests.signing import TestCA
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -147,6 +150,15 @@ def test_compose_commands_and_environment_are_ones_the_service_accepts() -> None
     consumer = services["consumer"]
     metrics_port = consumer["environment"]["METRICS_PORT"]
     assert f":{metrics_port}/metrics" in " ".join(consumer["healthcheck"]["test"])
+    # The consumers say how they read `signed_data`; in `cms` mode, from a CA file mounted
+    # read-only (`decode`, for local use, needs none).
+    environment = {key: str(value) for key, value in consumer["environment"].items()}
+    mode = environment.get("SIGNATURE_MODE")
+    assert mode in SIGNATURE_MODES, "the consumers need SIGNATURE_MODE"
+    if mode == "cms":
+        ca_file = environment["SIGNATURE_CA_FILE"]
+        mounts = [volume.split(":") for volume in consumer.get("volumes", [])]
+        assert [ca_file, "ro"] in [mount[1:] for mount in mounts], consumer.get("volumes")
 
 
 def test_nginx_balances_the_api_replicas_and_outlasts_a_long_poll() -> None:
@@ -178,7 +190,38 @@ def test_dockerfile_is_multi_stage_non_root_with_a_liveness_check() -> None:
 # --- Kubernetes examples ---
 
 
-def test_kubernetes_manifests_match_the_service() -> None:
+def check_signature_ca(
+    config: dict[str, str], secret: dict[str, str], pod: dict[str, Any], tmp_path: Path
+) -> None:
+    """The consumers verify signatures (`cms`) against a CA file that a Secret or ConfigMap
+    mounts read-only where SIGNATURE_CA_FILE says: a consumer of these settings starts."""
+    (container,) = pod["containers"]
+    own = {variable["name"]: variable["value"] for variable in container.get("env", [])}
+    assert set(own) <= settings_variables(), set(own) - settings_variables()
+    environment = {**config, **secret, **own}
+    assert environment.get("SIGNATURE_MODE") == "cms"
+    ca_file = Path(environment["SIGNATURE_CA_FILE"])
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    files: dict[Path, dict] = {}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        source = volume.get("configMap") or volume.get("secret")
+        if source is None:
+            continue
+        assert source.get("optional") is not True  # no CA bundle: the pod does not start
+        for item in source.get("items", []):
+            files[Path(mount["mountPath"]) / item["path"]] = mount
+    assert ca_file in files, f"{ca_file} is not mounted from a Secret or ConfigMap"
+    assert files[ca_file].get("readOnly") is True
+
+    # The same settings with the file as it would be mounted: the consumer can verify.
+    mounted = tmp_path / ca_file.name
+    mounted.write_bytes(TestCA().pem)
+    settings = Settings.from_env({**environment, "SIGNATURE_CA_FILE": str(mounted)})
+    assert isinstance(Services(settings, builtin_registry()).signatures, CmsSignatureVerifier)
+
+
+def test_kubernetes_manifests_match_the_service(tmp_path: Path) -> None:
     documents = k8s_documents()
     by_kind: dict[str, dict[str, dict]] = {}
     for document in documents:
@@ -219,8 +262,10 @@ def test_kubernetes_manifests_match_the_service() -> None:
     for probe in ("readinessProbe", "livenessProbe"):
         assert api[probe]["httpGet"]["path"] in paths
     assert api["ports"][0]["containerPort"] == int(config["HTTP_PORT"])
-    consumer = deployments["medevents-consumer"]["spec"]["template"]["spec"]["containers"][0]
+    consumer_pod = deployments["medevents-consumer"]["spec"]["template"]["spec"]
+    consumer = consumer_pod["containers"][0]
     assert consumer["ports"][0]["containerPort"] == int(config["METRICS_PORT"])
+    check_signature_ca(config, secret, consumer_pod, tmp_path)
 
     service = by_kind["Service"]["medevents-api"]
     api_labels = deployments["medevents-api"]["spec"]["template"]["metadata"]["labels"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from service.cli.demo import DEMO_CLIENT, DEMO_USER
 from service.cli.publish import with_new_ids
 from service.config import Settings
 from service.domain.entities import ALL_ENTITY_KINDS
@@ -48,7 +49,11 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
     }
     prefix = f"test.{uuid.uuid4().hex[:12]}."  # exchanges and queues of its own
     env.update(
-        DATA_DIR=str(tmp_path / ".data"), HTTP_PORT=str(port), LOG_FORMAT="json", AMQP_PREFIX=prefix
+        DATA_DIR=str(tmp_path / ".data"),
+        HTTP_PORT=str(port),
+        LOG_FORMAT="json",
+        AMQP_PREFIX=prefix,
+        SIGNATURE_MODE="decode",  # as `make run`: the examples' packages are unsigned
     )
     medevents = [str(Path(sys.executable).parent / "medevents")]  # the installed console script
     server = subprocess.Popen(
@@ -63,7 +68,16 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
     def mint(*scopes: str) -> str:
         """A token from `medevents token`, as the README has a new user make one."""
         return subprocess.run(
-            [*medevents, "token", "--client-id", "demo-mis", "--scope", " ".join(scopes)],
+            [
+                *medevents,
+                "token",
+                "--client-id",
+                DEMO_CLIENT,
+                "--user-id",
+                DEMO_USER,
+                "--scope",
+                " ".join(scopes),
+            ],
             cwd=tmp_path,
             env=env,
             check=True,
@@ -158,6 +172,7 @@ def test_run_stops_when_its_consumer_cannot_start(tmp_path) -> None:
         HTTP_PORT=str(free_port()),
         LOG_FORMAT="json",
         AMQP_PREFIX=prefix,
+        SIGNATURE_MODE="decode",  # signatures are not what stops it
     )
     try:
         finished = subprocess.run(

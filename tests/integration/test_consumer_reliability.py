@@ -15,24 +15,52 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from consumers.consumer import LAST_DELIVERY, JobConsumer
-from service.domain.entities import ENCOUNTER
+from consumers.processors.package_checks import ENTERED_IN_ERROR, entities_of
+from service.cli.demo import DEMO_CLIENT, write_demo_records
+from service.domain.entities import ALL_ENTITY_KINDS, ENCOUNTER, VISIT
 from service.domain.jobs import JobStatus, new_job_id
 from service.messaging.broker import Topology
 from service.messaging.job_queue import JobQueue
+from service.signatures import encode_unsigned
 from service.storage.embedded import EmbeddedMongo, free_port
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.mongo import open_mongo_client
 from service.storage.patients import PatientStore
+from service.storage.registries import RegistryStore
 from service.usecases.processing import Delivery
 from tests.harness import (
     ACTIVE_PATIENT,
     entity_counts,
     example,
+    examples,
+    package_content,
     package_entity_count,
     wait_for_jobs,
 )
 from tests.integration.conftest import make_processor
+
+
+async def write_records(db) -> None:
+    """What the examples refer to: the patients, the demo MIS's registry records, its episode."""
+    await write_demo_records(PatientStore(db), RegistryStore(db), EntityStore(db))
+
+
+def with_content(submission: dict, content: dict) -> dict:
+    """The submission with `content` as its (unsigned) package."""
+    return {**submission, "data": {**submission["data"], "signed_data": encode_unsigned(content)}}
+
+
+def marked_entity_count(cancel: dict) -> dict[str, int]:
+    """How many entities of each collection a cancel marks `entered_in_error`."""
+    content = package_content(cancel)
+    return {
+        kind.collection: sum(
+            entity.get(kind.status_field) == ENTERED_IN_ERROR
+            for entity in entities_of(content, kind)
+        )
+        for kind in ALL_ENTITY_KINDS
+    }
 
 
 async def wait_for_count(db, finished: int) -> None:
@@ -50,7 +78,7 @@ async def consumer_on_its_own_mongodb(settings, tmp_path):
     url = server.start()
     client = AsyncMongoClient(url, tz_aware=True)
     db = client[settings.mongodb_db]
-    await PatientStore(db).put(ACTIVE_PATIENT, "active")
+    await write_records(db)
     consumer_client = open_mongo_client(settings.with_changes(mongodb_timeout_ms=300), url)
     consumer_db = consumer_client[settings.mongodb_db]
     consumer = JobConsumer(
@@ -74,7 +102,7 @@ class SimulatedCrash(BaseException):
 
 WRITES = {
     JobStore: ("create_pending", "finish", "record_failed_attempt"),
-    EntityStore: ("insert", "remove_written_by", "cancel_encounter"),
+    EntityStore: ("insert", "remove_written_by", "mark_entered_in_error", "set_fields"),
 }
 
 
@@ -107,7 +135,7 @@ def crash_at(processor, write_number: int, mode: str) -> list[str]:
 async def fresh_db(mongodb_url: str):
     client = AsyncMongoClient(mongodb_url, tz_aware=True)
     db = client[f"test_crash_{uuid.uuid4().hex[:12]}"]
-    await PatientStore(db).put(ACTIVE_PATIENT, "active")
+    await write_records(db)
     await EntityStore(db).ensure_indexes()
     return client, db
 
@@ -149,17 +177,18 @@ async def test_a_crash_between_any_two_writes_ends_as_one_delivery(mongodb_url, 
         job = await db["jobs"].find_one({"_id": delivery.job_id})
         assert job["status"] == JobStatus.PROCESSED, (write_number, job)
         assert await entity_counts(db) == package_entity_count(submission), write_number
+        assert await db[VISIT.collection].count_documents({}) == 1, write_number
         links = {link["href"] for link in job["response"]}
         assert len(links) == sum(package_entity_count(submission).values())
         crash_points += crashed
-    assert crash_points >= 12  # job, 11 entity kinds, finish: every one was a crash point
+    # The job, the encounter, its visit, 10 other entity kinds, finish: each a crash point.
+    assert crash_points >= 14
 
 
 @pytest.mark.faults
 async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
-    submission = example("encounter_package")
-    cancel = example("cancel_encounter_package", new_ids=False)
-    cancel["data"]["encounter_id"] = submission["data"]["encounter"]["id"]
+    submission, cancel = examples("encounter_package", "cancel_encounter_package")
+    encounter = package_content(cancel)["encounter"]
     create = Delivery(new_job_id(), orjson.dumps(submission))
     cancelling = Delivery(new_job_id(), orjson.dumps(cancel))
     async for write_number, db, _ in process_with_crashes(
@@ -167,23 +196,87 @@ async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
     ):
         job = await db["jobs"].find_one({"_id": cancelling.job_id})
         assert job["status"] == JobStatus.PROCESSED, (write_number, job)
-        for kind_collection, count in package_entity_count(submission).items():
+        for kind_collection, count in marked_entity_count(cancel).items():
             cancelled = await db[kind_collection].count_documents(
                 {"cancelled_by_job": cancelling.job_id}
             )
             assert cancelled == count, (write_number, kind_collection)
+        stored = await db[ENCOUNTER.collection].find_one({"_id": encounter["id"]})
+        assert stored["cancellation_reason"] == encounter["cancellation_reason"], write_number
+
+
+def another_package_in_between(processor, db, other: Delivery, raced: list[bool]) -> None:
+    """Another consumer processes `other` between this processor's checks and its first
+    write (once for all the processors sharing `raced`): an id the checks found free is
+    taken by the time this package writes it."""
+    original = processor.entities.insert
+
+    async def insert(*args, **kwargs):
+        if not raced:
+            raced.append(True)
+            await make_processor(db).process(other)
+        return await original(*args, **kwargs)
+
+    processor.entities.insert = insert
 
 
 @pytest.mark.faults
 async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url):
+    """Another package takes one of this package's ids after this one's checks: the conflict
+    is found as it writes (a 422 at that id), and nothing of it stays, whichever write it
+    crashed after and however often it was redelivered."""
     first = example("encounter_package")
     second = example("encounter_package")
-    second["data"]["procedures"][0]["id"] = first["data"]["procedures"][0]["id"]
-    deliveries = [Delivery(new_job_id(), orjson.dumps(s)) for s in (first, second)]
-    async for write_number, db, _ in process_with_crashes(mongodb_url, deliveries, "after"):
-        job = await db["jobs"].find_one({"_id": deliveries[1].job_id})
-        assert job["status_code"] == 409, write_number
-        assert await entity_counts(db) == package_entity_count(first), write_number
+    content = package_content(second)
+    taken_id = package_content(first)["procedures"][0]["id"]
+    content["procedures"][0]["id"] = taken_id
+    second = with_content(second, content)
+    taking = Delivery(new_job_id(), orjson.dumps(first))
+    conflicting = Delivery(new_job_id(), orjson.dumps(second))
+    write_number = 1
+    while True:
+        client, db = await fresh_db(mongodb_url)
+        try:
+            raced: list[bool] = []
+            processor = make_processor(db, retry_delay=0)
+            another_package_in_between(processor, db, taking, raced)
+            crash_at(processor, write_number, "after")
+            crashed = False
+            try:
+                await processor.process(conflicting)
+            except SimulatedCrash:
+                crashed = True
+            for _ in range(2):  # the broker redelivers
+                redelivered = make_processor(db)
+                another_package_in_between(redelivered, db, taking, raced)
+                await redelivered.process(conflicting)
+
+            job = await db["jobs"].find_one({"_id": conflicting.job_id})
+            assert (job["status"], job["status_code"]) == (JobStatus.FAILED, 422), write_number
+            assert job["error"]["invalid"] == [
+                {
+                    "entry": "$.procedures[0].id",
+                    "entry_type": "json_data_property",
+                    "rules": [
+                        {
+                            "rule": "invalid",
+                            "description": f"Procedure with id '{taken_id}' already exists",
+                            "params": [],
+                        }
+                    ],
+                }
+            ], write_number
+            assert await entity_counts(db) == package_entity_count(first), write_number
+            assert await db[VISIT.collection].count_documents({}) == 1, write_number
+        finally:
+            await client.drop_database(db.name)
+            await client.close()
+        if not crashed:
+            break
+        write_number += 1
+    # It crashed after each write: the job, 12 inserts (the last one finding the id taken),
+    # the removal of what was written, the finish.
+    assert write_number >= 16
 
 
 async def test_the_same_message_delivered_twice_is_processed_once(
@@ -237,11 +330,12 @@ async def test_poison_messages_mixed_into_valid_traffic(
         assert job["error"]["type"] == "validation_failed"
     entries = {name: jobs[poison_ids[name]]["error"]["invalid"][0] for name in poison}
     assert entries["not json"]["entry"] == "$" and entries["not json"]["rules"][0]["rule"] == "json"
-    assert entries["an array"]["rules"][0]["rule"] == "type"
+    assert entries["an array"]["rules"][0]["rule"] == "cast"
+    assert entries["an array"]["rules"][0]["params"] == ["object"]
     assert entries["5 MB"]["rules"][0]["rule"] == "length"
     assert entries["unknown type"]["entry"] == "$.type"
     assert entries["unknown type"]["rules"][0]["rule"] == "inclusion"
-    assert jobs[poison_ids["unknown type"]]["client_id"] == "demo-mis"
+    assert jobs[poison_ids["unknown type"]]["client_id"] == DEMO_CLIENT
 
     dead = await raw_publisher.dead_letters(expected=2)
     assert sorted(message.body for message in dead) == [b"garbage", b"garbage"]
@@ -331,7 +425,8 @@ async def test_a_message_reusing_another_submissions_job_id_is_dead_lettered(
     dead = await raw_publisher.dead_letters(expected=1)
     assert [orjson.loads(message.body) for message in dead] == [other]
     assert await db["jobs"].find_one({"_id": job_id}) == before
-    assert await db["encounters"].find_one({"_id": other["data"]["encounter"]["id"]}) is None
+    other_encounter = package_content(other)["encounter"]["id"]
+    assert await db["encounters"].find_one({"_id": other_encounter}) is None
     reasons = [e["reason"] for e in captured_logs.events("message_dead_lettered")]
     assert reasons == ["job id taken by another submission"]
 
@@ -406,14 +501,12 @@ async def test_a_message_failing_outside_the_job_ends_it_500_at_its_last_deliver
 async def test_a_cancel_waits_for_its_package_to_be_written(mongodb_url):
     client, db = await fresh_db(mongodb_url)
     try:
-        submission = example("encounter_package")
+        submission, cancel = examples("encounter_package", "cancel_encounter_package")
         create = Delivery(new_job_id(), orjson.dumps(submission))
         processor = make_processor(db)
-        crash_at(processor, 3, "after")  # the job, then the encounter: children still to come
+        crash_at(processor, 3, "after")  # the job, the encounter, its visit: the rest to come
         with pytest.raises(SimulatedCrash):
             await processor.process(create)
-        cancel = example("cancel_encounter_package", new_ids=False)
-        cancel["data"]["encounter_id"] = submission["data"]["encounter"]["id"]
         cancelled = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
         assert cancelled["status_code"] == 409
         assert cancelled["error"]["message"] == "The encounter's package is still being processed"
@@ -421,7 +514,7 @@ async def test_a_cancel_waits_for_its_package_to_be_written(mongodb_url):
         await make_processor(db).process(create)  # the redelivery completes the package
         again = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
         assert again["status"] == JobStatus.PROCESSED
-        assert len(again["response"]) == sum(package_entity_count(submission).values())
+        assert len(again["response"]) == sum(marked_entity_count(cancel).values())
     finally:
         await client.drop_database(db.name)
         await client.close()
@@ -430,28 +523,31 @@ async def test_a_cancel_waits_for_its_package_to_be_written(mongodb_url):
 async def test_a_cancel_completes_one_that_failed_half_way(mongodb_url):
     client, db = await fresh_db(mongodb_url)
     try:
-        submission = example("encounter_package")
+        submission, cancel = examples("encounter_package", "cancel_encounter_package")
         await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(submission)))
-        cancel = example("cancel_encounter_package", new_ids=False)
-        cancel["data"]["encounter_id"] = submission["data"]["encounter"]["id"]
         first = Delivery(new_job_id(), orjson.dumps(cancel))
         processor = make_processor(db)
         calls = 0
-        original = processor.entities.cancel_encounter
+        original = processor.entities.mark_entered_in_error
 
-        async def half_then_bug(*args, **kwargs):
+        async def half_then_bug(patient_id, job_id, marks, **kwargs):
             nonlocal calls
             calls += 1
-            await original(*args, **kwargs)
-            raise RuntimeError("a bug after the encounter was marked")
+            await original(patient_id, job_id, marks[: len(marks) // 2], **kwargs)
+            raise RuntimeError("a bug after half the entities were marked")
 
-        processor.entities.cancel_encounter = half_then_bug
+        processor.entities.mark_entered_in_error = half_then_bug
         failed = await make_processor_with(processor).process(first)
         assert failed["status_code"] == 500 and calls == 3
+        half_marked = [
+            await db[collection].count_documents({"cancelled_by_job": first.job_id})
+            for collection in marked_entity_count(cancel)
+        ]
+        assert sum(half_marked) == sum(marked_entity_count(cancel).values()) // 2
 
         second = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
         assert second["status"] == JobStatus.PROCESSED
-        for collection, count in package_entity_count(submission).items():
+        for collection, count in marked_entity_count(cancel).items():
             marked = await db[collection].count_documents({"cancelled_by_job": second["_id"]})
             assert marked == count, collection
     finally:
@@ -472,7 +568,7 @@ async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
     from tests.conftest import bearer
     from tests.integration.conftest import app_for
 
-    write = bearer(client_id="demo-mis", scopes=("job:read", "encounter:write"))
+    write = bearer(client_id=DEMO_CLIENT, scopes=("job:read", "encounter:write"))
     async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, _):
         api = await aiohttp_client(
             app_for(settings.with_changes(mongodb_url=server.url, mongodb_timeout_ms=300))

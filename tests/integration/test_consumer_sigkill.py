@@ -26,7 +26,12 @@ VALID, UNKNOWN_PATIENT, INVALID = 440, 30, 30
 def start_consumer_process(settings, log_file: Path) -> subprocess.Popen:
     with log_file.open("ab") as output:
         return start_medevents(
-            "consumer", settings, log_file.parent / "data", output, CONSUMER_PREFETCH="16"
+            "consumer",
+            settings,
+            log_file.parent / "data",
+            output,
+            CONSUMER_PREFETCH="16",
+            SIGNATURE_MODE="decode",  # the examples' packages are unsigned
         )
 
 

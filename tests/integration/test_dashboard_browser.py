@@ -51,6 +51,17 @@ async def submit(http: aiohttp.ClientSession, base: str, patient: str, data: dic
         return (await response.json())["data"]["links"][0]["href"].rsplit("/", 1)[-1]
 
 
+async def refused(http: aiohttp.ClientSession, base: str, patient: str, data: dict) -> dict:
+    """A submission the API answers at once, without a job: its error envelope."""
+    token = mint_token(TEST_SECRET, DEMO_CLIENT, ["job:read", "encounter:write"], "u", 600)
+    async with http.post(
+        f"{base}/api/patients/{patient}/encounter_package",
+        json=data,
+        headers={"Authorization": f"Bearer {token}"},
+    ) as response:
+        return {"status": response.status, **await response.json()}
+
+
 async def finished(http: aiohttp.ClientSession, base: str, job_id: str) -> dict:
     token = mint_token(TEST_SECRET, DEMO_CLIENT, ["job:read"], "u", 600)
     headers = {"Authorization": f"Bearer {token}"}
@@ -99,7 +110,13 @@ async def test_an_operator_watches_jobs_finish_and_replays_dead_letters(
     base = f"http://127.0.0.1:{port}"
     with (tmp_path / "service.log").open("ab") as output:
         service = start_medevents(
-            "run", settings, tmp_path / "data", output, JWT_SECRET=TEST_SECRET, HTTP_PORT=str(port)
+            "run",
+            settings,
+            tmp_path / "data",
+            output,
+            JWT_SECRET=TEST_SECRET,
+            HTTP_PORT=str(port),
+            SIGNATURE_MODE="decode",  # the examples' packages are unsigned
         )
     try:
         await wait_up(f"{base}/health/ready")
@@ -132,12 +149,14 @@ async def test_an_operator_watches_jobs_finish_and_replays_dead_letters(
                 )
                 invalid_data = example("failed_422_invalid_package", new_ids=False)["data"]
                 invalid = await submit(http, base, ACTIVE_PATIENT, invalid_data)
-                unknown = await submit(
-                    http,
-                    base,
-                    "00000000-0000-4000-8000-000000000000",
-                    example("encounter_package")["data"],
+                # An unknown patient: over HTTP, refused at once; from a producer, a 404 job.
+                unknown_patient = example("failed_404_unknown_patient")
+                answer = await refused(
+                    http, base, unknown_patient["patient_id"], unknown_patient["data"]
                 )
+                assert answer["status"] == 404 and answer["error"]["type"] == "not_found"
+                unknown = new_job_id()
+                await raw_publisher.publish(unknown_patient, message_id=unknown)
                 outcomes = {
                     job: await finished(http, base, job) for job in (valid, invalid, unknown)
                 }
@@ -194,7 +213,7 @@ async def test_an_operator_watches_jobs_finish_and_replays_dead_letters(
             # The page never shows the token, nor a package's contents.
             html = await page.content()
             assert operator not in html and reader not in html
-            assert "Ambulatory visit" not in html and "eHealth/ICPC2/reasons" not in html
+            assert "Cashew nuts" not in html and "eHealth/ICPC2/reasons" not in html
             assert errors == []
             await browser.close()
     finally:

@@ -65,7 +65,12 @@ async def test_two_apis_and_three_consumers_process_each_job_exactly_once(
         with log.open("ab") as output:
             consumers.append(
                 start_medevents(
-                    "consumer", settings, tmp_path / "data", output, CONSUMER_PREFETCH="8"
+                    "consumer",
+                    settings,
+                    tmp_path / "data",
+                    output,
+                    CONSUMER_PREFETCH="8",
+                    SIGNATURE_MODE="decode",  # the examples' packages are unsigned
                 )
             )
     try:

@@ -61,7 +61,14 @@ async def test_processes_wait_for_servers_that_come_up_after_them(settings, db, 
             **unreachable,
         )
     with consumer_log.open("ab") as output:
-        consumer = start_medevents("consumer", settings, tmp_path / "data", output, **unreachable)
+        consumer = start_medevents(
+            "consumer",
+            settings,
+            tmp_path / "data",
+            output,
+            SIGNATURE_MODE="decode",  # the example's package is unsigned
+            **unreachable,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         # Both say why they wait, and the consumer backs off.

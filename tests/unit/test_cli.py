@@ -1,4 +1,5 @@
-"""`medevents token` and the development secret it signs with; a bad configuration named."""
+"""`medevents token` and the development secret it signs with; a bad configuration named,
+and a consumer that could verify no signature refused."""
 
 from __future__ import annotations
 
@@ -48,6 +49,24 @@ def test_a_bad_configuration_is_a_clear_error(monkeypatch, capsys) -> None:
     monkeypatch.setenv("HTTP_PORT", "eighty")
     assert main(["token", "--client-id", "c"]) == 2
     assert "HTTP_PORT must be an integer" in capsys.readouterr().err
+
+
+def test_a_ca_file_that_is_not_there_is_a_clear_error(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SIGNATURE_CA_FILE", str(tmp_path / "ca.pem"))
+    assert main(["token", "--client-id", "c"]) == 2
+    assert "SIGNATURE_CA_FILE: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("command", ["consumer", "run"])
+def test_a_consumer_without_ca_certificates_does_not_start(command, monkeypatch, capsys) -> None:
+    """SIGNATURE_MODE is `cms` unless told otherwise: a consumer that could verify no signature
+    stops before it connects to anything."""
+    monkeypatch.delenv("SIGNATURE_MODE", raising=False)
+    monkeypatch.delenv("SIGNATURE_CA_FILE", raising=False)
+    monkeypatch.setenv("MONGODB_URL", "mongodb://127.0.0.1:1/")  # never reached
+    assert main([command]) == 2
+    assert "SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE" in capsys.readouterr().err
 
 
 def _secret_in(data_dir: str) -> str:

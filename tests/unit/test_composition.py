@@ -15,11 +15,13 @@ from schemas.jobs import JOB_RESPONSE_FIELDS, dump_job_data, fields_read_by
 from service.api.openapi import build_openapi
 from service.api.routes import setup_routes
 from service.bootstrap import Services
-from service.config import Settings
+from service.config import ConfigError, Settings
 from service.domain.jobs import JobOutcome, JobStatus, Link, NewJob, cap_error
 from service.domain.principal import Principal, ScopeDenied
+from service.signatures import Base64JsonDecoder, CmsSignatureVerifier, encode_unsigned
 from service.usecases.job_types import HttpSubmission, JobType, JobTypeRegistry
 from tests.note_job_type import NOTE, NoteSchema, write_note
+from tests.signing import TestCA
 
 NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
 
@@ -45,7 +47,7 @@ OUTCOMES = {
     "pending": None,
     "processed": JobOutcome.processed([Link("encounter", "/api/patients/p/encounters/e")]),
     "failed_404": JobOutcome.failed(404, "not_found", "Patient not found"),
-    "failed_409": JobOutcome.failed(409, "request_conflict", "Patient is not active"),
+    "failed_409": JobOutcome.failed(409, "request_conflict", "Person is not active"),
     "failed_422": JobOutcome.validation_failed(
         [{"entry_type": "json_data_property", "entry": "$.x", "rules": []}]
     ),
@@ -173,6 +175,26 @@ async def test_services_build_nothing_until_asked_and_close_in_reverse_order() -
 
     with pytest.raises(RuntimeError, match="mongodb_url is unset"):
         _ = services.jobs  # the embedded server is the CLI's to start
+
+
+async def test_signed_data_is_read_as_signature_mode_says(tmp_path) -> None:
+    """The bootstrap builds the signatures adapter of SIGNATURE_MODE: `decode` only decodes,
+    `cms` verifies against SIGNATURE_CA_FILE and cannot be built without it."""
+    base = Settings(jwt_secret="x" * 40)
+    decoding = Services(base.with_changes(signature_mode="decode"), builtin_registry())
+    assert isinstance(decoding.signatures, Base64JsonDecoder)
+    signed = decoding.signatures.decode(encode_unsigned({"encounter": {"id": "e"}}))
+    assert (signed.content, signed.signer) == ({"encounter": {"id": "e"}}, None)
+
+    with pytest.raises(ConfigError, match="SIGNATURE_MODE=cms needs SIGNATURE_CA_FILE"):
+        _ = Services(base, builtin_registry()).signatures
+
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(TestCA().pem)
+    verifying = Services(base.with_changes(signature_ca_file=ca_file), builtin_registry())
+    assert isinstance(verifying.signatures, CmsSignatureVerifier)
+    for services in (decoding, verifying):
+        await services.aclose()
 
 
 def test_the_scope_check_names_what_is_missing() -> None:

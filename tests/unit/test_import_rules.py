@@ -42,6 +42,7 @@ def test_the_code_keeps_every_rule(tree: Path) -> None:
     status, output = lint_imports(tree)
     assert status == 0, output
     assert "0 broken" in output
+    assert "Signatures are verified without a database, a broker or HTTP KEPT" in output
 
 
 def test_a_cycle_of_lazy_imports_breaks_the_build(tree: Path) -> None:
@@ -61,3 +62,27 @@ def test_a_use_case_importing_the_http_api_breaks_the_build(tree: Path) -> None:
     assert "service.usecases is not allowed to import service.api" in output
     assert "service.usecases is not allowed to import aiohttp" in output
     assert "consumers is not allowed to import aiohttp" in output
+
+
+def test_signatures_importing_storage_breaks_the_build(tree: Path) -> None:
+    """`service.signatures` is an adapter beside storage and messaging: neither uses it, nor
+    it them, and it never reaches a database."""
+    add_lazy_import(
+        tree / "service/signatures.py", "from service.storage.entities import EntityStore"
+    )
+    status, output = lint_imports(tree)
+    assert status == 1
+    assert "service.signatures is not allowed to import service.storage" in output
+    assert "service.signatures is not allowed to import pymongo" in output
+
+
+def test_the_domain_importing_signatures_breaks_the_build(tree: Path) -> None:
+    """Signature verification is I/O-free but not pure: the domain stays below it, and never
+    loads `cryptography`."""
+    add_lazy_import(
+        tree / "service/domain/jobs.py", "from service.signatures import decode_unsigned"
+    )
+    status, output = lint_imports(tree)
+    assert status == 1
+    assert "service.domain is not allowed to import service.signatures" in output
+    assert "service.domain is not allowed to import cryptography" in output

@@ -10,6 +10,7 @@ import pytest
 from schemas.envelope import UtcDateTime
 from service.config import ConfigError, Settings
 from service.domain.jobs import MAX_ERROR_BYTES, cap_error, is_valid_job_id, new_job_id
+from tests.signing import TestCA
 
 
 def test_defaults_work_for_local_use() -> None:
@@ -19,9 +20,13 @@ def test_defaults_work_for_local_use() -> None:
     assert settings.amqp_url == "amqp://guest:guest@127.0.0.1:5672/"
     assert settings.auth_mode == "jwt"
     assert settings.job_ttl_days == 7
+    # Signatures are verified unless told otherwise (a consumer then needs SIGNATURE_CA_FILE).
+    assert (settings.signature_mode, settings.signature_ca_file) == ("cms", None)
 
 
-def test_every_variable_is_read() -> None:
+def test_every_variable_is_read(tmp_path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(TestCA().pem + TestCA("Another CA").pem)
     settings = Settings.from_env(
         {
             "MONGODB_URL": "mongodb://db:27017/?replicaSet=rs0",
@@ -42,6 +47,8 @@ def test_every_variable_is_read() -> None:
             "METRICS_PORT": "9999",
             "MAX_REQUEST_BYTES": "2048",
             "DATA_DIR": "/var/lib/medevents",
+            "SIGNATURE_MODE": "DECODE",
+            "SIGNATURE_CA_FILE": str(ca_file),
         }
     )
     assert settings.mongodb_url == "mongodb://db:27017/?replicaSet=rs0"
@@ -56,6 +63,7 @@ def test_every_variable_is_read() -> None:
     assert settings.metrics_port == 9999
     assert settings.max_request_bytes == 2048
     assert str(settings.data_dir) == "/var/lib/medevents"
+    assert (settings.signature_mode, settings.signature_ca_file) == ("decode", ca_file)
 
 
 @pytest.mark.parametrize(
@@ -73,6 +81,9 @@ def test_every_variable_is_read() -> None:
         ({"JWT_PUBLIC_KEY": __file__}, "not a PEM public key"),
         ({"MONGODB_URL": "notaurl"}, "MONGODB_URL must start with mongodb://"),
         ({"AMQP_URL": "http://mq"}, "AMQP_URL must start with amqp://"),
+        ({"SIGNATURE_MODE": "pkcs7"}, "SIGNATURE_MODE must be one of cms, decode"),
+        ({"SIGNATURE_CA_FILE": "/no/such/ca.pem"}, "SIGNATURE_CA_FILE: no such file"),
+        ({"SIGNATURE_CA_FILE": __file__}, "SIGNATURE_CA_FILE: no PEM certificates"),
     ],
 )
 def test_bad_values_are_named(env, message) -> None:
@@ -149,3 +160,21 @@ def test_a_public_key_on_another_curve_is_refused(tmp_path) -> None:
     )
     with pytest.raises(ConfigError, match="P-256"):
         Settings.from_env({"JWT_PUBLIC_KEY": str(path)})
+
+
+def test_a_ca_file_without_certificates_is_refused(tmp_path) -> None:
+    """A PEM file, but of a key: SIGNATURE_CA_FILE must hold CA certificates."""
+    from cryptography.hazmat.primitives import serialization
+
+    path = tmp_path / "key.pem"
+    path.write_bytes(
+        TestCA()
+        .key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    with pytest.raises(ConfigError, match="SIGNATURE_CA_FILE: no PEM certificates"):
+        Settings.from_env({"SIGNATURE_MODE": "cms", "SIGNATURE_CA_FILE": str(path)})
+    directory = tmp_path / "a-directory"
+    directory.mkdir()
+    with pytest.raises(ConfigError, match="SIGNATURE_CA_FILE"):
+        Settings.from_env({"SIGNATURE_CA_FILE": str(directory)})
