@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -68,3 +69,15 @@ def new_job(client_id: str = CLIENT_ID, **overrides) -> NewJob:
     }
     values.update(overrides)
     return NewJob(**values)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many packages the property-based test generated, of each kind of mutation."""
+    module = sys.modules.get("tests.unit.test_package_content_properties")
+    cases = getattr(module, "CASES", None)
+    if cases:
+        terminalreporter.write_sep("-", "generated package contents, by what each broke")
+        terminalreporter.write_line(
+            ", ".join(f"{kind}: {count}" for kind, count in sorted(cases.items()))
+            + f" (total {sum(cases.values())})"
+        )

@@ -584,13 +584,8 @@ MUTATIONS = {
     "length": out_of_length,
     "number": out_of_range,
 }
+# Cases generated per kind; the suite's summary prints them (tests/conftest.py).
 CASES: Counter[str] = Counter()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report_counts() -> Iterator[None]:
-    yield
-    print(f"\npackage content cases by kind: {dict(sorted(CASES.items()))}")
 
 
 def entries_of(package: dict[str, Any]) -> list[dict[str, Any]]:
