@@ -33,8 +33,9 @@ from service.api.app import create_app
 from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
 from service.cli.demo import (
-    ACTIVE_PATIENT,
     DEMO_CLIENT,
+    DEMO_DOCTOR,
+    DEMO_EPISODE,
     DEMO_PATIENTS,
     DEMO_USER,
     write_demo_records,
@@ -176,7 +177,7 @@ medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
   poll:    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/jobs/JOB_ID?wait=30"
   operate: {api}/dashboard with .venv/bin/medevents token --client-id ops --scope jobs:admin
   demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}
-  demo episode of {ACTIVE_PATIENT}: see service/cli/demo.py
+  demo MIS: legal entity {DEMO_CLIENT}, doctor {DEMO_DOCTOR}, episode {DEMO_EPISODE}
 """
 
 
