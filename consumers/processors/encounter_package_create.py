@@ -24,8 +24,8 @@ from consumers.processors.package_checks import (
 from schemas.encounter_package import PackageCreateRequestSchema
 from schemas.one_of import PACKAGE_ONE_OF, check_one_of
 from schemas.package_content import PACKAGE_CREATE_CONTENT
-from schemas.rules import invalid
-from schemas.validation import single_entry
+from schemas.rules import Rule, invalid
+from schemas.validation import invalid_entry
 from service.domain.clock import utcnow
 from service.domain.entities import (
     ENCOUNTER,
@@ -98,9 +98,11 @@ async def _write(
     visit: dict[str, Any] | None,
     signer: Signer | None,
 ) -> None:
-    """The encounter first: it is the package's root, so two packages for one encounter
-    conflict there, before either wrote anything else. An id taken since the checks (another
-    package, in between) leaves nothing of this one written."""
+    """Every document of the package, each with this job's id; a delivery again after a crash
+    finds its own and goes on. Ids another job wrote are the original's 422 ("... already
+    exists"), all of them at once, and nothing of this package stays. The encounter first: it
+    is the package's root, so two packages for one encounter conflict there, before either
+    wrote anything else."""
     patient_id, job = context.patient_id, context.job
     encounter = content["encounter"]
 
@@ -114,23 +116,27 @@ async def _write(
     for kind in ENCOUNTER_ENTITY_KINDS:
         entities = entities_of(content, kind)
         written.append((kind, [document(e, encounter_id=encounter["id"]) for e in entities]))
+    taken: list[dict[str, Any]] = []
     for kind, documents in written:
-        if taken := await context.entities.insert(kind, documents, context.job_id):
-            await context.entities.remove_written_by(context.job_id)
-            path, description = _taken(content, kind, taken[0])
-            raise JobFailed(JobOutcome.validation_failed(single_entry(path, invalid(description))))
+        taken.extend(
+            invalid_entry(*_taken(content, kind, entity_id))
+            for entity_id in await context.entities.insert(kind, documents, context.job_id)
+        )
+        if taken and kind is ENCOUNTER:
+            break  # another package's encounter: nothing of this one is written
+    if taken:
+        await context.entities.remove_written_by(context.job_id)
+        raise JobFailed(JobOutcome.validation_failed(taken))
 
 
-def _taken(
-    content: dict[str, Any], kind: EntityKind, entity_id: str
-) -> tuple[list[str | int], str]:
+def _taken(content: dict[str, Any], kind: EntityKind, entity_id: str) -> tuple[list, Rule]:
     """Where an id taken by another job is, and the original's words for it."""
     if kind is VISIT:
-        return ["visit", "id"], "Visit with such id already exists"
+        return ["visit", "id"], invalid("Visit with such id already exists")
     if kind is ENCOUNTER:
-        return ["encounter", "id"], "Encounter with such id already exists"
+        return ["encounter", "id"], invalid("Encounter with such id already exists")
     ids = [entity["id"] for entity in entities_of(content, kind)]
-    return [kind.package_key, ids.index(entity_id), "id"], (
+    return [kind.package_key, ids.index(entity_id), "id"], invalid(
         f"{kind.title} with id '{entity_id}' already exists"
     )
 

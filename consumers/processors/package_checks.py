@@ -5,10 +5,12 @@ the validators under `apps/core/lib/core/validators/`).
 
 Two steps, so that the rules themselves are pure and tested without a database:
 `gather_facts` reads, in a few queries, every record the package refers to (employees, the
-division, the episode, the visit, stored entities, service requests) and which of its ids
-exist already; `check_package` applies the rules to the package and those facts and returns
-every broken one as an `invalid` entry (rule `invalid`, or `required`), all at once.
-The signer's checks (409) are `check_signer`.
+division, the episode, the visit, stored entities, service requests); `check_package` applies
+the rules to the package and those facts and returns every broken one as an `invalid` entry
+(rule `invalid`, or `required`), all at once. The signer's checks (409) are
+`signer_conflict`. Ids that exist already are found by the writes themselves
+(`encounter_package_create`): a duplicate key costs nothing more, where looking first would
+cost a query per kind on every package.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from service.domain.entities import (
     ENCOUNTER_ENTITY_KINDS,
     IMMUNIZATION,
     OBSERVATION,
-    VISIT,
     EntityKind,
 )
 from service.signatures import Signer
@@ -100,12 +101,6 @@ class PackageFacts:
     legal_entities: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The visit the encounter refers to, when it is not the package's own.
     stored_visit: dict[str, Any] | None = None
-    visit_exists: bool = False
-    # Ids of the package that another job wrote already, per collection.
-    taken: dict[str, set[str]] = field(default_factory=dict)
-    # Whether this job wrote some of the package already (a delivery again after a crash):
-    # those writes are its own, not taken ids.
-    own_writes: bool = False
     # Stored entities of the patient the package refers to, per collection.
     stored: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     service_requests: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -123,7 +118,8 @@ def _employee_refs(content: dict[str, Any]) -> set[str]:
 
 
 def _referenced(content: dict[str, Any]) -> dict[str, set[str]]:
-    """The stored entities of the patient a package may refer to, per collection."""
+    """The stored entities of the patient a package may refer to, per collection: what it
+    refers to and does not hold itself."""
     wanted: dict[str, set[str]] = {
         "conditions": set(),
         "observations": set(),
@@ -142,7 +138,10 @@ def _referenced(content: dict[str, Any]) -> dict[str, set[str]]:
             wanted["observations"].update(ref(d) for d in evidence.get("details") or [])
     for observation in content.get("observations") or []:
         wanted["immunizations"].add(ref(observation.get("reaction_on")))
-    return {key: {v for v in values if v} for key, values in wanted.items()}
+    return {
+        key: {v for v in values if v} - {e.get("id") for e in content.get(key) or []}
+        for key, values in wanted.items()
+    }
 
 
 def _service_request_refs(content: dict[str, Any]) -> set[str]:
@@ -179,25 +178,12 @@ async def gather_facts(
         facts.stored_visit = (await entities.found("visits", [visit_ref], context.patient_id)).get(
             visit_ref
         )
-    if visit is not None:
-        found = await entities.found(VISIT.collection, [visit["id"]])
-        facts.visit_exists = _taken(found, context.job_id, facts) != set()
-    for kind in (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS):
-        ids = [e["id"] for e in entities_of(content, kind) if isinstance(e.get("id"), str)]
-        found = await entities.found(kind.collection, ids)
-        facts.taken[kind.collection] = _taken(found, context.job_id, facts)
     for collection, ids in _referenced(content).items():
         facts.stored[collection] = await entities.found(collection, ids, context.patient_id)
     facts.service_requests = await entities.found(
         "service_requests", _service_request_refs(content), context.patient_id
     )
     return facts
-
-
-def _taken(found: dict[str, dict[str, Any]], job_id: str, facts: PackageFacts) -> set[str]:
-    """The ids of `found` another job wrote; notes in `facts` whether this job wrote any."""
-    facts.own_writes |= any(document.get("job_id") == job_id for document in found.values())
-    return {entity_id for entity_id, document in found.items() if document.get("job_id") != job_id}
 
 
 class _Report:
@@ -244,8 +230,6 @@ def _check_visit(
         report.add(
             ["visit", "period", "end"], "End date must be greater than or equal the start date"
         )
-    if facts.visit_exists:
-        report.add(["visit", "id"], "Visit with such id already exists")
 
 
 def _check_doctor(
@@ -290,8 +274,6 @@ def _check_encounter(
 ) -> None:
     encounter = content["encounter"]
     at: Path = ["encounter"]
-    if facts.taken.get(ENCOUNTER.collection):
-        report.add([*at, "id"], "Encounter with such id already exists")
     _check_doctor(
         report, [*at, "performer", *_VALUE], ref(encounter["performer"]) or "", facts, client_id
     )
@@ -380,11 +362,8 @@ def _check_entities(
     ids = [entity["id"] for entity in entities]
     if len(set(ids)) != len(ids):
         report.add([key], "All primary keys must be unique")
-    taken = facts.taken.get(kind.collection, set())
     for index, entity in enumerate(entities):
         at: Path = [key, index]
-        if entity["id"] in taken:
-            report.add([*at, "id"], f"{kind.title} with id '{entity['id']}' already exists")
         context_field = "encounter" if kind is DIAGNOSTIC_REPORT else "context"
         if ref(entity.get(context_field)) != encounter_id:
             report.add(

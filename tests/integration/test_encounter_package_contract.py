@@ -13,7 +13,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.domain.jobs import VALIDATION_FAILED_MESSAGE, new_job_id
-from service.signatures import CmsSignatureVerifier
+from service.signatures import CmsSignatureVerifier, encode_unsigned
 from tests.conftest import bearer
 from tests.harness import example, examples, package_content, poll
 from tests.signing import TestCA
@@ -162,10 +162,43 @@ async def test_an_encounter_sent_twice_is_the_original_422(api, start_consumer) 
         "id": "7d0c2a1e-4b3f-4e5d-8c6b-9a0f1e2d3c4b",
     }
     _, polled = await poll(api, await _posted_submission(api, again), READ)
+    # The encounter is the package's root: the rest is not even tried.
+    assert polled["data"]["error"]["invalid"] == [
+        {
+            "entry_type": "json_data_property",
+            "entry": "$.encounter.id",
+            "rules": [
+                {
+                    "rule": "invalid",
+                    "params": [],
+                    "description": "Encounter with such id already exists",
+                }
+            ],
+        }
+    ]
+
+
+async def test_ids_another_package_holds_are_reported_together(api, db, start_consumer) -> None:
+    await start_consumer()
+    first = example("encounter_package")
+    await poll(api, await _posted_submission(api, first), READ)
+    second = example("encounter_package")
+    content, taken = package_content(second), package_content(first)
+    # Its condition and its device are the first package's; the rest is new.
+    old_condition, old_device = content["conditions"][0]["id"], content["devices"][0]["id"]
+    condition_id, device_id = taken["conditions"][0]["id"], taken["devices"][0]["id"]
+    text = json.dumps(content).replace(old_condition, condition_id)
+    content = json.loads(text.replace(old_device, device_id))
+    second["data"]["signed_data"] = encode_unsigned(content)
+    _, polled = await poll(api, await _posted_submission(api, second), READ)
     entries = {e["entry"]: e["rules"][0]["description"] for e in polled["data"]["error"]["invalid"]}
-    assert entries["$.encounter.id"] == "Encounter with such id already exists"
-    condition_id = package_content(submission)["conditions"][0]["id"]
-    assert entries["$.conditions[0].id"] == f"Condition with id '{condition_id}' already exists"
+    assert entries == {
+        "$.conditions[0].id": f"Condition with id '{condition_id}' already exists",
+        "$.devices[0].id": f"Device with id '{device_id}' already exists",
+    }
+    # Nothing of the second package stays; the first is whole.
+    assert await db["encounters"].count_documents({"_id": content["encounter"]["id"]}) == 0
+    assert await db["conditions"].count_documents({}) == 1
 
 
 async def _posted_submission(api, submission: dict) -> str:
@@ -233,8 +266,6 @@ async def test_a_cancel_must_repeat_what_was_created(api, start_consumer) -> Non
     await poll(api, await _posted_submission(api, created), READ)
     content = package_content(cancel)
     content["conditions"][0]["clinical_status"] = "resolved"
-    from service.signatures import encode_unsigned
-
     changed = {**cancel, "data": {"signed_data": encode_unsigned(content)}}
     _, polled = await poll(api, await _posted_submission(api, changed), READ)
     assert polled["data"]["status_code"] == "409"
