@@ -182,16 +182,34 @@ class Integer(_Typed, fields.Integer):
     json_type = "integer"
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(strict=True, **kwargs)
+        validators = [_int64, *_as_list(kwargs.pop("validate", None))]
+        super().__init__(strict=True, validate=validators, **kwargs)
 
     def _accepts(self, value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The integers MongoDB stores (BSON's int64); JSON has no bound, orjson reads up to 2^64 - 1.
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int64(value: Any) -> None:
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        bound = INT64[1] if value > 0 else INT64[0]
+        sign, key = (
+            ("<=", "less_than_or_equal_to") if value > 0 else (">=", "greater_than_or_equal_to")
+        )
+        raise violation(Rule("number", f"expected the value to be {sign} {bound}", {key: bound}))
+
+
 class Number(_Typed, fields.Raw):
-    """A finite JSON number (integer or decimal), kept as given; strings are not numbers."""
+    """A finite JSON number (integer or decimal), kept as given; strings are not numbers.
+    Integers beyond 64 bits, which no MongoDB document holds, are out of range."""
 
     json_type = "number"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(validate=[_int64, *_as_list(kwargs.pop("validate", None))], **kwargs)
 
     def _accepts(self, value: Any) -> bool:
         return _is_number(value) and not (isinstance(value, float) and not math.isfinite(value))
@@ -229,11 +247,13 @@ class DateTime(String):
             )
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
+            aware = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            aware.astimezone(UTC)  # an instant MongoDB can store (years 1 to 9999 in UTC)
+        except (ValueError, OverflowError):
             raise violation(
                 Rule("datetime", f"expected {_inspect(text)} to be an existing date-time")
             ) from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        return aware
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if isinstance(value, datetime):

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 from asn1crypto import cms
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import verification
@@ -41,6 +41,18 @@ NOT_JSON = "Malformed encoded content. Probably, you have encoded corrupted JSON
 # DSTU 4145 (the Ukrainian standard) and its hash, GOST 34.311: no Python library verifies
 # them; a deployment that takes them verifies in front of this service (README, "Signatures").
 DSTU_4145_OID_PREFIX = "1.2.804.2.1.1.1.1.3.1"
+
+# What a hostile or broken SignedData can make the parsers raise, besides a refusal.
+_MALFORMED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    UnsupportedAlgorithm,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 _HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
@@ -164,12 +176,15 @@ class CmsSignatureVerifier:
     def decode(self, signed_data: str) -> SignedContent:
         der = _base64(signed_data)
         try:
-            content, signer = self._verified(der)
+            content, certificate = self._verified(der)
+            signer = Signer.of(certificate)
         except SignatureRejected:
             raise
-        except (ValueError, TypeError, KeyError) as exc:  # asn1crypto's parse errors
-            raise SignatureRejected(INVALID_SIGNATURE, f"not a CMS SignedData: {exc}") from None
-        return SignedContent(_json_object(content), Signer.of(signer))
+        except _MALFORMED as exc:
+            raise SignatureRejected(
+                INVALID_SIGNATURE, f"not a usable SignedData: {exc!r}"
+            ) from None
+        return SignedContent(_json_object(content), signer)
 
     def _verified(self, der: bytes) -> tuple[bytes, x509.Certificate]:
         info = cms.ContentInfo.load(der, strict=True)
@@ -211,7 +226,7 @@ class CmsSignatureVerifier:
             attributes = {attr["type"].native: attr["values"] for attr in signed_attrs}
             digest = attributes.get("message_digest")
             expected = hashlib.new(digest_name, content).digest()
-            if digest is None or digest[0].native != expected:
+            if not digest or len(digest) != 1 or digest[0].native != expected:
                 raise SignatureRejected(INVALID_SIGNATURE, "the message digest does not match")
             # The signature covers the attributes as a SET, not as the [0] they are sent as.
             to_verify = b"\x31" + signed_attrs.dump()[1:]
@@ -253,6 +268,25 @@ class CmsSignatureVerifier:
             verifier.verify(certificate, others)
         except verification.VerificationError as exc:
             raise SignatureRejected(INVALID_SIGNATURE, f"untrusted signer: {exc}") from None
+        _check_signing_certificate(certificate)
+
+
+def _check_signing_certificate(certificate: x509.Certificate) -> None:
+    """A certificate for signatures: not a CA's, and where it says what its key is for,
+    signing (digitalSignature or nonRepudiation). The chain's policy checks the CAs; this is
+    the leaf's. Revocation is not checked: see README, "Signatures"."""
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+        if constraints.value.ca:
+            raise SignatureRejected(INVALID_SIGNATURE, "the signer's certificate is a CA's")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if not (usage.digital_signature or usage.content_commitment):
+        raise SignatureRejected(INVALID_SIGNATURE, "the signer's key is not for signatures")
 
 
 def _signer_certificate(

@@ -94,9 +94,11 @@ class TestCA:
         key: Key | None = None,
         valid_for: datetime.timedelta = datetime.timedelta(days=30),
         valid_from: datetime.timedelta = datetime.timedelta(days=-1),
+        key_usage: x509.KeyUsage | None = None,
+        ca: bool = False,
     ) -> Signer:
         key = key or ec.generate_private_key(ec.SECP256R1())
-        certificate = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name, tax_id))
             .issuer_name(self.certificate.subject)
@@ -104,11 +106,27 @@ class TestCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(_now() + valid_from)
             .not_valid_after(_now() + valid_from + valid_for)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
-            .sign(self.key, hashes.SHA256())
         )
-        return Signer(certificate, key)
+        if key_usage is not None:
+            builder = builder.add_extension(key_usage, critical=True)
+        return Signer(builder.sign(self.key, hashes.SHA256()), key)
+
+
+def key_usage(**allowed: bool) -> x509.KeyUsage:
+    """A KeyUsage extension allowing only what is named (`digital_signature=True`, ...)."""
+    names = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+    )
+    flags = {name: allowed.get(name, False) for name in names}
+    return x509.KeyUsage(**flags, encipher_only=False, decipher_only=False)

@@ -70,7 +70,6 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
         return JobOutcome.validation_failed(single_entry(path, invalid(problem)))
 
     stored = await _stored_entities(context, content, submitted["id"])
-    ours = await _ours(context, stored)
     marks = [
         (kind, entity["id"])
         for kind in ALL_ENTITY_KINDS
@@ -84,7 +83,7 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
         if (
             document is not None
             and document.get(kind.status_field) == ENTERED_IN_ERROR
-            and document.get("cancelled_by_job") not in ours
+            and document.get("cancelled_by_job") != context.job_id  # not a delivery before
         ):
             return _conflict(f"Invalid transition for {kind.entity} - already entered_in_error")
     if difference := _first_difference(content, stored):
@@ -96,7 +95,12 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
         return _conflict("The condition can not be canceled while encounter is not canceled")
 
     await context.entities.mark_entered_in_error(
-        context.patient_id, context.job_id, marks, ours=sorted(ours)
+        context.patient_id,
+        context.job_id,
+        [
+            (kind, entity_id, (stored.get((kind, entity_id)) or {}).get(kind.status_field))
+            for kind, entity_id in marks
+        ],
     )
     cancellation = {name: submitted[name] for name in _CANCELLATION_FIELDS if name in submitted}
     await context.entities.set_fields(ENCOUNTER, submitted["id"], cancellation)
@@ -134,16 +138,10 @@ async def _stored_entities(
     return stored
 
 
-async def _ours(
-    context: JobContext, stored: dict[tuple[EntityKind, str], dict[str, Any]]
-) -> set[str]:
-    """This job, and the cancels that failed half-way (500) whose marks it may take over."""
-    ours = {context.job_id}
-    for earlier_id in {d.get("cancelled_by_job") for d in stored.values()} - {None, context.job_id}:
-        earlier = await context.jobs.get(earlier_id)
-        if earlier is not None and earlier["status"] == JobStatus.FAILED_WITH_ERROR:
-            ours.add(earlier_id)
-    return ours
+async def take_back_marks(context: JobContext) -> None:
+    """A cancel refused (on a delivery again after a crash half-way, what held then may not
+    any more): the entities it marked get their status back."""
+    await context.entities.unmark(context.job_id)
 
 
 def _first_difference(
@@ -209,6 +207,7 @@ JOB_TYPE = JobType(
     handler=cancel_encounter_package,
     required_scope="encounter:write",
     signed_content=PACKAGE_CANCEL_CONTENT,
+    undo=take_back_marks,
     http=HttpSubmission(
         "PATCH", "/api/patients/{patient_id}/encounter_package", "Cancel a submitted encounter"
     ),

@@ -10,7 +10,11 @@ records who signed the package.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
+
+import bson
+from bson.errors import InvalidDocument
 
 from consumers.processors.package_checks import (
     PackageFacts,
@@ -34,29 +38,13 @@ from service.domain.entities import (
     EntityKind,
     entity_document,
 )
-from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
+from service.domain.jobs import JobOutcome, Link, entity_href
 from service.signatures import Signer
 from service.usecases.job_types import HttpSubmission, JobContext, JobFailed, JobType
 from service.usecases.signed_content import read_signed_content
 
 
 async def create_encounter_package(context: JobContext) -> JobOutcome:
-    try:
-        outcome = await _create(context)
-    except JobFailed as failed:
-        outcome = failed.outcome
-    if outcome.status is not JobStatus.PROCESSED and await context.entities.wrote_any(
-        ENCOUNTER, context.job_id
-    ):
-        # Delivered again after a crash half-way, and refused now (what held then does not
-        # any more: a certificate expired since, an employee dismissed, a date now too old):
-        # nothing of a package that is not stored whole stays. The encounter is written
-        # first, so without it this job wrote nothing.
-        await context.entities.remove_written_by(context.job_id)
-    return outcome
-
-
-async def _create(context: JobContext) -> JobOutcome:
     raw, content, signer = await read_signed_content(context, PACKAGE_CREATE_CONTENT)
     if broken := check_one_of(raw, PACKAGE_ONE_OF):
         return JobOutcome.validation_failed(broken)
@@ -75,6 +63,13 @@ async def _create(context: JobContext) -> JobOutcome:
     )
 
 
+async def leave_nothing(context: JobContext) -> None:
+    """A package refused, or found half-written by another's ids: nothing of it stays. The
+    encounter is written first, so without it this job wrote nothing (one query)."""
+    if await context.entities.wrote_any(ENCOUNTER, context.job_id):
+        await context.entities.remove_written_by(context.job_id)
+
+
 def _refusal(
     context: JobContext,
     content: dict[str, Any],
@@ -85,7 +80,10 @@ def _refusal(
     """The signer's conflict (409) or the broken business rules (422); None when neither."""
     performer = facts.employees.get(ref(content["encounter"]["performer"]) or "")
     user_id = context.requested_by["user_id"]
-    if conflict := signer_conflict(signer, performer, context.client_id, user_id):
+    # A performer not found is the business rules' 422, as the original's.
+    if performer is not None and (
+        conflict := signer_conflict(signer, performer, context.client_id, user_id)
+    ):
         return JobOutcome.failed(409, "request_conflict", conflict)
     if broken := check_package(content, visit, facts, client_id=context.client_id, now=utcnow()):
         return JobOutcome.validation_failed(broken)
@@ -116,6 +114,8 @@ async def _write(
     for kind in ENCOUNTER_ENTITY_KINDS:
         entities = entities_of(content, kind)
         written.append((kind, [document(e, encounter_id=encounter["id"]) for e in entities]))
+    if unstorable := list(_unstorable(written)):
+        raise JobFailed(JobOutcome.validation_failed(unstorable))
     taken: list[dict[str, Any]] = []
     for kind, documents in written:
         taken.extend(
@@ -125,8 +125,22 @@ async def _write(
         if taken and kind is ENCOUNTER:
             break  # another package's encounter: nothing of this one is written
     if taken:
-        await context.entities.remove_written_by(context.job_id)
-        raise JobFailed(JobOutcome.validation_failed(taken))
+        raise JobFailed(JobOutcome.validation_failed(taken))  # `leave_nothing` removes the rest
+
+
+def _unstorable(written: list[tuple[EntityKind, list[dict[str, Any]]]]) -> Iterator[dict]:
+    """An entry for each document MongoDB would refuse, whatever the schema let through
+    (a key with a NUL in the items of a diagnostic report's category after the first, which
+    the original's schema does not check): a 422, never an insert that fails as a 500."""
+    for kind, documents in written:
+        for index, document in enumerate(documents):
+            try:
+                bson.encode(document)
+            except (InvalidDocument, OverflowError, ValueError) as exc:
+                path = (
+                    [kind.package_key] if kind in (ENCOUNTER, VISIT) else [kind.package_key, index]
+                )
+                yield invalid_entry(path, invalid(f"cannot be stored: {exc}"))
 
 
 def _taken(content: dict[str, Any], kind: EntityKind, entity_id: str) -> tuple[list, Rule]:
@@ -147,6 +161,7 @@ JOB_TYPE = JobType(
     handler=create_encounter_package,
     required_scope="encounter:write",
     signed_content=PACKAGE_CREATE_CONTENT,
+    undo=leave_nothing,
     http=HttpSubmission(
         "POST", "/api/patients/{patient_id}/encounter_package", "Submit an encounter package"
     ),

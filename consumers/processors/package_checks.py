@@ -493,7 +493,7 @@ def signer_conflict(
     if not signer.tax_id:
         return "Invalid drfo"
     if performer is None:
-        return None  # reported by the performer's own check
+        return "Employee is not performer of encounter"  # nobody the signer could be
     tax_id = (performer.get("party") or {}).get("tax_id")
     if not isinstance(tax_id, str) or _drfo(tax_id) != _drfo(signer.tax_id):
         return "Does not match the signer drfo"

@@ -41,6 +41,8 @@ class EntityStore:
         for kind in WRITTEN_KINDS:
             collection = self._collection(kind)
             await collection.create_index([("job_id", ASCENDING)])
+            if kind in ALL_ENTITY_KINDS:
+                await collection.create_index([("cancelled_by_job", ASCENDING)])
             if kind in ENCOUNTER_ENTITY_KINDS:
                 await collection.create_index([("encounter_id", ASCENDING)])
 
@@ -112,34 +114,48 @@ class EntityStore:
 
     @unavailable_on_outage
     async def mark_entered_in_error(
-        self,
-        patient_id: str,
-        job_id: str,
-        marks: list[tuple[EntityKind, str]],
-        *,
-        ours: list[str],
+        self, patient_id: str, job_id: str, marks: list[tuple[EntityKind, str, Any]]
     ) -> None:
-        """Mark each entity of `marks` as entered in error, by job `job_id`.
-
-        Repeatable: an entity already marked by one of `ours` (this job, or a cancel it takes
-        over from) is marked again, one marked by anyone else is left as it is (the job checked
-        before that none was).
-        """
-        for kind, entity_id in marks:
+        """Mark each entity of `marks` (kind, id, its status now) as entered in error by job
+        `job_id`, keeping the status it had so that `unmark` can give it back. Repeatable: an
+        entity marked already (by this job, on a delivery before) is left as it is."""
+        for kind, entity_id, previous in marks:
             await self._collection(kind).update_one(
                 {
                     "_id": entity_id,
                     "patient_id": patient_id,
-                    "$or": [
-                        {kind.status_field: {"$ne": ENTERED_IN_ERROR}},
-                        {"cancelled_by_job": {"$in": ours}},
-                    ],
+                    kind.status_field: {"$ne": ENTERED_IN_ERROR},
                 },
                 {
-                    "$set": {kind.status_field: ENTERED_IN_ERROR, "cancelled_by_job": job_id},
+                    "$set": {
+                        kind.status_field: ENTERED_IN_ERROR,
+                        "cancelled_by_job": job_id,
+                        "status_before_cancel": previous,
+                    },
                     "$currentDate": {"updated_at": True},
                 },
             )
+
+    @unavailable_on_outage
+    async def unmark(self, job_id: str) -> None:
+        """Give back the status every entity job `job_id` marked had before."""
+        for kind in ALL_ENTITY_KINDS:
+            collection = self._collection(kind)
+            marked = collection.find({"cancelled_by_job": job_id}, {"status_before_cancel": 1})
+            async for document in marked:
+                await collection.update_one(
+                    {"_id": document["_id"], "cancelled_by_job": job_id},
+                    {
+                        "$set": {kind.status_field: document.get("status_before_cancel")},
+                        "$unset": {"cancelled_by_job": "", "status_before_cancel": ""},
+                        "$currentDate": {"updated_at": True},
+                    },
+                )
+
+    async def undo(self, job_id: str) -> None:
+        """Leave nothing of what job `job_id` did: its entities removed, its marks taken back."""
+        await self.remove_written_by(job_id)
+        await self.unmark(job_id)
 
     @unavailable_on_outage
     async def set_fields(self, kind: EntityKind, entity_id: str, fields: dict[str, Any]) -> None:

@@ -57,6 +57,7 @@ class JobFailed(Exception):
 
 
 Handler = Callable[[JobContext], Awaitable[JobOutcome]]
+Undo = Callable[[JobContext], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,10 @@ class JobType:
     # What the request's `signed_data` carries, when it has one: documented in OpenAPI beside
     # the request; the handler checks it once the signature is read.
     signed_content: Schema | None = None
+    # Undoes what a job of this type wrote when it ends otherwise than processed: a message
+    # delivered again after a crash half-way, and refused now (a certificate expired since,
+    # a patient deactivated), leaves nothing half-done. Cheap when nothing was written.
+    undo: Undo | None = None
 
 
 class JobTypeRegistry:

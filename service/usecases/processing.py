@@ -37,7 +37,7 @@ from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeRecorder
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
-from service.usecases.job_types import JobContext, JobFailed, JobTypeRegistry
+from service.usecases.job_types import JobContext, JobFailed, JobType, JobTypeRegistry
 from service.usecases.submissions import (
     PATIENT_NOT_ACTIVE,
     PATIENT_NOT_FOUND,
@@ -146,7 +146,7 @@ class SubmissionProcessor:
 
     async def give_up(self, job_id: str) -> None:
         """End a job that cannot be processed (500), leaving nothing it wrote."""
-        await self.entities.remove_written_by(job_id)
+        await self.entities.undo(job_id)
         finished = await self.jobs.finish(job_id, INTERNAL_ERROR)
         if finished is not None:
             log.error("job_given_up", status_code=500)
@@ -175,7 +175,7 @@ class SubmissionProcessor:
                     return await self.jobs.get(job_id) or job
                 if attempts >= self.max_attempts:
                     # Leave nothing of a job that could not finish: what it created goes.
-                    await self.entities.remove_written_by(job_id)
+                    await self.entities.undo(job_id)
                     outcome, counted = INTERNAL_ERROR, True
                     break
                 await asyncio.sleep(self.retry_delay * attempts)
@@ -227,16 +227,9 @@ class SubmissionProcessor:
         except ValidationError as exc:
             return JobOutcome.validation_failed(invalid_entries(exc.messages, data_root))
 
-        patient_id = submission["patient_id"]
-        if job_type.needs_active_patient:
-            patient = await self.patients.get(patient_id)
-            if patient is None:
-                return JobOutcome.failed(404, "not_found", PATIENT_NOT_FOUND)
-            if patient.get("status") != "active":
-                return JobOutcome.failed(409, "request_conflict", PATIENT_NOT_ACTIVE)
         context = JobContext(
             job,
-            patient_id,
+            submission["patient_id"],
             requested_by,
             data,
             self.jobs,
@@ -245,6 +238,18 @@ class SubmissionProcessor:
             self.registries,
             self.signatures,
         )
+        outcome = await self._handled(job_type, context)
+        if outcome.status is not JobStatus.PROCESSED and job_type.undo is not None:
+            await job_type.undo(context)
+        return outcome
+
+    async def _handled(self, job_type: JobType, context: JobContext) -> JobOutcome:
+        if job_type.needs_active_patient:
+            patient = await self.patients.get(context.patient_id)
+            if patient is None:
+                return JobOutcome.failed(404, "not_found", PATIENT_NOT_FOUND)
+            if patient.get("status") != "active":
+                return JobOutcome.failed(409, "request_conflict", PATIENT_NOT_ACTIVE)
         try:
             return await job_type.handler(context)
         except JobFailed as failed:

@@ -102,7 +102,7 @@ class SimulatedCrash(BaseException):
 
 WRITES = {
     JobStore: ("create_pending", "finish", "record_failed_attempt"),
-    EntityStore: ("insert", "remove_written_by", "mark_entered_in_error", "set_fields"),
+    EntityStore: ("insert", "remove_written_by", "mark_entered_in_error", "unmark", "set_fields"),
 }
 
 
@@ -520,7 +520,9 @@ async def test_a_cancel_waits_for_its_package_to_be_written(mongodb_url):
         await client.close()
 
 
-async def test_a_cancel_completes_one_that_failed_half_way(mongodb_url):
+async def test_a_cancel_that_fails_half_way_takes_its_marks_back(mongodb_url):
+    """A cancel that ends 500 after marking half its entities gives them their status back;
+    the next cancel of the same package does the whole of it."""
     client, db = await fresh_db(mongodb_url)
     try:
         submission, cancel = examples("encounter_package", "cancel_encounter_package")
@@ -539,11 +541,15 @@ async def test_a_cancel_completes_one_that_failed_half_way(mongodb_url):
         processor.entities.mark_entered_in_error = half_then_bug
         failed = await make_processor_with(processor).process(first)
         assert failed["status_code"] == 500 and calls == 3
-        half_marked = [
-            await db[collection].count_documents({"cancelled_by_job": first.job_id})
-            for collection in marked_entity_count(cancel)
-        ]
-        assert sum(half_marked) == sum(marked_entity_count(cancel).values()) // 2
+        for collection in marked_entity_count(cancel):
+            assert await db[collection].count_documents({"cancelled_by_job": first.job_id}) == 0
+            assert await db[collection].count_documents({"status": "entered_in_error"}) == 0
+            assert (
+                await db[collection].count_documents({"verification_status": "entered_in_error"})
+                == 0
+            )
+        condition = await db["conditions"].find_one({})
+        assert condition["verification_status"] == "confirmed"
 
         second = await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(cancel)))
         assert second["status"] == JobStatus.PROCESSED
@@ -606,3 +612,63 @@ async def test_mongodb_stopped_for_10_s_in_the_middle_of_a_run(
                 break
             await asyncio.sleep(0.2)
         assert polled.status == 303
+
+
+async def test_a_package_refused_when_delivered_again_leaves_nothing(mongodb_url):
+    """The first delivery wrote half the package and died; before the message comes again,
+    the patient was deactivated. The job ends 409, and nothing of the package stays."""
+    client, db = await fresh_db(mongodb_url)
+    try:
+        submission = example("encounter_package")
+        delivery = Delivery(new_job_id(), orjson.dumps(submission))
+        processor = make_processor(db)
+        crash_at(processor, 5, "after")  # the job, the encounter, the visit, two kinds
+        with pytest.raises(SimulatedCrash):
+            await processor.process(delivery)
+        assert await db["encounters"].count_documents({"job_id": delivery.job_id}) == 1
+        await db["patients"].update_one(
+            {"_id": submission["patient_id"]}, {"$set": {"status": "inactive"}}
+        )
+        job = await make_processor(db).process(delivery)
+        assert (job["status"], job["status_code"]) == (JobStatus.FAILED, 409)
+        for kind in ALL_ENTITY_KINDS:
+            assert await db[kind.collection].count_documents({}) == 0, kind.collection
+        assert await db["visits"].count_documents({}) == 0
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
+async def test_a_cancel_refused_when_delivered_again_takes_its_marks_back(mongodb_url):
+    """The cancel marked part of the package and died; then its legal entity was closed. The
+    cancel ends 422 and every entity has its status back, so a later cancel can still work."""
+    client, db = await fresh_db(mongodb_url)
+    try:
+        submission, cancel = examples("encounter_package", "cancel_encounter_package")
+        await make_processor(db).process(Delivery(new_job_id(), orjson.dumps(submission)))
+        delivery = Delivery(new_job_id(), orjson.dumps(cancel))
+        processor = make_processor(db)
+        original = processor.entities.mark_entered_in_error
+
+        async def half_then_crash(patient_id, job_id, marks):
+            await original(patient_id, job_id, marks[: len(marks) // 2])
+            raise SimulatedCrash("mark_entered_in_error")
+
+        processor.entities.mark_entered_in_error = half_then_crash
+        with pytest.raises(SimulatedCrash):
+            await processor.process(delivery)
+        assert await db["encounters"].count_documents({"cancelled_by_job": delivery.job_id}) == 1
+        await db["legal_entities"].update_one({}, {"$set": {"status": "CLOSED"}})
+        job = await make_processor(db).process(delivery)
+        assert (job["status"], job["status_code"]) == (JobStatus.FAILED, 422)
+        assert job["error"]["invalid"][0]["rules"][0]["description"] == "LegalEntity is not active"
+        for kind in ALL_ENTITY_KINDS:
+            marked = await db[kind.collection].count_documents(
+                {"cancelled_by_job": delivery.job_id}
+            )
+            assert marked == 0, kind.collection
+        encounter = await db["encounters"].find_one({})
+        assert encounter["status"] == "finished"
+    finally:
+        await client.drop_database(db.name)
+        await client.close()

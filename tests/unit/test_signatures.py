@@ -20,7 +20,7 @@ from service.signatures import (
     SignatureRejected,
     encode_unsigned,
 )
-from tests.signing import TestCA
+from tests.signing import TestCA, key_usage
 
 CONTENT = {"encounter": {"id": "90a9e15b-b71b-4caf-8f2e-ff247e8a5600"}}
 
@@ -76,6 +76,32 @@ def test_an_expired_certificate_is_refused(ca, verifier) -> None:
     )
     error = rejected(verifier, expired.sign(CONTENT))
     assert error.reason.startswith("untrusted signer")
+
+
+@pytest.mark.parametrize(
+    ("usage", "reason"),
+    [
+        (key_usage(key_agreement=True), "the signer's key is not for signatures"),
+        (key_usage(key_encipherment=True), "the signer's key is not for signatures"),
+    ],
+)
+def test_a_certificate_whose_key_is_not_for_signatures_is_refused(ca, verifier, usage, reason):
+    error = rejected(verifier, ca.issue(key_usage=usage).sign(CONTENT))
+    assert (error.description, error.reason) == (INVALID_SIGNATURE, reason)
+
+
+def test_a_signing_or_non_repudiation_key_is_taken(ca, verifier) -> None:
+    for usage in (key_usage(digital_signature=True), key_usage(content_commitment=True)):
+        assert verifier.decode(ca.issue(key_usage=usage).sign(CONTENT)).content == CONTENT
+
+
+def test_an_empty_message_digest_is_refused_not_an_error(ca, verifier) -> None:
+    info = cms.ContentInfo.load(base64.b64decode(ca.issue().sign(CONTENT)))
+    for attribute in info["content"]["signer_infos"][0]["signed_attrs"]:
+        if attribute["type"].native == "message_digest":
+            attribute["values"] = []
+    error = rejected(verifier, base64.b64encode(info.dump(force=True)).decode())
+    assert error.description == INVALID_SIGNATURE
 
 
 def test_a_digest_it_does_not_take_is_refused(ca, verifier) -> None:
