@@ -980,20 +980,6 @@ class PackageCancelContentSchema(StrictSchema):
 PACKAGE_CREATE_CONTENT = PackageCreateContentSchema()
 PACKAGE_CANCEL_CONTENT = PackageCancelContentSchema()
 
-# The arrays of a package besides its encounter, in the order of `ENCOUNTER_ENTITY_KINDS`.
-PACKAGE_ARRAYS = (
-    "conditions",
-    "observations",
-    "allergy_intolerances",
-    "immunizations",
-    "risk_assessments",
-    "devices",
-    "medication_statements",
-    "medication_administrations",
-    "diagnostic_reports",
-    "procedures",
-)
-
 # Each kind's item of a create package: what a package carries, and how a read renders it.
 ENTITY_SCHEMAS: dict[EntityKind, type[Schema]] = {
     ENCOUNTER: EncounterSchema,

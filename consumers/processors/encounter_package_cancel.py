@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumers.processors.package_checks import (
-    ENTERED_IN_ERROR,
     entities_of,
     ref,
     signer_conflict,
@@ -26,7 +25,13 @@ from schemas.one_of import PACKAGE_ONE_OF, check_one_of
 from schemas.package_content import PACKAGE_CANCEL_CONTENT
 from schemas.rules import invalid
 from schemas.validation import single_entry
-from service.domain.entities import ALL_ENTITY_KINDS, CONDITION, ENCOUNTER, EntityKind
+from service.domain.entities import (
+    ALL_ENTITY_KINDS,
+    CONDITION,
+    ENCOUNTER,
+    ENTERED_IN_ERROR,
+    EntityKind,
+)
 from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
 from service.usecases.signed_content import read_signed_content
@@ -148,7 +153,9 @@ def _first_difference(
     content: dict[str, Any], stored: dict[tuple[EntityKind, str], dict[str, Any]]
 ) -> str | None:
     """The first property the package gives otherwise than it was created, as a flat path
-    (`conditions.0.code.coding.0.code`); statuses and the cancellation are not compared."""
+    (`conditions.0.code.coding.0.code`). Statuses and the cancellation are not compared, nor
+    what the created package did not have (display values, a report's `origin_episode`: the
+    original takes them out before comparing)."""
     for kind in ALL_ENTITY_KINDS:
         for index, entity in enumerate(entities_of(content, kind)):
             where = kind.package_key if kind is ENCOUNTER else f"{kind.package_key}.{index}"
@@ -156,7 +163,7 @@ def _first_difference(
             if document is None:
                 return f"{where}.id"
             for name, value in entity.items():
-                if name in _NOT_COMPARED or name == kind.status_field:
+                if name in _NOT_COMPARED or name == kind.status_field or name not in document:
                     continue
                 if (path := _differs(value, document.get(name), f"{where}.{name}")) is not None:
                     return path
@@ -168,7 +175,9 @@ def _differs(submitted: Any, stored: Any, path: str) -> str | None:
         if not isinstance(stored, dict):
             return path
         for key, value in submitted.items():
-            if (found := _differs(value, stored.get(key), f"{path}.{key}")) is not None:
+            if key not in stored:
+                continue  # not part of what was created (see `_first_difference`)
+            if (found := _differs(value, stored[key], f"{path}.{key}")) is not None:
                 return found
         return None
     if isinstance(submitted, list):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.rules import Rule, invalid
@@ -27,6 +27,7 @@ from service.domain.entities import (
     DIAGNOSTIC_REPORT,
     ENCOUNTER,
     ENCOUNTER_ENTITY_KINDS,
+    ENTERED_IN_ERROR,
     IMMUNIZATION,
     OBSERVATION,
     EntityKind,
@@ -34,7 +35,6 @@ from service.domain.entities import (
 from service.signatures import Signer
 from service.usecases.job_types import JobContext
 
-ENTERED_IN_ERROR = "entered_in_error"
 # How old an encounter's date may be (the original's ENCOUNTER_MAX_DAYS_PASSED).
 ENCOUNTER_MAX_DAYS_PASSED = 7
 
@@ -315,6 +315,8 @@ def _check_encounter(
 
     for index, info in enumerate(encounter.get("supporting_info") or []):
         kind = ref_type(info)
+        if kind not in ("observation", "diagnostic_report"):
+            continue  # the schema allows no other
         stored = facts.stored.get(f"{kind}s", {}).get(ref(info) or "")
         path = [*at, "supporting_info", index, *_VALUE]
         title = "Observation" if kind == "observation" else "Diagnostic report"
@@ -328,7 +330,7 @@ def _check_encounter(
         report.add([*at, "date"], "Date must be in past")
     else:
         earliest = (now - timedelta(days=max_days_passed)).date()
-        if date.date() <= earliest:
+        if date.astimezone(UTC).date() <= earliest:
             report.add([*at, "date"], f"Date must be greater than {earliest.isoformat()}")
 
 

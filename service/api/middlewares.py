@@ -80,6 +80,7 @@ def request_url(request: web.Request) -> str:
         host, port = url.raw_host, url.port
         if not host:
             raise ValueError("no host")
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address
         netloc = host if port in (80, None) else f"{host}:{port}"
         return f"{url.scheme}://{netloc}{url.raw_path}"
     except (ValueError, UnicodeError):

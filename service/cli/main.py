@@ -44,6 +44,7 @@ from service.cli.publish import publish_submission, read_submission
 from service.config import ConfigError, Settings
 from service.messaging.broker import BrokerUnavailable
 from service.observability.logs import configure_logging
+from service.storage.registries import REGISTRIES
 
 log = structlog.get_logger("medevents.cli")
 
@@ -65,7 +66,7 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
     records are written first (`service.cli.demo`) and the banner says how to submit and
     poll."""
     local = not settings.mongodb_url
-    bootstrap(settings).signatures  # noqa: B018 - a consumer without its CA certificates stops here
+    _check_signature_settings(settings)
     with mongodb_configured(settings) as settings:
         if local:
             asyncio.run(_write_demo(settings))
@@ -82,8 +83,14 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def _check_signature_settings(settings: Settings) -> None:
+    """A consumer in `cms` mode without its CA certificates stops before it starts anything
+    (`ConfigError`, exit code 2)."""
+    bootstrap(settings).signatures  # noqa: B018 - built for what it raises
+
+
 def run_consumer_only(settings: Settings, _: argparse.Namespace) -> int:
-    bootstrap(settings).signatures  # noqa: B018 - a consumer without its CA certificates stops here
+    _check_signature_settings(settings)
     with mongodb_configured(settings) as settings:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(run_consumer(bootstrap(settings)))
@@ -137,7 +144,8 @@ async def _write_demo(settings: Settings) -> None:
         await write_demo_records(services.patients, services.registries, services.entities)
 
 
-REGISTRY_NAMES = ("employees", "divisions", "legal_entities", "dictionaries", "episodes")
+# The registries, and the episodes until they are submitted as jobs.
+REGISTRY_NAMES = (*REGISTRIES, "episodes")
 
 
 def add_records(settings: Settings, args: argparse.Namespace) -> int:

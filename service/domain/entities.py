@@ -11,6 +11,9 @@ from typing import Any
 
 from service.domain.clock import utcnow
 
+# The status of an entity cancelled (a property of its own kind: `EntityKind.status_field`).
+ENTERED_IN_ERROR = "entered_in_error"
+
 
 @dataclass(frozen=True, slots=True)
 class EntityKind:

@@ -18,13 +18,13 @@ from pymongo.errors import BulkWriteError
 from service.domain.entities import (
     ALL_ENTITY_KINDS,
     ENCOUNTER_ENTITY_KINDS,
+    ENTERED_IN_ERROR,
     VISIT,
     EntityKind,
 )
 from service.storage.mongo import unavailable_on_outage
 
 DUPLICATE_KEY = 11000
-ENTERED_IN_ERROR = "entered_in_error"
 # What a job may write: the entities, and the visit of a package.
 WRITTEN_KINDS = (*ALL_ENTITY_KINDS, VISIT)
 

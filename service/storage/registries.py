@@ -49,14 +49,6 @@ class RegistryStore:
         return {document["_id"]: document async for document in found}
 
     @unavailable_on_outage
-    async def employees_of_user(self, user_id: str, legal_entity_id: str) -> list[dict[str, Any]]:
-        """The employees the token's user works as in a legal entity."""
-        found = self._db["employees"].find(
-            {"user_ids": user_id, "legal_entity_id": legal_entity_id}
-        )
-        return [document async for document in found]
-
-    @unavailable_on_outage
     async def division(self, division_id: str) -> dict[str, Any] | None:
         return await self._db["divisions"].find_one({"_id": division_id})
 
