@@ -2,23 +2,22 @@
 (`examples/content/*.json`): each content becomes the `signed_data` of its submission, base64
 of the JSON, as SIGNATURE_MODE=decode reads it.
 
-    python examples/build.py          write the examples
-    python examples/build.py --check  exit 1 if an example is not what its content makes
+    .venv/bin/python examples/build.py          write the examples
+    .venv/bin/python examples/build.py --check  exit 1 if one is not what its content makes
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from service.cli.demo import ACTIVE_PATIENT, DEMO_CLIENT, DEMO_USER, INACTIVE_PATIENT
+from service.signatures import encode_unsigned
+
 HERE = Path(__file__).resolve().parent
-ACTIVE_PATIENT = "5e2f7a8c-3b1d-4c6e-9f0a-1d2c3b4a5e6f"
-INACTIVE_PATIENT = "6f3a8b9d-4c2e-4d7f-8a1b-2e3d4c5b6a7f"
 UNKNOWN_PATIENT = "00000000-0000-4000-8000-000000000000"
-CLIENT = "9e9b8a1f-0c2d-4e3f-8a4b-5c6d7e8f9a0b"
 WRITE = "encounter:write job:read"
 VISIT = {
     "id": "52a1b6c4-7d8e-4f90-a1b2-c3d4e5f6a7b8",
@@ -43,19 +42,15 @@ EXAMPLES = {
 }
 
 
-def _json(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def example(name: str) -> dict[str, Any]:
     action, patient_id, scope, content_name, with_visit = EXAMPLES[name]
     content = json.loads((HERE / "content" / f"{content_name}.json").read_bytes())
     data: dict[str, Any] = {"visit": VISIT} if with_visit else {}
-    data["signed_data"] = base64.b64encode(_json(content)).decode()
+    data["signed_data"] = encode_unsigned(content)
     return {
         "type": f"encounter_package.{action}",
         "patient_id": patient_id,
-        "requested_by": {"client_id": CLIENT, "user_id": "demo-doctor", "scope": scope},
+        "requested_by": {"client_id": DEMO_CLIENT, "user_id": DEMO_USER, "scope": scope},
         "data": data,
     }
 

@@ -399,6 +399,7 @@ class EncounterSchema(StrictSchema):
         coding("eHealth/encounter_classes", dictionary="eHealth/encounter_classes"),
         required=True,
         data_key="class",
+        attribute="class",  # stored as the client names it, not as Python must
     )
     type = Nested(dictionary_concept("eHealth/encounter_types"), required=True)
     incoming_referral = Nested(ReferenceSchema)

@@ -17,7 +17,7 @@ import pika
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.cli import demo
-from service.cli.publish import with_new_ids
+from service.cli.publish import renewed, with_new_ids
 from service.config import Settings
 from service.domain.entities import ALL_ENTITY_KINDS
 from service.domain.jobs import JobStatus
@@ -42,7 +42,7 @@ def examples(*names: str) -> list[dict[str, Any]]:
     """Submissions of `examples/` renewed together: a package and its cancel keep naming the
     same (fresh) entities."""
     submissions = [orjson.loads((EXAMPLES / f"{name}.json").read_bytes()) for name in names]
-    return with_new_ids(*submissions)
+    return renewed(submissions)
 
 
 def package_content(submission: dict[str, Any]) -> dict[str, Any]:

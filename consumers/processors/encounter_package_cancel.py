@@ -15,11 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.processors.package_checks import (
-    entities_of,
-    ref,
-    signer_conflict,
-)
+from consumers.processors.package_checks import signer_conflict
+from consumers.processors.package_model import entities_of, ref
 from schemas.encounter_package import PackageCancelRequestSchema
 from schemas.one_of import PACKAGE_ONE_OF, check_one_of
 from schemas.package_content import PACKAGE_CANCEL_CONTENT

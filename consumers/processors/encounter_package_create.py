@@ -16,15 +16,9 @@ from typing import Any
 import bson
 from bson.errors import InvalidDocument
 
-from consumers.processors.package_checks import (
-    PackageFacts,
-    check_package,
-    entities_of,
-    gather_facts,
-    iter_links,
-    ref,
-    signer_conflict,
-)
+from consumers.processors.package_checks import check_package, signer_conflict
+from consumers.processors.package_facts import gather_facts
+from consumers.processors.package_model import PackageFacts, entities_of, iter_links, ref
 from schemas.encounter_package import PackageCreateRequestSchema
 from schemas.one_of import PACKAGE_ONE_OF, check_one_of
 from schemas.package_content import PACKAGE_CREATE_CONTENT

@@ -4,10 +4,9 @@ validations.ex`, the changesets of `Core.Encounter`, `Core.Condition`, `Core.Obs
 the validators under `apps/core/lib/core/validators/`).
 
 Two steps, so that the rules themselves are pure and tested without a database:
-`gather_facts` reads, in a few queries, every record the package refers to (employees, the
-division, the episode, the visit, stored entities, service requests); `check_package` applies
-the rules to the package and those facts and returns every broken one as an `invalid` entry
-(rule `invalid`, or `required`), all at once. The signer's checks (409) are
+`package_facts.gather_facts` reads every record the package refers to; `check_package` here
+applies the rules to the package and those facts and returns every broken one as an `invalid`
+entry (rule `invalid`, or `required`), all at once. The signer's checks (409) are
 `signer_conflict`. Ids that exist already are found by the writes themselves
 (`encounter_package_create`): a duplicate key costs nothing more, where looking first would
 cost a query per kind on every package.
@@ -15,17 +14,20 @@ cost a query per kind on every package.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from consumers.processors.package_model import (
+    SOURCE_EMPLOYEE,
+    PackageFacts,
+    ref,
+    ref_type,
+)
 from schemas.rules import Rule, invalid
 from schemas.validation import invalid_entry
 from service.domain.entities import (
     CONDITION,
     DIAGNOSTIC_REPORT,
-    ENCOUNTER,
     ENCOUNTER_ENTITY_KINDS,
     ENTERED_IN_ERROR,
     IMMUNIZATION,
@@ -33,7 +35,6 @@ from service.domain.entities import (
     EntityKind,
 )
 from service.signatures import Signer
-from service.usecases.job_types import JobContext
 
 # How old an encounter's date may be (the original's ENCOUNTER_MAX_DAYS_PASSED).
 ENCOUNTER_MAX_DAYS_PASSED = 7
@@ -41,42 +42,6 @@ ENCOUNTER_MAX_DAYS_PASSED = 7
 Path = list[str | int]
 
 
-def ref(value: Any) -> str | None:
-    """The id a reference (`{"identifier": {"type": ..., "value": id}}`) points at."""
-    if isinstance(value, dict):
-        identifier = value.get("identifier")
-        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
-            return identifier["value"]
-    return None
-
-
-def ref_type(value: Any) -> str | None:
-    """What a reference says it points at (`identifier.type.coding[0].code`)."""
-    try:
-        return value["identifier"]["type"]["coding"][0]["code"]
-    except (KeyError, IndexError, TypeError):
-        return None
-
-
-def entities_of(content: dict[str, Any], kind: EntityKind) -> list[dict[str, Any]]:
-    if kind is ENCOUNTER:
-        return [content["encounter"]]
-    return content.get(kind.package_key) or []
-
-
-# The employee each kind names as the one who saw or recorded it, where the original checks
-# that employee as it does a condition's asserter.
-_SOURCE_EMPLOYEE = {
-    "conditions": "asserter",
-    "observations": "performer",
-    "immunizations": "performer",
-    "allergy_intolerances": "asserter",
-    "devices": "asserter",
-    "medication_statements": "asserter",
-    "medication_administrations": "performer",
-    "procedures": "performer",
-    "risk_assessments": "performer",
-}
 # The date each kind must have in the past, with the original's message.
 _PAST_DATES = {
     "conditions": ("onset_date", "Onset date must be in past"),
@@ -89,101 +54,6 @@ _PAST_DATES = {
     "medication_administrations": ("effective_date_time", "Effective date time must be in past"),
     "procedures": ("performed_date_time", "Performed date time must be in past"),
 }
-
-
-@dataclass
-class PackageFacts:
-    """What the package refers to, as stored now."""
-
-    employees: dict[str, dict[str, Any]] = field(default_factory=dict)
-    division: dict[str, Any] | None = None
-    episode: dict[str, Any] | None = None
-    legal_entities: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # The visit the encounter refers to, when it is not the package's own.
-    stored_visit: dict[str, Any] | None = None
-    # Stored entities of the patient the package refers to, per collection.
-    stored: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    service_requests: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _employee_refs(content: dict[str, Any]) -> set[str]:
-    found = {ref(content["encounter"].get("performer"))}
-    for key, name in _SOURCE_EMPLOYEE.items():
-        found.update(ref(entity.get(name)) for entity in content.get(key) or [])
-    for report in content.get("diagnostic_reports") or []:
-        found.add(ref(report.get("recorded_by")))
-        for name in ("performer", "results_interpreter"):
-            found.add(ref((report.get(name) or {}).get("reference")))
-    return {value for value in found if value}
-
-
-def _referenced(content: dict[str, Any]) -> dict[str, set[str]]:
-    """The stored entities of the patient a package may refer to, per collection: what it
-    refers to and does not hold itself."""
-    wanted: dict[str, set[str]] = {
-        "conditions": set(),
-        "observations": set(),
-        "diagnostic_reports": set(),
-        "immunizations": set(),
-    }
-    encounter = content["encounter"]
-    for diagnosis in encounter.get("diagnoses") or []:
-        wanted["conditions"].add(ref(diagnosis.get("condition")))
-    for info in encounter.get("supporting_info") or []:
-        kind = ref_type(info)
-        if kind in ("observation", "diagnostic_report"):
-            wanted[f"{kind}s"].add(ref(info))
-    for condition in content.get("conditions") or []:
-        for evidence in condition.get("evidences") or []:
-            wanted["observations"].update(ref(d) for d in evidence.get("details") or [])
-    for observation in content.get("observations") or []:
-        wanted["immunizations"].add(ref(observation.get("reaction_on")))
-    return {
-        key: {v for v in values if v} - {e.get("id") for e in content.get(key) or []}
-        for key, values in wanted.items()
-    }
-
-
-def _service_request_refs(content: dict[str, Any]) -> set[str]:
-    found = {ref(content["encounter"].get("incoming_referral"))}
-    for observation in content.get("observations") or []:
-        found.update(ref(item) for item in observation.get("based_on") or [])
-    for report in content.get("diagnostic_reports") or []:
-        found.add(ref(report.get("based_on")))
-    return {value for value in found if value}
-
-
-async def gather_facts(
-    context: JobContext, content: dict[str, Any], visit: dict[str, Any] | None
-) -> PackageFacts:
-    entities, registries = context.entities, context.registries
-    encounter = content["encounter"]
-    facts = PackageFacts()
-    facts.employees = await registries.employees(_employee_refs(content))
-    if division_id := ref(encounter.get("division")):
-        facts.division = await registries.division(division_id)
-    if episode_id := ref(encounter.get("episode")):
-        facts.episode = (await entities.found("episodes", [episode_id], context.patient_id)).get(
-            episode_id
-        )
-    organizations = {
-        ref(report.get("managing_organization"))
-        for report in content.get("diagnostic_reports") or []
-    }
-    for organization in organizations - {None}:
-        if (legal_entity := await registries.legal_entity(organization)) is not None:
-            facts.legal_entities[organization] = legal_entity
-    visit_ref = ref(encounter.get("visit"))
-    if visit_ref and (visit is None or visit_ref != visit["id"]):
-        facts.stored_visit = (await entities.found("visits", [visit_ref], context.patient_id)).get(
-            visit_ref
-        )
-    for collection, ids in _referenced(content).items():
-        facts.stored[collection] = await entities.found(collection, ids, context.patient_id)
-    facts.service_requests = await entities.found(
-        "service_requests", _service_request_refs(content), context.patient_id
-    )
-    return facts
 
 
 class _Report:
@@ -372,7 +242,7 @@ def _check_entities(
                 [*at, context_field, *_VALUE],
                 f"Submitted context is not allowed for the {kind.entity.replace('_', ' ')}",
             )
-        if source := _SOURCE_EMPLOYEE.get(key):
+        if source := SOURCE_EMPLOYEE.get(key):
             if entity.get("primary_source") and source not in entity:
                 report.add(
                     [*at, source], f"{source} must be present if primary_source is true", "required"
@@ -508,11 +378,3 @@ def signer_conflict(
 
 def _drfo(text: str) -> str:
     return "".join(text.split()).upper()
-
-
-def iter_links(content: dict[str, Any]) -> Iterator[tuple[EntityKind, str]]:
-    """The entities of a package, in the order of a processed job's links."""
-    yield ENCOUNTER, content["encounter"]["id"]
-    for kind in ENCOUNTER_ENTITY_KINDS:
-        for entity in content.get(kind.package_key) or []:
-            yield kind, entity["id"]

@@ -25,8 +25,15 @@ UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-
 
 
 def with_new_ids(
-    *submissions: dict[str, Any], new_ids: bool = True, now: datetime | None = None
-) -> Any:
+    submission: dict[str, Any], *, new_ids: bool = True, now: datetime | None = None
+) -> dict[str, Any]:
+    """`submission` renewed so that it can be sent again (`renewed`)."""
+    return renewed([submission], new_ids=new_ids, now=now)[0]
+
+
+def renewed(
+    submissions: list[dict[str, Any]], *, new_ids: bool = True, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """The submissions (one, or several sent together: a package and its cancel) renewed so
     that they can be sent again: the id of every entity they create (each `"id"` in `data`)
     replaced by a new UUID wherever it appears, consistently across them (references keep
@@ -56,11 +63,11 @@ def with_new_ids(
     def moved(match: re.Match[str]) -> str:
         return (_parse(match.group(0)) + shift).strftime("%Y-%m-%dT%H:%M:%SZ")
 
-    renewed = []
+    result = []
     for submission, text in zip(submissions, contents, strict=True):
         text = re.sub(DATE_TIME_TEXT, moved, re.sub(UUID_TEXT, rename, text))
-        renewed.append({**submission, "data": _signed_again(orjson.loads(text))})
-    return renewed[0] if len(renewed) == 1 else renewed
+        result.append({**submission, "data": _signed_again(orjson.loads(text))})
+    return result
 
 
 DATE_TIME_TEXT = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z"

@@ -15,7 +15,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from consumers.consumer import LAST_DELIVERY, JobConsumer
-from consumers.processors.package_checks import entities_of
+from consumers.processors.package_model import entities_of
 from service.cli.demo import DEMO_CLIENT, write_demo_records
 from service.domain.entities import ALL_ENTITY_KINDS, ENCOUNTER, ENTERED_IN_ERROR, VISIT
 from service.domain.jobs import JobStatus, new_job_id

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumers.processors.package_checks import PackageFacts, check_package, signer_conflict
+from consumers.processors.package_checks import check_package, signer_conflict
+from consumers.processors.package_model import PackageFacts
 from schemas.one_of import AT_LEAST_ONE, ONLY_ONE, PACKAGE_ONE_OF, check_one_of
 from schemas.package_content import PACKAGE_CREATE_CONTENT
 from service.cli.demo import (

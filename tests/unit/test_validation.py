@@ -44,7 +44,7 @@ def test_the_example_package_is_valid_and_loads_typed_values() -> None:
     loaded = PACKAGE.load(valid_content())
     assert isinstance(loaded["encounter"]["date"], datetime)
     assert loaded["encounter"]["date"].tzinfo is not None
-    assert loaded["encounter"]["class_"] == {"system": "eHealth/encounter_classes", "code": "AMB"}
+    assert loaded["encounter"]["class"] == {"system": "eHealth/encounter_classes", "code": "AMB"}
 
 
 @pytest.mark.parametrize(
