@@ -9,17 +9,21 @@ from typing import Any
 from marshmallow import Schema, fields
 
 from schemas.envelope import Meta, UtcDateTime, envelope_schema
+from schemas.episodes import EpisodeSchema
 from schemas.package_content import ENTITY_SCHEMAS
-from service.domain.entities import ALL_ENTITY_KINDS, EntityKind
+from service.domain.entities import EPISODE, READABLE_KINDS, EntityKind
+
+# How each kind renders: a package's entities by their package schema, episodes by theirs.
+READ_SCHEMAS = {**ENTITY_SCHEMAS, EPISODE: EpisodeSchema}
 
 
 def envelope_name(kind: EntityKind) -> str:
     """`ConditionEnvelope`: the name of a kind's response in the OpenAPI document."""
-    return f"{ENTITY_SCHEMAS[kind].__name__.removesuffix('Schema')}Envelope"
+    return f"{READ_SCHEMAS[kind].__name__.removesuffix('Schema')}Envelope"
 
 
 def _response_schema(kind: EntityKind) -> type[Schema]:
-    schema = ENTITY_SCHEMAS[kind]
+    schema = READ_SCHEMAS[kind]
     return type(
         f"{schema.__name__.removesuffix('Schema')}ResponseSchema",
         (schema,),
@@ -34,7 +38,7 @@ def _response_schema(kind: EntityKind) -> type[Schema]:
 
 ENTITY_ENVELOPES = {
     kind.collection: envelope_schema(_response_schema(kind), envelope_name(kind))
-    for kind in ALL_ENTITY_KINDS
+    for kind in READABLE_KINDS
 }
 
 

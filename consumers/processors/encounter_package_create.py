@@ -102,12 +102,21 @@ async def _write(
         return {**entity_document(entity, patient_id=patient_id, job=job), **extra}
 
     signed_by = signer.to_document() if signer is not None else None
-    written = [(ENCOUNTER, [document(encounter, signed_by=signed_by)])]
+    # Kept beside what the client sent, for the reads' filters (`encounter_id`, `episode_id`).
+    episode_id = ref(encounter["episode"])
+    written = [(ENCOUNTER, [document(encounter, signed_by=signed_by, episode_id=episode_id)])]
     if visit is not None:
         written.append((VISIT, [document(visit)]))
     for kind in ENCOUNTER_ENTITY_KINDS:
-        entities = entities_of(content, kind)
-        written.append((kind, [document(e, encounter_id=encounter["id"]) for e in entities]))
+        written.append(
+            (
+                kind,
+                [
+                    document(entity, encounter_id=encounter["id"], episode_id=episode_id)
+                    for entity in entities_of(content, kind)
+                ],
+            )
+        )
     if unstorable := list(_unstorable(written)):
         raise JobFailed(JobOutcome.validation_failed(unstorable))
     taken: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from schemas.entities import ENTITY_ENVELOPES, envelope_name
 from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
 from schemas.health import HEALTH
 from service.api.views.jobs import MAX_WAIT_SECONDS
-from service.domain.entities import ALL_ENTITY_KINDS
+from service.domain.entities import READABLE_KINDS
 from service.usecases.job_types import JobType, JobTypeRegistry
 
 JSON = "application/json"
@@ -103,7 +103,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
             known = envelopes.setdefault(name, schema)
             if type(known) is not type(schema):  # two schemas, one name
                 raise ValueError(f"{name} names two schemas of request bodies")
-    for kind in ALL_ENTITY_KINDS:
+    for kind in READABLE_KINDS:
         envelopes[envelope_name(kind)] = ENTITY_ENVELOPES[kind.collection]
     for name, schema in envelopes.items():
         spec.components.schema(name, schema=schema)
@@ -211,7 +211,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
                         "required": True,
                         "schema": {
                             "type": "string",
-                            "enum": [kind.collection for kind in ALL_ENTITY_KINDS],
+                            "enum": [kind.collection for kind in READABLE_KINDS],
                         },
                     },
                     {
@@ -229,9 +229,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
                         "content": {
                             JSON: {
                                 "schema": {
-                                    "oneOf": [
-                                        _ref(envelope_name(kind)) for kind in ALL_ENTITY_KINDS
-                                    ]
+                                    "oneOf": [_ref(envelope_name(kind)) for kind in READABLE_KINDS]
                                 }
                             }
                         },

@@ -56,9 +56,11 @@ def demo_episode(patient_id: str = ACTIVE_PATIENT, client_id: str = DEMO_CLIENT)
     return {
         "_id": DEMO_EPISODE,
         "patient_id": patient_id,
+        "type": {"system": "eHealth/episode_types", "code": "primary_care"},
         "status": "active",
         "name": "Hypertension follow-up",
         "managing_organization": _reference("legal_entity", client_id),
+        "period": {"start": "2026-01-15"},
         "care_manager": _reference("employee", DEMO_DOCTOR),
     }
 

@@ -64,7 +64,11 @@ ENCOUNTER_ENTITY_KINDS = (
 ALL_ENTITY_KINDS = (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS)
 # The visit a package's encounter happened in: written with the package, not read on its own.
 VISIT = EntityKind("visit", "visits", "visit")
-KINDS_BY_COLLECTION = {kind.collection: kind for kind in ALL_ENTITY_KINDS}
+# An episode of care: the encounters of one health problem. Written by its own job types.
+EPISODE = EntityKind("episode", "episodes", "episodes")
+# What a patient's reads serve: the entities of packages, and episodes.
+READABLE_KINDS = (*ALL_ENTITY_KINDS, EPISODE)
+KINDS_BY_COLLECTION = {kind.collection: kind for kind in READABLE_KINDS}
 
 
 def entity_document(
