@@ -86,3 +86,10 @@ class EpisodeSchema(StrictSchema):
     closing_summary = String()
     status_reason = fields.Raw()
     explanatory_letter = String()
+
+
+class EpisodeParamsSchema(StrictSchema):
+    """The path parameter of the requests about one episode (`{episode_id}`), which a
+    message carries as `params`."""
+
+    episode_id = UUIDString(required=True)

@@ -1,9 +1,10 @@
 """The body of a submission message on RabbitMQ:
 
     {"type": "encounter_package.create", "patient_id": "<uuid>",
-     "requested_by": {"client_id", "user_id", "scope"}, "data": {...}}
+     "requested_by": {"client_id", "user_id", "scope"}, "data": {...}, "params"?: {...}}
 
-`data` is checked by the schema of the job type (`service.usecases.job_types`), with its errors
+`data` (the request's body) and `params` (its path parameters, `{"episode_id": "<uuid>"}`)
+are checked by the schema of the job type (`service.usecases.job_types`), with its errors
 under `$.data`.
 """
 
@@ -28,6 +29,9 @@ class SubmissionSchema(StrictSchema):
     patient_id = UUIDString(required=True)
     requested_by = Nested(RequestedBySchema, required=True)
     data = JsonObject(required=True)
+    # The request's path parameters besides the patient (`{"episode_id": ...}`), checked by
+    # the job type's own schema.
+    params = JsonObject()
 
 
 SUBMISSION = SubmissionSchema()

@@ -99,6 +99,19 @@ class EntityStore:
         await self._db["episodes"].replace_one({"_id": episode["_id"]}, episode, upsert=True)
 
     @unavailable_on_outage
+    async def standing_in_episode(self, kind: EntityKind, patient_id: str, episode_id: str) -> bool:
+        """Whether the episode has an entity of `kind` that is not entered in error."""
+        found = await self._collection(kind).find_one(
+            {
+                "patient_id": patient_id,
+                "episode_id": episode_id,
+                kind.status_field: {"$ne": ENTERED_IN_ERROR},
+            },
+            {"_id": 1},
+        )
+        return found is not None
+
+    @unavailable_on_outage
     async def wrote_any(self, kind: EntityKind, job_id: str) -> bool:
         """Whether job `job_id` wrote an entity of `kind` (served by the `job_id` index)."""
         found = await self._collection(kind).find_one({"job_id": job_id}, {"_id": 1})

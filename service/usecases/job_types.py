@@ -10,7 +10,7 @@ documents them in OpenAPI from the same declaration.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import Schema
@@ -37,6 +37,8 @@ class JobContext:
     patients: PatientStore
     registries: RegistryStore
     signatures: SignatureDecoder
+    # The submission's path parameters besides the patient (`{"episode_id": ...}`), checked.
+    params: dict[str, Any] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -91,6 +93,9 @@ class JobType:
     needs_active_patient: bool = True
     # None: submitted over AMQP only.
     http: HttpSubmission | None = None
+    # The schema of the path parameters besides the patient (`{episode_id}`), which a message
+    # carries as `params`; None: there are none.
+    params: Schema | None = None
     # What the request's `signed_data` carries, when it has one: documented in OpenAPI beside
     # the request; the handler checks it once the signature is read.
     signed_content: Schema | None = None

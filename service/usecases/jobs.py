@@ -150,6 +150,7 @@ class JobService:
         patient_id: str,
         data: dict[str, Any],
         request_id: str,
+        params: dict[str, str] | None = None,
     ) -> tuple[dict[str, Any], bool]:
         """Check the request (`check_submission`), publish it and record its pending job;
         returns the job and whether it is new. An identical pending submission returns the
@@ -163,7 +164,7 @@ class JobService:
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
         await self.check_submission(job_type, patient_id, data)
-        submission = submission_body(job_type.name, patient_id, principal, data)
+        submission = submission_body(job_type.name, patient_id, principal, data, params)
         request_hash = submission_hash(submission)
         # Identical submissions arriving together (a double click) wait for each other in
         # this process, so that the second finds the first's job. Across API processes the

@@ -226,6 +226,10 @@ class SubmissionProcessor:
             data = job_type.schema.load(submission["data"])
         except ValidationError as exc:
             return JobOutcome.validation_failed(invalid_entries(exc.messages, data_root))
+        try:
+            params = job_type.params.load(submission.get("params") or {}) if job_type.params else {}
+        except ValidationError as exc:
+            return JobOutcome.validation_failed(invalid_entries(exc.messages, ["params"]))
 
         context = JobContext(
             job,
@@ -237,6 +241,7 @@ class SubmissionProcessor:
             self.patients,
             self.registries,
             self.signatures,
+            params,
         )
         outcome = await self._handled(job_type, context)
         if outcome.status is not JobStatus.PROCESSED and job_type.undo is not None:

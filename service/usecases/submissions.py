@@ -31,10 +31,15 @@ PATIENT_NOT_ACTIVE = "Person is not active"
 
 
 def submission_body(
-    job_type: str, patient_id: str, principal: Principal, data: dict[str, Any]
+    job_type: str,
+    patient_id: str,
+    principal: Principal,
+    data: dict[str, Any],
+    params: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The message the HTTP API publishes for a request: the request itself as `data`."""
-    return {
+    """The message the HTTP API publishes for a request: the request itself as `data`, its
+    path parameters besides the patient as `params`."""
+    body = {
         "type": job_type,
         "patient_id": patient_id,
         "requested_by": {
@@ -44,6 +49,9 @@ def submission_body(
         },
         "data": data,
     }
+    if params:
+        body["params"] = params
+    return body
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas.encounter_package import PackageCancelRequestSchema, PackageCreateRequestSchema
+from consumers.processors import builtin_registry
 from schemas.submission import SUBMISSION
 from service.signatures import decode_unsigned
 
@@ -28,14 +28,17 @@ def test_every_example_is_built_from_its_content() -> None:
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.stem)
-def test_every_example_is_an_original_request(path: Path) -> None:
+def test_every_example_is_a_request_of_its_job_type(path: Path) -> None:
     submission = SUBMISSION.load(orjson.loads(path.read_bytes()))
-    request = (
-        PackageCreateRequestSchema()
-        if submission["type"] == "encounter_package.create"
-        else PackageCancelRequestSchema()
-    )
-    assert set(request.load(submission["data"])) <= {"visit", "signed_data"}
-    content_name = _build_module().EXAMPLES[path.stem][3]
+    job_type = builtin_registry().get(submission["type"])
+    job_type.schema.load(submission["data"])
+    if job_type.params is not None:
+        job_type.params.load(submission["params"])
+
+
+@pytest.mark.parametrize("name", sorted(_build_module().EXAMPLES))
+def test_every_package_example_carries_its_content(name: str) -> None:
+    submission = orjson.loads((EXAMPLES / f"{name}.json").read_bytes())
+    content_name = _build_module().EXAMPLES[name][3]
     content = orjson.loads((EXAMPLES / "content" / f"{content_name}.json").read_bytes())
     assert decode_unsigned(submission["data"]["signed_data"]) == content

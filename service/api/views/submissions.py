@@ -8,7 +8,7 @@ from schemas.jobs import dump_accepted
 from service.api.errors import ApiError, Conflict, NotFound, RequestValidationFailed
 from service.api.keys import JOB_SERVICE, REQUEST_ID, REQUEST_URL, principal_of
 from service.api.middlewares import HandlerFunction, requires_scope
-from service.api.requests import patient_id_of, read_json_object
+from service.api.requests import canonical_uuid, patient_id_of, read_json_object
 from service.api.responses import json_response
 from service.domain.eta import retry_after
 from service.domain.jobs import VALIDATION_FAILED_MESSAGE, job_href
@@ -25,10 +25,16 @@ def submission_handler(job_type: JobType) -> HandlerFunction:
     @requires_scope(job_type.required_scope)
     async def submit(request: web.Request) -> web.Response:
         patient_id = patient_id_of(request)
+        # The path's other parameters (`{episode_id}`): UUIDs, or nothing there is (404).
+        params = {
+            name: canonical_uuid(value, "Not found")
+            for name, value in request.match_info.items()
+            if name != "patient_id"
+        }
         data = await read_json_object(request)
         try:
             job, _ = await request.app[JOB_SERVICE].submit(
-                principal_of(request), job_type, patient_id, data, request[REQUEST_ID]
+                principal_of(request), job_type, patient_id, data, request[REQUEST_ID], params
             )
         except SubmissionRefused as refused:
             raise _api_error(refused) from None

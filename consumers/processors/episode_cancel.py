@@ -1,0 +1,50 @@
+"""`episode.cancel`: mark an episode entered in error, once none of its encounters stands."""
+
+from __future__ import annotations
+
+from consumers.processors.episode_checks import episode_of
+from schemas.episodes import EpisodeCancelRequestSchema, EpisodeParamsSchema
+from service.domain.entities import ENCOUNTER, ENTERED_IN_ERROR, EPISODE
+from service.domain.jobs import JobOutcome, Link, entity_href
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
+
+
+async def cancel_episode(context: JobContext) -> JobOutcome:
+    episode = await episode_of(context)
+    if episode.get("status") == ENTERED_IN_ERROR and episode.get("cancelled_by_job") != (
+        context.job_id
+    ):
+        return JobOutcome.failed(
+            409, "request_conflict", "Episode in status entered_in_error can not be canceled"
+        )
+    if await context.entities.standing_in_episode(ENCOUNTER, context.patient_id, episode["_id"]):
+        return JobOutcome.failed(
+            409,
+            "request_conflict",
+            "Episode can not be canceled while it has not canceled encounters",
+        )
+    request = context.data
+    cancelled = {
+        "status": ENTERED_IN_ERROR,
+        "status_reason": request["status_reason"],
+        "cancelled_by_job": context.job_id,
+    }
+    if "explanatory_letter" in request:
+        cancelled["explanatory_letter"] = request["explanatory_letter"]
+    await context.entities.set_fields(EPISODE, episode["_id"], cancelled)
+    href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
+    return JobOutcome.processed([Link(EPISODE.entity, href)])
+
+
+JOB_TYPE = JobType(
+    name="episode.cancel",
+    schema=EpisodeCancelRequestSchema(),
+    params=EpisodeParamsSchema(),
+    handler=cancel_episode,
+    required_scope="episode:write",
+    http=HttpSubmission(
+        "PATCH",
+        "/api/patients/{patient_id}/episodes/{episode_id}/actions/cancel",
+        "Cancel an episode entered in error",
+    ),
+)

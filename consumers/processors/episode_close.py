@@ -1,0 +1,56 @@
+"""`episode.close`: close an active episode, with the day it ended and why."""
+
+from __future__ import annotations
+
+from consumers.processors.episode_checks import episode_of, not_in_future
+from schemas.episodes import EpisodeCloseRequestSchema, EpisodeParamsSchema
+from schemas.rules import invalid
+from schemas.validation import invalid_entry
+from service.domain.entities import EPISODE
+from service.domain.jobs import JobOutcome, Link, entity_href
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
+
+
+async def close_episode(context: JobContext) -> JobOutcome:
+    episode = await episode_of(context)
+    if episode.get("status") != "active" and episode.get("closed_by_job") != context.job_id:
+        return JobOutcome.failed(
+            409, "request_conflict", f"Episode in status {episode.get('status')} can not be closed"
+        )
+    request = context.data
+    end, start = request["period"]["end"], (episode.get("period") or {}).get("start")
+    broken = []
+    if not not_in_future(end):
+        broken.append(invalid_entry(["period", "end"], invalid("End date must be in past")))
+    if start is not None and end < start:
+        entry = invalid_entry(
+            ["period", "end"], invalid("End date must be greater than or equal the start date")
+        )
+        broken.append(entry)
+    if broken:
+        return JobOutcome.validation_failed(broken)
+    closed = {
+        "status": "closed",
+        "period": {**(episode.get("period") or {}), "end": end},
+        "status_reason": request["status_reason"],
+        "closed_by_job": context.job_id,
+    }
+    if "closing_summary" in request:
+        closed["closing_summary"] = request["closing_summary"]
+    await context.entities.set_fields(EPISODE, episode["_id"], closed)
+    href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
+    return JobOutcome.processed([Link(EPISODE.entity, href)])
+
+
+JOB_TYPE = JobType(
+    name="episode.close",
+    schema=EpisodeCloseRequestSchema(),
+    params=EpisodeParamsSchema(),
+    handler=close_episode,
+    required_scope="episode:write",
+    http=HttpSubmission(
+        "PATCH",
+        "/api/patients/{patient_id}/episodes/{episode_id}/actions/close",
+        "Close an episode",
+    ),
+)

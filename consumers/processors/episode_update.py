@@ -1,0 +1,37 @@
+"""`episode.update`: rename an active episode, or give it another care manager."""
+
+from __future__ import annotations
+
+from consumers.processors.episode_checks import care_manager_entries, episode_of
+from schemas.episodes import EpisodeParamsSchema, EpisodeUpdateRequestSchema
+from service.domain.entities import EPISODE
+from service.domain.jobs import JobOutcome, Link, entity_href
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
+
+
+async def update_episode(context: JobContext) -> JobOutcome:
+    episode = await episode_of(context)
+    if episode.get("status") != "active":
+        return JobOutcome.failed(
+            409, "request_conflict", f"Episode in status {episode.get('status')} can not be updated"
+        )
+    changes = context.data
+    if "care_manager" in changes and (
+        broken := await care_manager_entries(context, changes["care_manager"])
+    ):
+        return JobOutcome.validation_failed(broken)
+    await context.entities.set_fields(EPISODE, episode["_id"], dict(changes))
+    href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
+    return JobOutcome.processed([Link(EPISODE.entity, href)])
+
+
+JOB_TYPE = JobType(
+    name="episode.update",
+    schema=EpisodeUpdateRequestSchema(),
+    params=EpisodeParamsSchema(),
+    handler=update_episode,
+    required_scope="episode:write",
+    http=HttpSubmission(
+        "PATCH", "/api/patients/{patient_id}/episodes/{episode_id}", "Update an episode"
+    ),
+)
