@@ -203,7 +203,12 @@ class Services:
         """Submitting and polling, for the HTTP API."""
         estimator = EtaEstimator(self.consumer_stats, self.publisher.queue_depth)
         return JobService(
-            self.jobs, self.publisher, estimator, self.job_events, patients=self.patients
+            self.jobs,
+            self.publisher,
+            estimator,
+            self.job_events,
+            patients=self.patients,
+            entities=self.entities,
         )
 
     @cached_property

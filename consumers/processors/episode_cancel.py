@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from consumers.processors.episode_checks import episode_of
+from consumers.processors.episode_checks import episode_of, managed_elsewhere
 from schemas.episodes import EpisodeCancelRequestSchema, EpisodeParamsSchema
 from service.domain.entities import ENCOUNTER, ENTERED_IN_ERROR, EPISODE
 from service.domain.jobs import JobOutcome, Link, entity_href
@@ -11,12 +11,13 @@ from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
 async def cancel_episode(context: JobContext) -> JobOutcome:
     episode = await episode_of(context)
-    if episode.get("status") == ENTERED_IN_ERROR and episode.get("cancelled_by_job") != (
-        context.job_id
-    ):
+    status = episode.get("status")
+    if status not in ("active", "closed") and episode.get("cancelled_by_job") != context.job_id:
         return JobOutcome.failed(
-            409, "request_conflict", "Episode in status entered_in_error can not be canceled"
+            409, "request_conflict", f"Episode in status {status} can not be canceled"
         )
+    if (conflict := managed_elsewhere(context, episode)) is not None:
+        return conflict
     if await context.entities.standing_in_episode(ENCOUNTER, context.patient_id, episode["_id"]):
         return JobOutcome.failed(
             409,
@@ -46,5 +47,6 @@ JOB_TYPE = JobType(
         "PATCH",
         "/api/patients/{patient_id}/episodes/{episode_id}/actions/cancel",
         "Cancel an episode entered in error",
+        names=("episode_id", EPISODE),
     ),
 )

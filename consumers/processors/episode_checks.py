@@ -4,13 +4,11 @@ request names."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from consumers.processors.package_model import ref
 from schemas.rules import invalid
 from schemas.validation import invalid_entry
-from service.domain.clock import utcnow
 from service.domain.entities import EPISODE
 from service.domain.jobs import JobOutcome
 from service.usecases.job_types import JobContext, JobFailed
@@ -54,24 +52,19 @@ async def managing_organization_entries(
 
 
 async def episode_of(context: JobContext) -> dict[str, Any]:
-    """The episode of the request's path, managed by the client's legal entity; `JobFailed`
-    with 404 when the patient has none of that id, 422 when another legal entity manages
-    it."""
+    """The episode of the request's path; `JobFailed` with the original's 404 when the
+    patient has none of that id."""
     episode_id = context.params["episode_id"]
-    episode = (
-        await context.entities.found(EPISODE.collection, [episode_id], context.patient_id)
-    ).get(episode_id)
-    if episode is None:
-        raise JobFailed(JobOutcome.failed(404, "not_found", "Episode not found"))
-    if ref(episode.get("managing_organization")) != context.client_id:
-        entry = invalid_entry(
-            MANAGING_ORGANIZATION,
-            invalid("Managing_organization does not correspond to user's legal_entity"),
-        )
-        raise JobFailed(JobOutcome.validation_failed([entry]))
-    return episode
+    found = await context.entities.found(EPISODE.collection, [episode_id], context.patient_id)
+    if episode_id not in found:
+        raise JobFailed(JobOutcome.failed(404, "not_found", "Failed to get episode"))
+    return found[episode_id]
 
 
-def not_in_future(day: str | None) -> bool:
-    """Whether an ISO date (`2026-01-15`) is today or before, in UTC."""
-    return day is None or date.fromisoformat(day) <= utcnow().date()
+def managed_elsewhere(context: JobContext, episode: dict[str, Any]) -> JobOutcome | None:
+    """A close or cancel of an episode another legal entity manages: the original's 409."""
+    if ref(episode.get("managing_organization")) == context.client_id:
+        return None
+    return JobOutcome.failed(
+        409, "request_conflict", "Managing_organization does not correspond to user's legal_entity"
+    )

@@ -3,11 +3,7 @@ entity, with an approved doctor of it as care manager."""
 
 from __future__ import annotations
 
-from consumers.processors.episode_checks import (
-    care_manager_entries,
-    managing_organization_entries,
-    not_in_future,
-)
+from consumers.processors.episode_checks import care_manager_entries, managing_organization_entries
 from schemas.episodes import EpisodeCreateRequestSchema
 from schemas.rules import invalid
 from schemas.validation import invalid_entry
@@ -22,8 +18,6 @@ async def create_episode(context: JobContext) -> JobOutcome:
         *await managing_organization_entries(context, episode["managing_organization"]),
         *await care_manager_entries(context, episode["care_manager"]),
     ]
-    if not not_in_future(episode["period"]["start"]):
-        broken.append(invalid_entry(["period", "start"], invalid("Start date must be in past")))
     if broken:
         return JobOutcome.validation_failed(broken)
     document = entity_document(episode, patient_id=context.patient_id, job=context.job)

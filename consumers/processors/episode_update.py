@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from consumers.processors.episode_checks import care_manager_entries, episode_of
+from consumers.processors.episode_checks import (
+    care_manager_entries,
+    episode_of,
+    managing_organization_entries,
+)
 from schemas.episodes import EpisodeParamsSchema, EpisodeUpdateRequestSchema
 from service.domain.entities import EPISODE
 from service.domain.jobs import JobOutcome, Link, entity_href
@@ -16,9 +20,11 @@ async def update_episode(context: JobContext) -> JobOutcome:
             409, "request_conflict", f"Episode in status {episode.get('status')} can not be updated"
         )
     changes = context.data
-    if "care_manager" in changes and (
-        broken := await care_manager_entries(context, changes["care_manager"])
-    ):
+    # The stored managing organization is checked again, as the original's changeset does.
+    broken = await managing_organization_entries(context, episode.get("managing_organization"))
+    if "care_manager" in changes:
+        broken += await care_manager_entries(context, changes["care_manager"])
+    if broken:
         return JobOutcome.validation_failed(broken)
     await context.entities.set_fields(EPISODE, episode["_id"], dict(changes))
     href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
@@ -32,6 +38,9 @@ JOB_TYPE = JobType(
     handler=update_episode,
     required_scope="episode:write",
     http=HttpSubmission(
-        "PATCH", "/api/patients/{patient_id}/episodes/{episode_id}", "Update an episode"
+        "PATCH",
+        "/api/patients/{patient_id}/episodes/{episode_id}",
+        "Update an episode",
+        names=("episode_id", EPISODE),
     ),
 )

@@ -7,6 +7,7 @@ over the running service against it.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -53,6 +54,20 @@ def _errors(*statuses: int) -> dict[str, Any]:
 def body_name(job_type: JobType) -> str:
     """The name of a submission's body in the document: its schema's (`EncounterPackage`)."""
     return type(job_type.schema).__name__.removesuffix("Schema")
+
+
+def _other_path_parameters(path: str) -> list[dict[str, Any]]:
+    """The UUIDs a submission's path names besides the patient (`{episode_id}`)."""
+    return [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "format": "uuid"},
+        }
+        for name in re.findall(r"\{(\w+)\}", path)
+        if name != "patient_id"
+    ]
 
 
 def _signed_content_description(job_type: JobType) -> str:
@@ -178,7 +193,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
                     "summary": f"{job_type.http.summary} (scope {job_type.required_scope})",
                     "description": _signed_content_description(job_type),
                     "security": secured,
-                    "parameters": [patient_id],
+                    "parameters": [patient_id, *_other_path_parameters(job_type.http.path)],
                     "requestBody": {
                         "required": True,
                         "content": {JSON: {"schema": _ref(body_name(job_type))}},

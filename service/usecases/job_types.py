@@ -15,6 +15,7 @@ from typing import Any
 
 from marshmallow import Schema
 
+from service.domain.entities import EntityKind
 from service.domain.jobs import JobOutcome
 from service.signatures import SignatureDecoder
 from service.storage.entities import EntityStore
@@ -71,6 +72,9 @@ class HttpSubmission:
     path: str
     # What the operation does, for the OpenAPI document ("Submit an encounter package").
     summary: str
+    # The entity a path parameter names, which must exist for the patient (else 404 at once,
+    # as the original checks an episode before an update): `("episode_id", EPISODE)`.
+    names: tuple[str, EntityKind] | None = None
 
     METHODS = ("POST", "PUT", "PATCH")
     PATH_PREFIX = "/api/patients/{patient_id}/"

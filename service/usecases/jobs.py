@@ -16,6 +16,7 @@ from service.domain.principal import Principal
 from service.messaging.broker import BrokerUnavailable
 from service.messaging.job_events import JobEvents
 from service.messaging.publisher import SubmissionPublisher
+from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore
 from service.usecases.eta import EtaEstimator
@@ -65,12 +66,14 @@ class JobService:
         events: JobEvents | None = None,
         *,
         patients: PatientStore | None = None,
+        entities: EntityStore | None = None,
     ) -> None:
         """`events`: the job-finished events a long poll waits for; None: a poll that asks
         to wait answers at once. `patients`: where a submission's patient is checked before
         its job is created; None: the consumer checks it alone."""
         self.store = store
         self.patients = patients
+        self.entities = entities
         self.publisher = publisher
         self.events = events
         self.pending = PendingJobs(store, estimator.eta if estimator else None)
@@ -128,16 +131,27 @@ class JobService:
         return self._finished.rendered(job_id, client_id, job, render)
 
     async def check_submission(
-        self, job_type: JobType, patient_id: str, data: dict[str, Any]
+        self,
+        job_type: JobType,
+        patient_id: str,
+        data: dict[str, Any],
+        params: dict[str, str] | None = None,
     ) -> None:
         """What the original checks on the request, in its order: the patient exists (404)
-        and is active (409), the request has its schema (422). `SubmissionRefused` if not."""
+        and is active (409), the entity the path names exists (404), the request has its
+        schema (422). `SubmissionRefused` if not."""
         if job_type.needs_active_patient and self.patients is not None:
             patient = await self.patients.get(patient_id)
             if patient is None:
                 raise SubmissionRefused(404, PATIENT_NOT_FOUND)
             if patient.get("status") != "active":
                 raise SubmissionRefused(409, PATIENT_NOT_ACTIVE)
+        named = job_type.http.names if job_type.http is not None else None
+        if named is not None and self.entities is not None:
+            param, kind = named
+            entity_id = (params or {}).get(param, "")
+            if not await self.entities.found(kind.collection, [entity_id], patient_id):
+                raise SubmissionRefused(404, f"{kind.title} not found")
         try:
             job_type.schema.load(data)
         except ValidationError as exc:
@@ -163,7 +177,7 @@ class JobService:
         """
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
-        await self.check_submission(job_type, patient_id, data)
+        await self.check_submission(job_type, patient_id, data, params)
         submission = submission_body(job_type.name, patient_id, principal, data, params)
         request_hash = submission_hash(submission)
         # Identical submissions arriving together (a double click) wait for each other in

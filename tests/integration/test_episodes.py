@@ -78,16 +78,40 @@ async def test_an_episode_is_checked_as_the_original_checks_it(api, start_consum
     data = submission["data"]
     data["care_manager"]["identifier"]["value"] = str(uuid.uuid4())
     data["managing_organization"]["identifier"]["value"] = str(uuid.uuid4())
-    data["period"]["start"] = "2999-01-01"
     failed = await submitted(api, submission)
     entries = {e["entry"]: e["rules"][0]["description"] for e in failed["error"]["invalid"]}
     assert entries == {
         "$.managing_organization.identifier.value": "LegalEntity with such ID is not found",
         "$.care_manager.identifier.value": "Employee with such ID is not found",
-        "$.period.start": "Start date must be in past",
     }
-    unknown = await submitted(api, episode_example("update", str(uuid.uuid4())))
-    assert (unknown["status_code"], unknown["error"]) == ("404", "Episode not found")
+    # An episode the patient does not have: 404 on the PATCH, as the original checks it there.
+    method, path = route(episode_example("update", str(uuid.uuid4())))
+    response = await api.request(method, path, json={"name": "x"}, headers=WRITE)
+    assert response.status == 404
+    assert (await response.json())["error"] == {"type": "not_found", "message": "Episode not found"}
+
+
+async def test_an_episode_of_another_legal_entity_is_not_closed(api, publisher, start_consumer):
+    await start_consumer()
+    episode_id = str(uuid.uuid4())
+    await submitted(api, episode_example("create", episode_id))
+    other = episode_example("close", episode_id)
+    other["requested_by"]["client_id"] = "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
+    job_id = new_job_id()
+    await publisher.publish(other, job_id, request_id=job_id)
+    polled = (await poll(api, job_id, bearer(client_id=other["requested_by"]["client_id"])))[1]
+    assert polled["data"]["error"] == {
+        "type": "request_conflict",
+        "message": "Managing_organization does not correspond to user's legal_entity",
+    }
+    unknown = episode_example("close", str(uuid.uuid4()))
+    job_id = new_job_id()
+    await publisher.publish(unknown, job_id, request_id=job_id)
+    polled = (await poll(api, job_id, READ))[1]
+    assert (polled["data"]["status_code"], polled["data"]["error"]) == (
+        "404",
+        "Failed to get episode",
+    )
 
 
 async def test_an_episode_with_an_encounter_is_not_cancelled(api, start_consumer) -> None:

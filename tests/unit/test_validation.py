@@ -305,7 +305,14 @@ def test_every_stored_error_is_capped() -> None:
 
 def test_the_registry_finds_every_processor_module() -> None:
     registry = builtin_registry()
-    assert registry.names == ["encounter_package.cancel", "encounter_package.create"]
+    assert registry.names == [
+        "encounter_package.cancel",
+        "encounter_package.create",
+        "episode.cancel",
+        "episode.close",
+        "episode.create",
+        "episode.update",
+    ]
     assert registry.get("encounter_package.create").required_scope == "encounter:write"
     assert registry.get("nothing") is None
 
@@ -314,8 +321,8 @@ def test_a_job_type_is_registered_once() -> None:
     job_type = builtin_registry().get("encounter_package.create")
     with pytest.raises(ValueError, match="registered twice"):
         JobTypeRegistry([job_type, job_type])
-    extra = JobType("episode.create", job_type.schema, job_type.handler, "episode:write")
-    assert builtin_registry().with_types(extra).get("episode.create") is extra
+    extra = JobType("approval.create", job_type.schema, job_type.handler, "approval:write")
+    assert builtin_registry().with_types(extra).get("approval.create") is extra
 
 
 def test_a_key_given_twice_is_a_422_at_its_path_and_the_requester_is_still_known() -> None:
