@@ -24,7 +24,8 @@ VISIT = {
     "period": {"start": "2026-12-01T08:55:00Z", "end": "2026-12-01T09:50:00Z"},
 }
 
-# name: (job type, patient, scope, content, with the visit)
+# name: (job type's action, patient, scope, content, with the visit[, the package the job
+# type is of, when not `encounter_package`])
 EXAMPLES = {
     "encounter_package": ("create", ACTIVE_PATIENT, WRITE, "encounter_package", True),
     "cancel_encounter_package": (
@@ -39,16 +40,32 @@ EXAMPLES = {
     "failed_409_inactive_patient": ("create", INACTIVE_PATIENT, WRITE, "encounter_package", True),
     "failed_422_invalid_package": ("create", ACTIVE_PATIENT, WRITE, "invalid_package", True),
     "failed_422_business_rules": ("create", ACTIVE_PATIENT, WRITE, "unknown_references", True),
+    "diagnostic_report_package": (
+        "create",
+        ACTIVE_PATIENT,
+        "diagnostic_report:write job:read",
+        "diagnostic_report_package",
+        False,
+        "diagnostic_report_package",
+    ),
+    "cancel_diagnostic_report_package": (
+        "cancel",
+        ACTIVE_PATIENT,
+        "diagnostic_report:write job:read",
+        "cancel_diagnostic_report_package",
+        False,
+        "diagnostic_report_package",
+    ),
 }
 
 
 def example(name: str) -> dict[str, Any]:
-    action, patient_id, scope, content_name, with_visit = EXAMPLES[name]
+    action, patient_id, scope, content_name, with_visit, *package = EXAMPLES[name]
     content = json.loads((HERE / "content" / f"{content_name}.json").read_bytes())
     data: dict[str, Any] = {"visit": VISIT} if with_visit else {}
     data["signed_data"] = encode_unsigned(content)
     return {
-        "type": f"encounter_package.{action}",
+        "type": f"{package[0] if package else 'encounter_package'}.{action}",
         "patient_id": patient_id,
         "requested_by": {"client_id": DEMO_CLIENT, "user_id": DEMO_USER, "scope": scope},
         "data": data,

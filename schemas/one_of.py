@@ -63,7 +63,7 @@ def _entry(path: str, description: str, params: list[str]) -> dict[str, Any]:
     }
 
 
-_VALUES = (
+OBSERVATION_VALUES = (
     "value_quantity",
     "value_codeable_concept",
     "value_sampled_data",
@@ -88,8 +88,8 @@ PACKAGE_ONE_OF = (
     OneOf(("medication_statements",), ("report_origin", "asserter"), True),
     OneOf(("observations",), ("report_origin", "performer"), True),
     OneOf(("observations",), ("effective_date_time", "effective_period"), False),
-    OneOf(("observations",), _VALUES, True),
-    OneOf(("observations", "components"), _VALUES, True),
+    OneOf(("observations",), OBSERVATION_VALUES, True),
+    OneOf(("observations", "components"), OBSERVATION_VALUES, True),
     OneOf(("risk_assessments", "predictions"), ("probability_range", "probability_decimal"), False),
     OneOf(("risk_assessments", "predictions"), ("when_range", "when_period"), False),
 )

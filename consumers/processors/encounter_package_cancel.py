@@ -12,10 +12,10 @@ condition still a diagnosis of a live encounter.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from consumers.processors.package_checks import signer_conflict
+from consumers.processors.package_comparison import NOT_COMPARED, differs
 from consumers.processors.package_model import entities_of, ref
 from schemas.encounter_package import PackageCancelRequestSchema
 from schemas.one_of import PACKAGE_ONE_OF, check_one_of
@@ -35,7 +35,6 @@ from service.usecases.signed_content import read_signed_content
 
 # Set on the encounter by a cancel, not compared with what was created.
 _CANCELLATION_FIELDS = ("cancellation_reason", "explanatory_letter")
-_NOT_COMPARED = {"id", *_CANCELLATION_FIELDS}
 
 
 def _conflict(message: str) -> JobOutcome:
@@ -160,42 +159,11 @@ def _first_difference(
             if document is None:
                 return f"{where}.id"
             for name, value in entity.items():
-                if name in _NOT_COMPARED or name == kind.status_field or name not in document:
+                if name in NOT_COMPARED or name == kind.status_field or name not in document:
                     continue
-                if (path := _differs(value, document.get(name), f"{where}.{name}")) is not None:
+                if (path := differs(value, document.get(name), f"{where}.{name}")) is not None:
                     return path
     return None
-
-
-def _differs(submitted: Any, stored: Any, path: str) -> str | None:
-    if isinstance(submitted, dict):
-        if not isinstance(stored, dict):
-            return path
-        for key, value in submitted.items():
-            if key not in stored:
-                continue  # not part of what was created (see `_first_difference`)
-            if (found := _differs(value, stored[key], f"{path}.{key}")) is not None:
-                return found
-        return None
-    if isinstance(submitted, list):
-        if not isinstance(stored, list) or len(stored) != len(submitted):
-            return path
-        for index, (one, other) in enumerate(zip(submitted, stored, strict=True)):
-            if (found := _differs(one, other, f"{path}.{index}")) is not None:
-                return found
-        return None
-    if isinstance(submitted, datetime):
-        return None if _instant(submitted) == _instant(stored) else path
-    return None if submitted == stored else path
-
-
-def _instant(value: Any) -> Any:
-    """A datetime as MongoDB keeps it: UTC, to the millisecond."""
-    if not isinstance(value, datetime):
-        return value
-    aware = value if value.tzinfo else value.replace(tzinfo=UTC)
-    aware = aware.astimezone(UTC)
-    return aware.replace(microsecond=aware.microsecond // 1000 * 1000)
 
 
 def _cancels_a_diagnosis(content: dict[str, Any], marks: list[tuple[EntityKind, str]]) -> bool:

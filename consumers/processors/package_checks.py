@@ -56,7 +56,7 @@ _PAST_DATES = {
 }
 
 
-class _Report:
+class RuleReport:
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
 
@@ -78,7 +78,7 @@ def check_package(
     max_days_passed: int = ENCOUNTER_MAX_DAYS_PASSED,
 ) -> list[dict[str, Any]]:
     """Every business rule the package breaks, as `invalid` entries (empty: none)."""
-    report = _Report()
+    report = RuleReport()
     if visit is not None:
         _check_visit(report, visit, facts, now)
     _check_encounter(report, content, visit, facts, client_id, now, max_days_passed)
@@ -89,7 +89,7 @@ def check_package(
 
 
 def _check_visit(
-    report: _Report, visit: dict[str, Any], facts: PackageFacts, now: datetime
+    report: RuleReport, visit: dict[str, Any], facts: PackageFacts, now: datetime
 ) -> None:
     period = visit["period"]
     if period["start"] > now:
@@ -103,7 +103,7 @@ def _check_visit(
 
 
 def _check_doctor(
-    report: _Report, path: Path, employee_id: str, facts: PackageFacts, client_id: str
+    report: RuleReport, path: Path, employee_id: str, facts: PackageFacts, client_id: str
 ) -> None:
     """The encounter's performer: an approved doctor of the client's legal entity."""
     employee = facts.employees.get(employee_id)
@@ -117,8 +117,8 @@ def _check_doctor(
         report.add(path, f"Employee {employee_id} doesn't belong to your legal entity")
 
 
-def _check_source_employee(
-    report: _Report, path: Path, employee_id: str, facts: PackageFacts, client_id: str
+def check_source_employee(
+    report: RuleReport, path: Path, employee_id: str, facts: PackageFacts, client_id: str
 ) -> None:
     """An asserter or performer of an entity (the original's `Core.Source`)."""
     employee = facts.employees.get(employee_id)
@@ -134,7 +134,7 @@ _VALUE = ["identifier", "value"]
 
 
 def _check_encounter(
-    report: _Report,
+    report: RuleReport,
     content: dict[str, Any],
     visit: dict[str, Any] | None,
     facts: PackageFacts,
@@ -205,7 +205,7 @@ def _check_encounter(
 
 
 def _check_service_request(
-    report: _Report, path: Path, request_id: str | None, facts: PackageFacts
+    report: RuleReport, path: Path, request_id: str | None, facts: PackageFacts
 ) -> None:
     request = facts.service_requests.get(request_id or "")
     if request is None:
@@ -221,7 +221,7 @@ def _codes(concept: Any) -> set[str]:
 
 
 def _check_entities(
-    report: _Report,
+    report: RuleReport,
     content: dict[str, Any],
     kind: EntityKind,
     encounter_id: str,
@@ -254,9 +254,7 @@ def _check_entities(
                     "required",
                 )
             if employee_id := ref(entity.get(source)):
-                _check_source_employee(
-                    report, [*at, source, *_VALUE], employee_id, facts, client_id
-                )
+                check_source_employee(report, [*at, source, *_VALUE], employee_id, facts, client_id)
         if dated := _PAST_DATES.get(key):
             name, message = dated
             if isinstance(entity.get(name), datetime) and entity[name] > now:
@@ -266,11 +264,11 @@ def _check_entities(
         elif kind is OBSERVATION:
             _check_observation(report, content, entity, at, facts)
         elif kind is DIAGNOSTIC_REPORT:
-            _check_diagnostic_report(report, entity, at, facts, client_id, now)
+            check_diagnostic_report(report, entity, at, facts, client_id, now)
 
 
 def _check_evidences(
-    report: _Report,
+    report: RuleReport,
     content: dict[str, Any],
     condition: dict[str, Any],
     at: Path,
@@ -291,7 +289,7 @@ def _check_evidences(
 
 
 def _check_observation(
-    report: _Report,
+    report: RuleReport,
     content: dict[str, Any],
     observation: dict[str, Any],
     at: Path,
@@ -312,8 +310,8 @@ def _check_observation(
         _check_service_request(report, [*at, "based_on", b, *_VALUE], ref(based_on), facts)
 
 
-def _check_diagnostic_report(
-    report: _Report,
+def check_diagnostic_report(
+    report: RuleReport,
     diagnostic_report: dict[str, Any],
     at: Path,
     facts: PackageFacts,
@@ -321,12 +319,12 @@ def _check_diagnostic_report(
     now: datetime,
 ) -> None:
     recorded_by = ref(diagnostic_report.get("recorded_by")) or ""
-    _check_source_employee(report, [*at, "recorded_by", *_VALUE], recorded_by, facts, client_id)
+    check_source_employee(report, [*at, "recorded_by", *_VALUE], recorded_by, facts, client_id)
     for name in ("performer", "results_interpreter"):
         employee_id = ref((diagnostic_report.get(name) or {}).get("reference"))
         if employee_id:
             path = [*at, name, "reference", *_VALUE]
-            _check_source_employee(report, path, employee_id, facts, client_id)
+            check_source_employee(report, path, employee_id, facts, client_id)
     organization = diagnostic_report.get("managing_organization")
     if diagnostic_report.get("primary_source") and organization is None:
         report.add(

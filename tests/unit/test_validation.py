@@ -306,6 +306,8 @@ def test_every_stored_error_is_capped() -> None:
 def test_the_registry_finds_every_processor_module() -> None:
     registry = builtin_registry()
     assert registry.names == [
+        "diagnostic_report_package.cancel",
+        "diagnostic_report_package.create",
         "encounter_package.cancel",
         "encounter_package.create",
         "episode.cancel",
