@@ -34,6 +34,7 @@ from service.signatures import Base64JsonDecoder, CmsSignatureVerifier, Signatur
 from service.storage.consumer_stats import ConsumerStats
 from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
+from service.storage.entity_reads import EntityReads
 from service.storage.indexes import ensure_indexes_or_later, stop_trying
 from service.storage.jobs import JobStore
 from service.storage.mongo import open_mongo_client
@@ -133,6 +134,11 @@ class Services:
         return EntityStore(self.database)
 
     @cached_property
+    def entity_reads(self) -> EntityReads:
+        """The patients' lists of entities, for the HTTP API."""
+        return EntityReads(self.database)
+
+    @cached_property
     def patients(self) -> PatientStore:
         return PatientStore(self.database)
 
@@ -163,7 +169,7 @@ class Services:
     async def prepare_storage(self) -> None:
         """The indexes every store needs: made now when MongoDB answers, else as soon as it
         does (a process starts, and answers 503 or holds its messages, meanwhile)."""
-        indexing = await ensure_indexes_or_later(self.jobs, self.entities)
+        indexing = await ensure_indexes_or_later(self.jobs, self.entities, self.entity_reads)
         if indexing is not None:
             self.on_close(functools.partial(stop_trying, indexing))
 

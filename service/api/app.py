@@ -10,6 +10,7 @@ from aiohttp import web
 from service.api.auth import build_authenticator
 from service.api.keys import (
     AUTHENTICATOR,
+    ENTITY_READS,
     ENTITY_STORE,
     JOB_SERVICE,
     OPENAPI_DOCUMENT,
@@ -42,6 +43,7 @@ def create_app(services: Services) -> web.Application:
     app[JOB_SERVICE] = services.job_service
     app[OPERATOR_SERVICE] = services.operator_service
     app[ENTITY_STORE] = services.entities
+    app[ENTITY_READS] = services.entity_reads
     app.cleanup_ctx.append(lifetime)
     setup_routes(app, services.registry)
     return app

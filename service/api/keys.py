@@ -9,6 +9,7 @@ from service.bootstrap import Services
 from service.config import Settings
 from service.domain.principal import Principal
 from service.storage.entities import EntityStore
+from service.storage.entity_reads import EntityReads
 from service.usecases.jobs import JobService
 from service.usecases.operations import OperatorService
 
@@ -17,6 +18,7 @@ SERVICES = web.AppKey("services", Services)
 SETTINGS = web.AppKey("settings", Settings)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 ENTITY_STORE = web.AppKey("entity_store", EntityStore)
+ENTITY_READS = web.AppKey("entity_reads", EntityReads)
 JOB_SERVICE = web.AppKey("job_service", JobService)
 OPENAPI_DOCUMENT = web.AppKey("openapi_document", bytes)
 OPERATOR_SERVICE = web.AppKey("operator_service", OperatorService)

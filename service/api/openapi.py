@@ -18,10 +18,16 @@ from marshmallow import fields
 from schemas import admin as admin_schemas
 from schemas import jobs as job_schemas
 from schemas.entities import ENTITY_ENVELOPES, envelope_name
+from schemas.entity_queries import (
+    EPISODE_LIST_QUERIES,
+    LIST_QUERIES,
+    PAGE_ENVELOPES,
+    page_envelope_name,
+)
 from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
 from schemas.health import HEALTH
 from service.api.views.jobs import MAX_WAIT_SECONDS
-from service.domain.entities import READABLE_KINDS
+from service.domain.entities import ALL_ENTITY_KINDS, READABLE_KINDS, EntityKind
 from service.usecases.job_types import JobType, JobTypeRegistry
 
 JSON = "application/json"
@@ -120,6 +126,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
                 raise ValueError(f"{name} names two schemas of request bodies")
     for kind in READABLE_KINDS:
         envelopes[envelope_name(kind)] = ENTITY_ENVELOPES[kind.collection]
+        envelopes[page_envelope_name(kind)] = PAGE_ENVELOPES[kind.collection]
     for name, schema in envelopes.items():
         spec.components.schema(name, schema=schema)
 
@@ -255,6 +262,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
             }
         },
     )
+    _entity_list_paths(spec, secured, patient_id, etag)
     for path, summary in (
         ("/health/live", "The process serves requests"),
         ("/health/ready", "MongoDB and the broker answer"),
@@ -273,6 +281,108 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
         )
     _admin_paths(spec, secured, job_id)
     return spec.to_dict()
+
+
+def _entity_list_paths(
+    spec: APISpec, secured: list[dict], patient_id: dict[str, Any], etag: dict[str, Any]
+) -> None:
+    """A patient's lists, one path per kind with its filters, and the reads in an episode's
+    context (scope `<entity>:read` of the kind)."""
+    episode_id = {
+        "name": "episode_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The UUID of one of the patient's episodes",
+    }
+    if_none_match = {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}}
+    not_modified = {"description": "Unchanged since the ETag given", "headers": etag}
+    bad_query = _json(
+        _ref("ErrorEnvelope"), "A query parameter unknown or malformed (`invalid` says which)"
+    )
+
+    def page_of(kind: EntityKind, query: Any, context: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "get": {
+                "summary": f"The patient's {kind.collection.replace('_', ' ')}, newest first,"
+                f" a page at a time (scope {kind.entity}:read)",
+                "security": secured,
+                "parameters": [
+                    patient_id,
+                    *context,
+                    {"in": "query", "schema": query},
+                    if_none_match,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page",
+                        "headers": etag,
+                        "content": {JSON: {"schema": _ref(page_envelope_name(kind))}},
+                    },
+                    "304": not_modified,
+                    **_errors(401, 403, 404, 503, 500),
+                    "422": bad_query,
+                },
+            }
+        }
+
+    for kind in READABLE_KINDS:
+        spec.path(
+            path=f"/api/patients/{{patient_id}}/{kind.collection}",
+            operations=page_of(kind, LIST_QUERIES[kind.collection], []),
+        )
+    for kind in ALL_ENTITY_KINDS:
+        spec.path(
+            path=f"/api/patients/{{patient_id}}/episodes/{{episode_id}}/{kind.collection}",
+            operations=page_of(kind, EPISODE_LIST_QUERIES[kind.collection], [episode_id]),
+        )
+    spec.path(
+        path="/api/patients/{patient_id}/episodes/{episode_id}/{collection}/{entity_id}",
+        operations={
+            "get": {
+                "summary": "An entity recorded in one of the patient's episodes"
+                " (scope <entity>:read)",
+                "security": secured,
+                "parameters": [
+                    patient_id,
+                    episode_id,
+                    {
+                        "name": "collection",
+                        "in": "path",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "enum": [kind.collection for kind in ALL_ENTITY_KINDS],
+                        },
+                    },
+                    {
+                        "name": "entity_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    if_none_match,
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The entity",
+                        "headers": etag,
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "oneOf": [
+                                        _ref(envelope_name(kind)) for kind in ALL_ENTITY_KINDS
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "304": not_modified,
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            }
+        },
+    )
 
 
 def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from service.api.views import admin, entities, health, jobs, submissions
+from service.api.views import admin, entities, entity_lists, health, jobs, submissions
 from service.usecases.job_types import JobTypeRegistry
 
 
@@ -19,6 +19,25 @@ def setup_routes(app: web.Application, registry: JobTypeRegistry) -> None:
         assert job_type.http is not None
         handler = submissions.submission_handler(job_type)
         app.router.add_route(job_type.http.method, job_type.http.path, handler)
+    # A patient's lists (one segment after the patient; the single read has two) and what was
+    # recorded in one episode (three and four). Only the listed collections match.
+    listed, in_episode = entity_lists.LISTED_COLLECTIONS, entity_lists.EPISODE_COLLECTIONS
+    app.router.add_get(
+        f"/api/patients/{{patient_id}}/{{collection:{listed}}}",
+        entity_lists.list_entities,
+        name="entities",
+    )
+    app.router.add_get(
+        f"/api/patients/{{patient_id}}/episodes/{{episode_id}}/{{collection:{in_episode}}}",
+        entity_lists.list_episode_entities,
+        name="episode_entities",
+    )
+    app.router.add_get(
+        f"/api/patients/{{patient_id}}/episodes/{{episode_id}}/{{collection:{in_episode}}}"
+        "/{entity_id}",
+        entity_lists.get_episode_entity,
+        name="episode_entity",
+    )
     # Where a processed job's links lead.
     app.router.add_get(
         "/api/patients/{patient_id}/{collection}/{entity_id}", entities.get_entity, name="entity"

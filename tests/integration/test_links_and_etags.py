@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain.entities import ALL_ENTITY_KINDS
+from service.domain.entities import ALL_ENTITY_KINDS, READABLE_KINDS
 from service.domain.jobs import JobOutcome, new_job_id
 from tests.conftest import bearer, new_job
 from tests.harness import (
@@ -19,7 +19,7 @@ from tests.harness import (
 
 READ_ALL = bearer(
     client_id=DEMO_CLIENT,
-    scopes=("job:read", *(f"{kind.entity}:read" for kind in ALL_ENTITY_KINDS)),
+    scopes=("job:read", *(f"{kind.entity}:read" for kind in READABLE_KINDS)),
 )
 
 
@@ -78,7 +78,8 @@ async def test_unknown_and_foreign_entities_are_not_found(api, processed) -> Non
         f"/api/patients/{ACTIVE_PATIENT}/encounters/00000000-0000-4000-8000-000000000000",
         f"/api/patients/{INACTIVE_PATIENT}/encounters/{entity_id}",  # another patient's
         f"/api/patients/{ACTIVE_PATIENT}/encounters/not-a-uuid",
-        f"/api/patients/{ACTIVE_PATIENT}/episodes/{entity_id}",  # no such collection
+        f"/api/patients/{ACTIVE_PATIENT}/visits/{entity_id}",  # not a collection read
+        f"/api/patients/{ACTIVE_PATIENT}/episodes/{entity_id}",  # an episode of that id: none
         f"/api/patients/not-a-uuid/encounters/{entity_id}",
     ):
         response = await api.get(path, headers=READ_ALL)
