@@ -17,7 +17,6 @@ from pymongo.errors import BulkWriteError
 
 from service.domain.entities import (
     ALL_ENTITY_KINDS,
-    ENCOUNTER_ENTITY_KINDS,
     ENTERED_IN_ERROR,
     EPISODE,
     VISIT,
@@ -44,8 +43,8 @@ class EntityStore:
             await collection.create_index([("job_id", ASCENDING)])
             if kind in ALL_ENTITY_KINDS:
                 await collection.create_index([("cancelled_by_job", ASCENDING)])
-            if kind in ENCOUNTER_ENTITY_KINDS:
-                await collection.create_index([("encounter_id", ASCENDING)])
+            # `encounter_id` and `episode_id` are served by the reads' indexes, which start
+            # with `patient_id` as every query of them does (`storage.entity_reads`).
 
     @unavailable_on_outage
     async def insert(
