@@ -56,6 +56,14 @@ EXAMPLES = {
         False,
         "diagnostic_report_package",
     ),
+    "service_request": (
+        "create",
+        ACTIVE_PATIENT,
+        "service_request:write job:read",
+        "service_request",
+        False,
+        "service_request",
+    ),
 }
 
 

@@ -11,10 +11,11 @@ from marshmallow import Schema, fields
 from schemas.envelope import Meta, UtcDateTime, envelope_schema
 from schemas.episodes import EpisodeSchema
 from schemas.package_content import ENTITY_SCHEMAS
-from service.domain.entities import EPISODE, READABLE_KINDS, EntityKind
+from schemas.service_requests import ServiceRequestSchema
+from service.domain.entities import EPISODE, READABLE_KINDS, SERVICE_REQUEST, EntityKind
 
 # How each kind renders: a package's entities by their package schema, episodes by theirs.
-READ_SCHEMAS = {**ENTITY_SCHEMAS, EPISODE: EpisodeSchema}
+READ_SCHEMAS = {**ENTITY_SCHEMAS, EPISODE: EpisodeSchema, SERVICE_REQUEST: ServiceRequestSchema}
 
 
 def envelope_name(kind: EntityKind) -> str:

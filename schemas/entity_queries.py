@@ -59,6 +59,7 @@ from service.domain.entities import (
     PROCEDURE,
     READABLE_KINDS,
     RISK_ASSESSMENT,
+    SERVICE_REQUEST,
     EntityKind,
 )
 
@@ -218,6 +219,13 @@ _PARAMETERS: dict[EntityKind, Callable[[], dict[str, fields.Field]]] = {
         "status": _code("The episode's status"),
         "managing_organization_id": _uuid("Episodes managed by this legal entity"),
         **_days("period", "Episodes that started (`period.start`)"),
+    },
+    SERVICE_REQUEST: lambda: {
+        "episode_id": _uuid("Service requests made in an encounter of this episode"),
+        "status": _code("The service request's status"),
+        "code": _uuid("The service or service group requested (`code.identifier.value`)"),
+        "requester_legal_entity": _uuid("Service requests made by this legal entity"),
+        "used_by_legal_entity": _uuid("Service requests used by this legal entity"),
     },
 }
 

@@ -66,8 +66,10 @@ ALL_ENTITY_KINDS = (ENCOUNTER, *ENCOUNTER_ENTITY_KINDS)
 VISIT = EntityKind("visit", "visits", "visit")
 # An episode of care: the encounters of one health problem. Written by its own job types.
 EPISODE = EntityKind("episode", "episodes", "episodes")
-# What a patient's reads serve: the entities of packages, and episodes.
-READABLE_KINDS = (*ALL_ENTITY_KINDS, EPISODE)
+# A referral for a service: written by its own job types.
+SERVICE_REQUEST = EntityKind("service_request", "service_requests", "service_requests")
+# What a patient's reads serve: the entities of packages, episodes and service requests.
+READABLE_KINDS = (*ALL_ENTITY_KINDS, EPISODE, SERVICE_REQUEST)
 KINDS_BY_COLLECTION = {kind.collection: kind for kind in READABLE_KINDS}
 
 

@@ -19,6 +19,7 @@ from service.domain.entities import (
     ALL_ENTITY_KINDS,
     ENTERED_IN_ERROR,
     EPISODE,
+    SERVICE_REQUEST,
     VISIT,
     EntityKind,
 )
@@ -26,7 +27,7 @@ from service.storage.mongo import unavailable_on_outage
 
 DUPLICATE_KEY = 11000
 # What a job may write: the entities, and the visit of a package.
-WRITTEN_KINDS = (*ALL_ENTITY_KINDS, VISIT, EPISODE)
+WRITTEN_KINDS = (*ALL_ENTITY_KINDS, VISIT, EPISODE, SERVICE_REQUEST)
 
 
 class EntityStore:

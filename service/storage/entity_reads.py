@@ -41,6 +41,7 @@ from service.domain.entities import (
     PROCEDURE,
     READABLE_KINDS,
     RISK_ASSESSMENT,
+    SERVICE_REQUEST,
     EntityKind,
 )
 from service.storage.mongo import unavailable_on_outage
@@ -149,6 +150,13 @@ FILTERS: dict[EntityKind, dict[str, Filter]] = {
         "status": _equals("status"),
         "managing_organization_id": _equals("managing_organization.identifier.value"),
         **_days("period", "period.start", text=True),  # a date, kept as its text
+    },
+    SERVICE_REQUEST: {
+        "episode_id": _equals(EPISODE_FIELD),
+        "status": _equals("status"),
+        "code": _equals("code.identifier.value"),
+        "requester_legal_entity": _equals("requester_legal_entity.identifier.value"),
+        "used_by_legal_entity": _equals("used_by_legal_entity.identifier.value"),
     },
 }
 

@@ -29,7 +29,9 @@ from tests.conftest import bearer
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, INACTIVE_PATIENT, example, package_content
 from tests.harness import poll as poll_job
 
-WRITE = bearer(client_id=DEMO_CLIENT, scopes=("job:read", "encounter:write"))
+WRITE = bearer(
+    client_id=DEMO_CLIENT, scopes=("job:read", "encounter:write", "service_request:write")
+)
 READ_ALL = bearer(
     client_id=DEMO_CLIENT,
     scopes=("job:read", *(f"{kind.entity}:read" for kind in READABLE_KINDS)),
@@ -76,8 +78,25 @@ async def packages(api, start_consumer) -> list[dict[str, Any]]:
         condition["onset_date"] = (onset - timedelta(days=index)).isoformat()
         submission["data"]["signed_data"] = encode_unsigned(content)
         await _submit(api, submission)
+        await _submit_service_request(api, content["encounter"]["id"])
         contents.append(content)
     return contents
+
+
+async def _submit_service_request(api, encounter_id: str) -> None:
+    """A service request in the package's encounter, so that every readable kind has some."""
+    submission = example("service_request")
+    content = package_content(submission)
+    content["context"]["identifier"]["value"] = encounter_id
+    response = await api.post(
+        f"{PATIENT}/service_requests",
+        json={"signed_data": encode_unsigned(content)},
+        headers=WRITE,
+    )
+    assert response.status == 202, await response.text()
+    job_id = response.headers["Location"].rsplit("/", 1)[-1]
+    _, body = await poll_job(api, job_id, WRITE)
+    assert body["data"]["status"] == "processed", body
 
 
 async def _get(api, path: str, headers: dict[str, str] = READ_ALL, **query: Any):

@@ -314,6 +314,7 @@ def test_the_registry_finds_every_processor_module() -> None:
         "episode.close",
         "episode.create",
         "episode.update",
+        "service_request.create",
     ]
     assert registry.get("encounter_package.create").required_scope == "encounter:write"
     assert registry.get("nothing") is None
