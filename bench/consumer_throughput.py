@@ -55,6 +55,7 @@ from service.observability.logs import configure_logging
 from service.signatures import Base64JsonDecoder, decode_unsigned, encode_unsigned
 from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
+from service.storage.entity_reads import EntityReads
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
@@ -133,6 +134,7 @@ async def run_ours(
     jobs, entities = JobStore(db), EntityStore(db)
     await jobs.ensure_indexes()
     await entities.ensure_indexes()
+    await EntityReads(db).ensure_indexes()  # the reads' indexes: every write pays for them
     processor = CountingProcessor(
         jobs,
         entities,
@@ -175,6 +177,7 @@ async def run_bare(
     if writes == "same-writes":
         await JobStore(db).ensure_indexes()
         await EntityStore(db).ensure_indexes()
+        await EntityReads(db).ensure_indexes()
     connection = await aio_pika.connect_robust(settings.amqp_url)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=PREFETCH)
