@@ -276,12 +276,14 @@ class Date(String):
                 )
             )
         try:
-            date.fromisoformat(text)
+            day = date.fromisoformat(text)
         except ValueError:
             raise violation(
                 Rule("date", f"expected {_inspect(text)} to be an existing date")
             ) from None
-        return text
+        # Kept as `YYYY-MM-DD` whatever ISO form was sent (`20200101`, `2020-W01-1`), so that
+        # stored days compare and sort as text.
+        return day.isoformat()
 
 
 class Nested(_Typed, fields.Nested):

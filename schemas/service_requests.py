@@ -6,9 +6,6 @@ A create (`POST /api/patients/{patient_id}/service_requests`) is an envelope,
 content the MIS signs is checked by the consumer, property for property the original's
 `service_request_create_signed_content.json` (JSON Schema draft 4). It carries no id: the
 service request's id is the service's.
-
-A use (`PATCH .../service_requests/{service_request_id}/actions/use`) is unsigned JSON
-(`service_request_use.json`): who will provide the service.
 """
 
 from __future__ import annotations
@@ -38,20 +35,6 @@ class ServiceRequestCreateRequestSchema(StrictSchema):
     `service_request.create` message."""
 
     signed_data = String(required=True, min_length=1)
-
-
-class ServiceRequestParamsSchema(StrictSchema):
-    """The path parameter of the requests about one service request (`{service_request_id}`),
-    which a message carries as `params`."""
-
-    service_request_id = UUIDString(required=True)
-
-
-class ServiceRequestUseRequestSchema(StrictSchema):
-    """`PATCH .../service_requests/{service_request_id}/actions/use`."""
-
-    used_by_employee = Nested(EmployeeReference)
-    used_by_legal_entity = Nested(LegalEntityReference, required=True)
 
 
 # --- The signed content -------------------------------------------------------------------------

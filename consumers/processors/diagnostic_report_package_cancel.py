@@ -28,6 +28,8 @@ from schemas.diagnostic_report_package import (
     DiagnosticReportPackageCancelRequestSchema,
 )
 from schemas.one_of import check_one_of
+from schemas.rules import invalid
+from schemas.validation import invalid_entry
 from service.domain.entities import DIAGNOSTIC_REPORT, ENTERED_IN_ERROR, OBSERVATION, EntityKind
 from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
@@ -59,8 +61,16 @@ async def cancel_diagnostic_report_package(context: JobContext) -> JobOutcome:
             return _conflict(conflict)
 
     report = await context.entities.get(DIAGNOSTIC_REPORT, context.patient_id, submitted["id"])
-    if report is None:
+    if report is None or report.get("encounter_id") is not None:
+        # A report of an encounter package is cancelled with its package.
         return JobOutcome.failed(404, "not_found", "Diagnostic report not found")
+    if report.get("client_id") != context.client_id:
+        # Only the legal entity that recorded it, in every signature mode.
+        entry = invalid_entry(
+            ["managing_organization", "identifier", "value"],
+            invalid("Managing_organization does not correspond to user's legal_entity"),
+        )
+        return JobOutcome.validation_failed([entry])
     creator = await context.jobs.get(report.get("job_id", ""))
     if creator is not None and creator["status"] == JobStatus.PENDING:
         # Its package is still being written: cancelling now would miss what comes after.

@@ -8,14 +8,17 @@ from service.domain.entities import ENCOUNTER, ENTERED_IN_ERROR, EPISODE
 from service.domain.jobs import JobOutcome, Link, entity_href
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
+CANCELLABLE = ("active", "closed")
+
 
 async def cancel_episode(context: JobContext) -> JobOutcome:
     episode = await episode_of(context)
     status = episode.get("status")
-    if status not in ("active", "closed") and episode.get("cancelled_by_job") != context.job_id:
-        return JobOutcome.failed(
-            409, "request_conflict", f"Episode in status {status} can not be canceled"
-        )
+    refused = JobOutcome.failed(
+        409, "request_conflict", f"Episode in status {status} can not be canceled"
+    )
+    if status not in CANCELLABLE and episode.get("changed_by_job") != context.job_id:
+        return refused
     if (conflict := managed_elsewhere(context, episode)) is not None:
         return conflict
     if await context.entities.standing_in_episode(ENCOUNTER, context.patient_id, episode["_id"]):
@@ -28,11 +31,13 @@ async def cancel_episode(context: JobContext) -> JobOutcome:
     cancelled = {
         "status": ENTERED_IN_ERROR,
         "status_reason": request["status_reason"],
-        "cancelled_by_job": context.job_id,
     }
     if "explanatory_letter" in request:
         cancelled["explanatory_letter"] = request["explanatory_letter"]
-    await context.entities.set_fields(EPISODE, episode["_id"], cancelled)
+    if not await context.entities.change_episode(
+        context.patient_id, episode["_id"], context.job_id, cancelled, from_statuses=CANCELLABLE
+    ):
+        return refused  # cancelled by another job since it was read
     href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
     return JobOutcome.processed([Link(EPISODE.entity, href)])
 

@@ -13,10 +13,11 @@ from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
 async def close_episode(context: JobContext) -> JobOutcome:
     episode = await episode_of(context)
-    if episode.get("status") != "active" and episode.get("closed_by_job") != context.job_id:
-        return JobOutcome.failed(
-            409, "request_conflict", f"Episode in status {episode.get('status')} can not be closed"
-        )
+    refused = JobOutcome.failed(
+        409, "request_conflict", f"Episode in status {episode.get('status')} can not be closed"
+    )
+    if episode.get("status") != "active" and episode.get("changed_by_job") != context.job_id:
+        return refused
     if (conflict := managed_elsewhere(context, episode)) is not None:
         return conflict
     request = context.data
@@ -30,11 +31,13 @@ async def close_episode(context: JobContext) -> JobOutcome:
         "status": "closed",
         "period": {**(episode.get("period") or {}), "end": end},
         "status_reason": request["status_reason"],
-        "closed_by_job": context.job_id,
     }
     if "closing_summary" in request:
         closed["closing_summary"] = request["closing_summary"]
-    await context.entities.set_fields(EPISODE, episode["_id"], closed)
+    if not await context.entities.change_episode(
+        context.patient_id, episode["_id"], context.job_id, closed, from_statuses=("active",)
+    ):
+        return refused  # changed by another job since it was read
     href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
     return JobOutcome.processed([Link(EPISODE.entity, href)])
 

@@ -15,10 +15,11 @@ from service.usecases.job_types import HttpSubmission, JobContext, JobType
 
 async def update_episode(context: JobContext) -> JobOutcome:
     episode = await episode_of(context)
-    if episode.get("status") != "active":
-        return JobOutcome.failed(
-            409, "request_conflict", f"Episode in status {episode.get('status')} can not be updated"
-        )
+    refused = JobOutcome.failed(
+        409, "request_conflict", f"Episode in status {episode.get('status')} can not be updated"
+    )
+    if episode.get("status") != "active" and episode.get("changed_by_job") != context.job_id:
+        return refused
     changes = context.data
     # The stored managing organization is checked again, as the original's changeset does.
     broken = await managing_organization_entries(context, episode.get("managing_organization"))
@@ -26,7 +27,10 @@ async def update_episode(context: JobContext) -> JobOutcome:
         broken += await care_manager_entries(context, changes["care_manager"])
     if broken:
         return JobOutcome.validation_failed(broken)
-    await context.entities.set_fields(EPISODE, episode["_id"], dict(changes))
+    if not await context.entities.change_episode(
+        context.patient_id, episode["_id"], context.job_id, dict(changes), from_statuses=("active",)
+    ):
+        return refused  # closed or cancelled since it was read
     href = entity_href(context.patient_id, EPISODE.collection, episode["_id"])
     return JobOutcome.processed([Link(EPISODE.entity, href)])
 

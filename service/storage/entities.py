@@ -99,6 +99,29 @@ class EntityStore:
         await self._db["episodes"].replace_one({"_id": episode["_id"]}, episode, upsert=True)
 
     @unavailable_on_outage
+    async def change_episode(
+        self,
+        patient_id: str,
+        episode_id: str,
+        job_id: str,
+        fields: dict[str, Any],
+        *,
+        from_statuses: tuple[str, ...],
+    ) -> bool:
+        """Set `fields` on the episode if its status is one of `from_statuses` now, or if job
+        `job_id` was the last to change it (a delivery again): one conditional write, so that
+        two jobs racing on one episode cannot both change it. False: another job won."""
+        result = await self._collection(EPISODE).update_one(
+            {
+                "_id": episode_id,
+                "patient_id": patient_id,
+                "$or": [{"status": {"$in": list(from_statuses)}}, {"changed_by_job": job_id}],
+            },
+            {"$set": {**fields, "changed_by_job": job_id}, "$currentDate": {"updated_at": True}},
+        )
+        return result.matched_count == 1
+
+    @unavailable_on_outage
     async def standing_in_episode(self, kind: EntityKind, patient_id: str, episode_id: str) -> bool:
         """Whether the episode has an entity of `kind` that is not entered in error."""
         found = await self._collection(kind).find_one(

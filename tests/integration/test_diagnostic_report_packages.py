@@ -468,3 +468,21 @@ async def test_a_signed_package_is_signed_by_who_recorded_it(api, db, start_cons
     assert descriptions(job) == {
         "$.diagnostic_report.recorded_by.identifier.value": "Employee with such ID is not found"
     }
+
+
+async def test_another_legal_entity_cannot_cancel_a_report(api, publisher, start_consumer):
+    """In every signature mode: only the client that recorded the report cancels it."""
+    await start_consumer()
+    created, cancel = examples("diagnostic_report_package", "cancel_diagnostic_report_package")
+    assert (await submitted(api, created))["status"] == "processed"
+    other = "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
+    foreign = {**cancel, "requested_by": {**cancel["requested_by"], "client_id": other}}
+    job_id = new_job_id()
+    await publisher.publish(foreign, job_id, request_id=job_id)
+    _, polled = await poll(api, job_id, bearer(client_id=other))
+    assert polled["data"]["status_code"] == "422", polled
+    assert descriptions(polled["data"]) == {
+        "$.managing_organization.identifier.value": (
+            "Managing_organization does not correspond to user's legal_entity"
+        )
+    }

@@ -154,3 +154,24 @@ async def test_episode_jobs_over_amqp_carry_the_path_as_params(api, publisher, s
     _, polled = await poll(api, job_id, READ)
     assert polled["data"]["status_code"] == "422"
     assert polled["data"]["error"]["invalid"][0]["entry"] == "$.params.episode_id"
+
+
+async def test_two_jobs_cannot_both_change_one_episode(db, patients) -> None:
+    """The write is conditional on the status read: a close that lost the race to a cancel
+    changes nothing (and answers 409), where a delivery again of the winner still applies."""
+    from service.cli.demo import ACTIVE_PATIENT, DEMO_EPISODE
+    from service.storage.entities import EntityStore
+
+    entities = EntityStore(db)
+    cancelled = {"status": "entered_in_error"}
+    assert await entities.change_episode(
+        ACTIVE_PATIENT, DEMO_EPISODE, "cancel-job", cancelled, from_statuses=("active", "closed")
+    )
+    closed = {"status": "closed"}
+    assert not await entities.change_episode(
+        ACTIVE_PATIENT, DEMO_EPISODE, "close-job", closed, from_statuses=("active",)
+    )
+    assert (await db["episodes"].find_one({"_id": DEMO_EPISODE}))["status"] == "entered_in_error"
+    assert await entities.change_episode(
+        ACTIVE_PATIENT, DEMO_EPISODE, "cancel-job", cancelled, from_statuses=("active", "closed")
+    )

@@ -344,3 +344,13 @@ def test_a_key_given_twice_is_a_422_at_its_path_and_the_requester_is_still_known
         "$.data.conditions[1].x['a.b']",
     ]
     assert {entry["rules"][0]["rule"] for entry in parsed.invalid} == {"unique"}
+
+
+@pytest.mark.parametrize("sent", ["2020-01-15", "20200115", "2020-W03-3"])
+def test_a_date_is_kept_in_one_form_whatever_iso_form_was_sent(sent) -> None:
+    from schemas.rules import Date, StrictSchema
+
+    class Day(StrictSchema):
+        day = Date()
+
+    assert Day().load({"day": sent}) == {"day": "2020-01-15"}
