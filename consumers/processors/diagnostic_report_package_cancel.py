@@ -19,8 +19,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from consumers.processors.package_cancels import (
+    Entity,
+    Stored,
+    apply_cancel,
+    conflict,
+    content_conflict,
+    take_back_marks,
+)
 from consumers.processors.package_checks import signer_conflict
-from consumers.processors.package_comparison import NOT_COMPARED, differs
 from consumers.processors.package_model import ref
 from schemas.diagnostic_report_package import (
     DIAGNOSTIC_REPORT_PACKAGE_CANCEL_CONTENT,
@@ -30,20 +37,10 @@ from schemas.diagnostic_report_package import (
 from schemas.one_of import check_one_of
 from schemas.rules import invalid
 from schemas.validation import invalid_entry
-from service.domain.entities import DIAGNOSTIC_REPORT, ENTERED_IN_ERROR, OBSERVATION, EntityKind
-from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
+from service.domain.entities import DIAGNOSTIC_REPORT, ENTERED_IN_ERROR, OBSERVATION
+from service.domain.jobs import JobOutcome, JobStatus
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
 from service.usecases.signed_content import read_signed_content
-
-# Set on the report by a cancel, not compared with what was created.
-_CANCELLATION_FIELDS = ("cancellation_reason", "explanatory_letter")
-
-# An entity of the package: its kind, where it is in the content, what the content says of it.
-Entity = tuple[EntityKind, str, dict[str, Any]]
-
-
-def _conflict(message: str) -> JobOutcome:
-    return JobOutcome.failed(409, "request_conflict", message)
 
 
 async def cancel_diagnostic_report_package(context: JobContext) -> JobOutcome:
@@ -57,8 +54,8 @@ async def cancel_diagnostic_report_package(context: JobContext) -> JobOutcome:
         employee_id = ref(submitted.get("recorded_by")) or ""
         employee = (await context.registries.employees([employee_id])).get(employee_id)
         user_id = context.requested_by["user_id"]
-        if conflict := signer_conflict(signer, employee, context.client_id, user_id):
-            return _conflict(conflict)
+        if problem := signer_conflict(signer, employee, context.client_id, user_id):
+            return conflict(problem)
 
     report = await context.entities.get(DIAGNOSTIC_REPORT, context.patient_id, submitted["id"])
     if report is None or report.get("encounter_id") is not None:
@@ -74,7 +71,7 @@ async def cancel_diagnostic_report_package(context: JobContext) -> JobOutcome:
     creator = await context.jobs.get(report.get("job_id", ""))
     if creator is not None and creator["status"] == JobStatus.PENDING:
         # Its package is still being written: cancelling now would miss what comes after.
-        return _conflict("The diagnostic report's package is still being processed")
+        return conflict("The diagnostic report's package is still being processed")
 
     entities = _entities(content)
     stored = await _stored_entities(context, content, report)
@@ -84,7 +81,7 @@ async def cancel_diagnostic_report_package(context: JobContext) -> JobOutcome:
         if entity.get(kind.status_field) == ENTERED_IN_ERROR
     ]
     if not marks:
-        return _conflict('At least one entity should have status "entered_in_error"')
+        return conflict('At least one entity should have status "entered_in_error"')
     # The original refuses a package any of whose stored entities is cancelled already, the
     # report first (not only those this cancel marks).
     for kind, _, entity in entities:
@@ -94,35 +91,10 @@ async def cancel_diagnostic_report_package(context: JobContext) -> JobOutcome:
             and document.get(kind.status_field) == ENTERED_IN_ERROR
             and document.get("cancelled_by_job") != context.job_id  # not a delivery before
         ):
-            return _conflict(f"Invalid transition for {kind.entity} - already entered_in_error")
-    if difference := _first_difference(entities, stored):
-        return _conflict(
-            "Submitted signed content does not correspond to previously created content: "
-            + difference
-        )
-
-    await context.entities.mark_entered_in_error(
-        context.patient_id,
-        context.job_id,
-        [
-            (kind, entity_id, (stored.get((kind, entity_id)) or {}).get(kind.status_field))
-            for kind, entity_id in marks
-        ],
-    )
-    cancellation = {name: submitted[name] for name in _CANCELLATION_FIELDS if name in submitted}
-    await context.entities.set_fields(DIAGNOSTIC_REPORT, submitted["id"], cancellation)
-    return JobOutcome.processed(
-        [
-            Link(kind.entity, entity_href(context.patient_id, kind.collection, entity_id))
-            for kind, entity_id in marks
-        ]
-    )
-
-
-async def take_back_marks(context: JobContext) -> None:
-    """A cancel refused (on a delivery again after a crash half-way, what held then may not
-    any more): the entities it marked get their status back."""
-    await context.entities.unmark(context.job_id)
+            return conflict(f"Invalid transition for {kind.entity} - already entered_in_error")
+    if refused := content_conflict(entities, stored):
+        return refused
+    return await apply_cancel(context, (DIAGNOSTIC_REPORT, submitted), marks, stored)
 
 
 def _entities(content: dict[str, Any]) -> list[Entity]:
@@ -137,7 +109,7 @@ def _entities(content: dict[str, Any]) -> list[Entity]:
 
 async def _stored_entities(
     context: JobContext, content: dict[str, Any], report: dict[str, Any]
-) -> dict[tuple[EntityKind, str], dict[str, Any]]:
+) -> Stored:
     """The stored report and those of its observations the package names, by kind and id (an
     observation of another report is not the package's, as the original reads them by their
     report)."""
@@ -148,25 +120,6 @@ async def _stored_entities(
         if document.get("diagnostic_report_id") == report["_id"]:
             stored[(OBSERVATION, entity_id)] = document
     return stored
-
-
-def _first_difference(
-    entities: list[Entity], stored: dict[tuple[EntityKind, str], dict[str, Any]]
-) -> str | None:
-    """The first property the package gives otherwise than it was created, as a flat path
-    (`observations.0.code.coding.0.code`), compared as the encounter package's cancel compares
-    (`encounter_package_cancel._differs`): statuses and the cancellation are not, nor what the
-    created package did not have."""
-    for kind, where, entity in entities:
-        document = stored.get((kind, entity["id"]))
-        if document is None:
-            return f"{where}.id"
-        for name, value in entity.items():
-            if name in NOT_COMPARED or name == kind.status_field or name not in document:
-                continue
-            if (path := differs(value, document.get(name), f"{where}.{name}")) is not None:
-                return path
-    return None
 
 
 JOB_TYPE = JobType(

@@ -14,8 +14,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from consumers.processors.package_cancels import (
+    Entity,
+    Stored,
+    apply_cancel,
+    conflict,
+    content_conflict,
+    take_back_marks,
+)
 from consumers.processors.package_checks import signer_conflict
-from consumers.processors.package_comparison import NOT_COMPARED, differs
 from consumers.processors.package_model import entities_of, ref
 from schemas.encounter_package import PackageCancelRequestSchema
 from schemas.one_of import PACKAGE_ONE_OF, check_one_of
@@ -26,19 +33,13 @@ from service.domain.entities import (
     ALL_ENTITY_KINDS,
     CONDITION,
     ENCOUNTER,
+    ENCOUNTER_ENTITY_KINDS,
     ENTERED_IN_ERROR,
     EntityKind,
 )
-from service.domain.jobs import JobOutcome, JobStatus, Link, entity_href
+from service.domain.jobs import JobOutcome, JobStatus
 from service.usecases.job_types import HttpSubmission, JobContext, JobType
 from service.usecases.signed_content import read_signed_content
-
-# Set on the encounter by a cancel, not compared with what was created.
-_CANCELLATION_FIELDS = ("cancellation_reason", "explanatory_letter")
-
-
-def _conflict(message: str) -> JobOutcome:
-    return JobOutcome.failed(409, "request_conflict", message)
 
 
 async def cancel_encounter_package(context: JobContext) -> JobOutcome:
@@ -50,8 +51,8 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
         performer_id = ref(submitted.get("performer")) or ""
         performer = (await context.registries.employees([performer_id])).get(performer_id)
         user_id = context.requested_by["user_id"]
-        if conflict := signer_conflict(signer, performer, context.client_id, user_id):
-            return _conflict(conflict)
+        if problem := signer_conflict(signer, performer, context.client_id, user_id):
+            return conflict(problem)
 
     encounter = await context.entities.get(ENCOUNTER, context.patient_id, submitted["id"])
     if encounter is None:
@@ -59,7 +60,7 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
     creator = await context.jobs.get(encounter.get("job_id", ""))
     if creator is not None and creator["status"] == JobStatus.PENDING:
         # Its package is still being written: cancelling now would miss what comes after.
-        return _conflict("The encounter's package is still being processed")
+        return conflict("The encounter's package is still being processed")
     episode_id = ref(encounter.get("episode")) or ""
     episode = (await context.entities.found("episodes", [episode_id], context.patient_id)).get(
         episode_id
@@ -78,7 +79,7 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
         if entity.get(kind.status_field) == ENTERED_IN_ERROR
     ]
     if not marks:
-        return _conflict('At least one entity should have status "entered_in_error"')
+        return conflict('At least one entity should have status "entered_in_error"')
     for kind, entity_id in marks:
         document = stored.get((kind, entity_id))
         if (
@@ -86,31 +87,13 @@ async def cancel_encounter_package(context: JobContext) -> JobOutcome:
             and document.get(kind.status_field) == ENTERED_IN_ERROR
             and document.get("cancelled_by_job") != context.job_id  # not a delivery before
         ):
-            return _conflict(f"Invalid transition for {kind.entity} - already entered_in_error")
-    if difference := _first_difference(content, stored):
-        return _conflict(
-            "Submitted signed content does not correspond to previously created content: "
-            + difference
-        )
+            return conflict(f"Invalid transition for {kind.entity} - already entered_in_error")
+    if refused := content_conflict(_entities(content), stored):
+        return refused
     if _cancels_a_diagnosis(content, marks):
-        return _conflict("The condition can not be canceled while encounter is not canceled")
+        return conflict("The condition can not be canceled while encounter is not canceled")
 
-    await context.entities.mark_entered_in_error(
-        context.patient_id,
-        context.job_id,
-        [
-            (kind, entity_id, (stored.get((kind, entity_id)) or {}).get(kind.status_field))
-            for kind, entity_id in marks
-        ],
-    )
-    cancellation = {name: submitted[name] for name in _CANCELLATION_FIELDS if name in submitted}
-    await context.entities.set_fields(ENCOUNTER, submitted["id"], cancellation)
-    return JobOutcome.processed(
-        [
-            Link(kind.entity, entity_href(context.patient_id, kind.collection, entity_id))
-            for kind, entity_id in marks
-        ]
-    )
+    return await apply_cancel(context, (ENCOUNTER, submitted), marks, stored)
 
 
 async def _organization_problem(context: JobContext, episode: dict[str, Any]) -> str | None:
@@ -127,9 +110,9 @@ async def _organization_problem(context: JobContext, episode: dict[str, Any]) ->
 
 async def _stored_entities(
     context: JobContext, content: dict[str, Any], encounter_id: str
-) -> dict[tuple[EntityKind, str], dict[str, Any]]:
+) -> Stored:
     """The stored entities of the encounter that the package names, by kind and id."""
-    stored: dict[tuple[EntityKind, str], dict[str, Any]] = {}
+    stored: Stored = {}
     for kind in ALL_ENTITY_KINDS:
         ids = [entity["id"] for entity in entities_of(content, kind)]
         found = await context.entities.found(kind.collection, ids, context.patient_id)
@@ -139,31 +122,13 @@ async def _stored_entities(
     return stored
 
 
-async def take_back_marks(context: JobContext) -> None:
-    """A cancel refused (on a delivery again after a crash half-way, what held then may not
-    any more): the entities it marked get their status back."""
-    await context.entities.unmark(context.job_id)
-
-
-def _first_difference(
-    content: dict[str, Any], stored: dict[tuple[EntityKind, str], dict[str, Any]]
-) -> str | None:
-    """The first property the package gives otherwise than it was created, as a flat path
-    (`conditions.0.code.coding.0.code`). Statuses and the cancellation are not compared, nor
-    what the created package did not have (display values, a report's `origin_episode`: the
-    original takes them out before comparing)."""
-    for kind in ALL_ENTITY_KINDS:
+def _entities(content: dict[str, Any]) -> list[Entity]:
+    """The encounter, then each entity of the package, with where the content has it."""
+    entities: list[Entity] = [(ENCOUNTER, "encounter", content["encounter"])]
+    for kind in ENCOUNTER_ENTITY_KINDS:
         for index, entity in enumerate(entities_of(content, kind)):
-            where = kind.package_key if kind is ENCOUNTER else f"{kind.package_key}.{index}"
-            document = stored.get((kind, entity["id"]))
-            if document is None:
-                return f"{where}.id"
-            for name, value in entity.items():
-                if name in NOT_COMPARED or name == kind.status_field or name not in document:
-                    continue
-                if (path := differs(value, document.get(name), f"{where}.{name}")) is not None:
-                    return path
-    return None
+            entities.append((kind, f"{kind.package_key}.{index}", entity))
+    return entities
 
 
 def _cancels_a_diagnosis(content: dict[str, Any], marks: list[tuple[EntityKind, str]]) -> bool:
