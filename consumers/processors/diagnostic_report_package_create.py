@@ -21,9 +21,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-import bson
-from bson.errors import InvalidDocument
-
 from consumers.processors.package_checks import (
     RuleReport,
     check_diagnostic_report,
@@ -31,19 +28,20 @@ from consumers.processors.package_checks import (
     signer_conflict,
 )
 from consumers.processors.package_model import PackageFacts, ref
+from consumers.processors.package_writes import leave_nothing_of, write_package
 from schemas.diagnostic_report_package import (
     DIAGNOSTIC_REPORT_PACKAGE_CREATE_CONTENT,
     DIAGNOSTIC_REPORT_PACKAGE_ONE_OF,
     DiagnosticReportPackageCreateRequestSchema,
 )
 from schemas.one_of import check_one_of
-from schemas.rules import Rule, invalid
+from schemas.rules import Rule
 from schemas.validation import invalid_entry
 from service.domain.clock import utcnow
 from service.domain.entities import DIAGNOSTIC_REPORT, OBSERVATION, EntityKind, entity_document
 from service.domain.jobs import JobOutcome, Link, entity_href
 from service.signatures import Signer
-from service.usecases.job_types import HttpSubmission, JobContext, JobFailed, JobType
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
 from service.usecases.signed_content import read_signed_content
 
 _VALUE = ["identifier", "value"]
@@ -69,13 +67,6 @@ async def create_diagnostic_report_package(context: JobContext) -> JobOutcome:
             for kind, entity_id in iter_links(content)
         ]
     )
-
-
-async def leave_nothing(context: JobContext) -> None:
-    """A package refused, or found half-written by another's ids: nothing of it stays. The
-    report is written first, so without it this job wrote nothing (one query)."""
-    if await context.entities.wrote_any(DIAGNOSTIC_REPORT, context.job_id):
-        await context.entities.remove_written_by(context.job_id)
 
 
 def iter_links(content: dict[str, Any]) -> Iterator[tuple[EntityKind, str]]:
@@ -198,11 +189,7 @@ def _instant(text: str) -> datetime | None:
 
 
 async def _write(context: JobContext, content: dict[str, Any], signer: Signer | None) -> None:
-    """The report, then its observations, each with this job's id; a delivery again after a
-    crash finds its own and goes on. Ids another job wrote are the original's 422 ("... already
-    exists"), all of them at once, and nothing of this package stays. The report first: it is
-    the package's root, so two packages of one report conflict there, before either wrote
-    anything else."""
+    """The report (the package's root), then its observations (`write_package`)."""
     patient_id, job = context.patient_id, context.job
     diagnostic_report = content["diagnostic_report"]
 
@@ -221,46 +208,11 @@ async def _write(context: JobContext, content: dict[str, Any], signer: Signer | 
         (DIAGNOSTIC_REPORT, [document(diagnostic_report, signed_by=signed_by)]),
         (OBSERVATION, observations),
     ]
-    if unstorable := list(_unstorable(written)):
-        raise JobFailed(JobOutcome.validation_failed(unstorable))
-    taken: list[dict[str, Any]] = []
-    for kind, documents in written:
-        taken.extend(
-            invalid_entry(*_taken(content, kind, entity_id))
-            for entity_id in await context.entities.insert(kind, documents, context.job_id)
-        )
-        if taken and kind is DIAGNOSTIC_REPORT:
-            break  # another package's report: nothing of this one is written
-    if taken:
-        raise JobFailed(JobOutcome.validation_failed(taken))  # `leave_nothing` removes the rest
+    await write_package(context, written, _path)
 
 
 def _path(kind: EntityKind, index: int) -> list[str | int]:
     return ["diagnostic_report"] if kind is DIAGNOSTIC_REPORT else ["observations", index]
-
-
-def _unstorable(written: list[tuple[EntityKind, list[dict[str, Any]]]]) -> Iterator[dict]:
-    """An entry for each document MongoDB would refuse, whatever the schema let through (a key
-    with a NUL in the items of the report's category after the first, which the original's
-    schema does not check): a 422, never an insert that fails as a 500."""
-    for kind, documents in written:
-        for index, document in enumerate(documents):
-            try:
-                bson.encode(document)
-            except (InvalidDocument, OverflowError, ValueError) as exc:
-                yield invalid_entry(_path(kind, index), invalid(f"cannot be stored: {exc}"))
-
-
-def _taken(content: dict[str, Any], kind: EntityKind, entity_id: str) -> tuple[list, Rule]:
-    """Where an id taken by another job is, and the original's words for it."""
-    if kind is DIAGNOSTIC_REPORT:
-        return ["diagnostic_report", "id"], invalid(
-            f"Diagnostic report with id '{entity_id}' already exists"
-        )
-    ids = [observation["id"] for observation in content.get("observations") or []]
-    return ["observations", ids.index(entity_id), "id"], invalid(
-        f"Observation with id '{entity_id}' already exists"
-    )
 
 
 JOB_TYPE = JobType(
@@ -269,7 +221,7 @@ JOB_TYPE = JobType(
     handler=create_diagnostic_report_package,
     required_scope="diagnostic_report:write",
     signed_content=DIAGNOSTIC_REPORT_PACKAGE_CREATE_CONTENT,
-    undo=leave_nothing,
+    undo=leave_nothing_of(DIAGNOSTIC_REPORT),
     http=HttpSubmission(
         "POST",
         "/api/patients/{patient_id}/diagnostic_report_package",

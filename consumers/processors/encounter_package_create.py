@@ -10,20 +10,15 @@ records who signed the package.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
-
-import bson
-from bson.errors import InvalidDocument
 
 from consumers.processors.package_checks import check_package, signer_conflict
 from consumers.processors.package_facts import gather_facts
 from consumers.processors.package_model import PackageFacts, entities_of, iter_links, ref
+from consumers.processors.package_writes import leave_nothing_of, write_package
 from schemas.encounter_package import PackageCreateRequestSchema
 from schemas.one_of import PACKAGE_ONE_OF, check_one_of
 from schemas.package_content import PACKAGE_CREATE_CONTENT
-from schemas.rules import Rule, invalid
-from schemas.validation import invalid_entry
 from service.domain.clock import utcnow
 from service.domain.entities import (
     ENCOUNTER,
@@ -34,7 +29,7 @@ from service.domain.entities import (
 )
 from service.domain.jobs import JobOutcome, Link, entity_href
 from service.signatures import Signer
-from service.usecases.job_types import HttpSubmission, JobContext, JobFailed, JobType
+from service.usecases.job_types import HttpSubmission, JobContext, JobType
 from service.usecases.signed_content import read_signed_content
 
 
@@ -55,13 +50,6 @@ async def create_encounter_package(context: JobContext) -> JobOutcome:
             for kind, entity_id in iter_links(content)
         ]
     )
-
-
-async def leave_nothing(context: JobContext) -> None:
-    """A package refused, or found half-written by another's ids: nothing of it stays. The
-    encounter is written first, so without it this job wrote nothing (one query)."""
-    if await context.entities.wrote_any(ENCOUNTER, context.job_id):
-        await context.entities.remove_written_by(context.job_id)
 
 
 def _refusal(
@@ -90,11 +78,7 @@ async def _write(
     visit: dict[str, Any] | None,
     signer: Signer | None,
 ) -> None:
-    """Every document of the package, each with this job's id; a delivery again after a crash
-    finds its own and goes on. Ids another job wrote are the original's 422 ("... already
-    exists"), all of them at once, and nothing of this package stays. The encounter first: it
-    is the package's root, so two packages for one encounter conflict there, before either
-    wrote anything else."""
+    """The encounter (the package's root), its visit and every entity (`write_package`)."""
     patient_id, job = context.patient_id, context.job
     encounter = content["encounter"]
 
@@ -117,45 +101,11 @@ async def _write(
                 ],
             )
         )
-    if unstorable := list(_unstorable(written)):
-        raise JobFailed(JobOutcome.validation_failed(unstorable))
-    taken: list[dict[str, Any]] = []
-    for kind, documents in written:
-        taken.extend(
-            invalid_entry(*_taken(content, kind, entity_id))
-            for entity_id in await context.entities.insert(kind, documents, context.job_id)
-        )
-        if taken and kind is ENCOUNTER:
-            break  # another package's encounter: nothing of this one is written
-    if taken:
-        raise JobFailed(JobOutcome.validation_failed(taken))  # `leave_nothing` removes the rest
+    await write_package(context, written, _path_of, such_id=(ENCOUNTER, VISIT))
 
 
-def _unstorable(written: list[tuple[EntityKind, list[dict[str, Any]]]]) -> Iterator[dict]:
-    """An entry for each document MongoDB would refuse, whatever the schema let through
-    (a key with a NUL in the items of a diagnostic report's category after the first, which
-    the original's schema does not check): a 422, never an insert that fails as a 500."""
-    for kind, documents in written:
-        for index, document in enumerate(documents):
-            try:
-                bson.encode(document)
-            except (InvalidDocument, OverflowError, ValueError) as exc:
-                path = (
-                    [kind.package_key] if kind in (ENCOUNTER, VISIT) else [kind.package_key, index]
-                )
-                yield invalid_entry(path, invalid(f"cannot be stored: {exc}"))
-
-
-def _taken(content: dict[str, Any], kind: EntityKind, entity_id: str) -> tuple[list, Rule]:
-    """Where an id taken by another job is, and the original's words for it."""
-    if kind is VISIT:
-        return ["visit", "id"], invalid("Visit with such id already exists")
-    if kind is ENCOUNTER:
-        return ["encounter", "id"], invalid("Encounter with such id already exists")
-    ids = [entity["id"] for entity in entities_of(content, kind)]
-    return [kind.package_key, ids.index(entity_id), "id"], invalid(
-        f"{kind.title} with id '{entity_id}' already exists"
-    )
+def _path_of(kind: EntityKind, index: int) -> list[str | int]:
+    return [kind.package_key] if kind in (ENCOUNTER, VISIT) else [kind.package_key, index]
 
 
 JOB_TYPE = JobType(
@@ -164,7 +114,7 @@ JOB_TYPE = JobType(
     handler=create_encounter_package,
     required_scope="encounter:write",
     signed_content=PACKAGE_CREATE_CONTENT,
-    undo=leave_nothing,
+    undo=leave_nothing_of(ENCOUNTER),
     http=HttpSubmission(
         "POST", "/api/patients/{patient_id}/encounter_package", "Submit an encounter package"
     ),

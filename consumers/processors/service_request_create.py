@@ -22,6 +22,7 @@ from typing import Any
 
 from consumers.processors.package_checks import RuleReport, check_source_employee, signer_conflict
 from consumers.processors.package_model import PackageFacts, ref, ref_type
+from consumers.processors.package_writes import leave_nothing_of
 from schemas.one_of import check_one_of
 from schemas.rules import invalid
 from schemas.service_requests import (
@@ -96,12 +97,6 @@ async def create_service_request(context: JobContext) -> JobOutcome:
         raise JobFailed(JobOutcome.validation_failed(entries))
     href = entity_href(context.patient_id, SERVICE_REQUEST.collection, entity_id)
     return JobOutcome.processed([Link(SERVICE_REQUEST.entity, href)])
-
-
-async def leave_nothing(context: JobContext) -> None:
-    """A request refused after it was written: it does not stay."""
-    if await context.entities.wrote_any(SERVICE_REQUEST, context.job_id):
-        await context.entities.remove_written_by(context.job_id)
 
 
 # --- The facts ----------------------------------------------------------------------------------
@@ -179,7 +174,7 @@ JOB_TYPE = JobType(
     handler=create_service_request,
     required_scope="service_request:write",
     signed_content=SERVICE_REQUEST_CREATE_CONTENT,
-    undo=leave_nothing,
+    undo=leave_nothing_of(SERVICE_REQUEST),
     http=HttpSubmission(
         "POST", "/api/patients/{patient_id}/service_requests", "Create a service request"
     ),
