@@ -17,11 +17,19 @@ from schemas.rules import JsonObject, Nested, StrictSchema, String, UUIDString
 # it wraps a body in, so that an accepted HTTP submission is never refused here.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
+# The longest identity a submission carries, in characters. `scope` is the caller's scopes,
+# sorted and joined by single spaces (`Principal.scope_text`). The HTTP API refuses a token or
+# gateway identity past these (`service.api.auth`), so that an accepted request never fails
+# here: change them here only, and both follow.
+MAX_CLIENT_ID_LENGTH = 255
+MAX_USER_ID_LENGTH = 255
+MAX_SCOPE_LENGTH = 4000
+
 
 class RequestedBySchema(StrictSchema):
-    client_id = String(required=True, max_length=255)
-    user_id = String(required=True, max_length=255)
-    scope = String(required=True, min_length=0, max_length=4000)
+    client_id = String(required=True, max_length=MAX_CLIENT_ID_LENGTH)
+    user_id = String(required=True, max_length=MAX_USER_ID_LENGTH)
+    scope = String(required=True, min_length=0, max_length=MAX_SCOPE_LENGTH)
 
 
 class SubmissionSchema(StrictSchema):

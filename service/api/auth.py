@@ -6,17 +6,21 @@ Two modes (`AUTH_MODE`):
 - `gateway`: an API gateway has checked the caller and set `x-consumer-id` (the user),
   `x-consumer-metadata` (JSON with `client_id`) and `x-consumer-scope` (space separated), as
   eHealth's deployment does; the service trusts those headers.
+
+Either way the identity must fit a submission's `requested_by` (`schemas.submission`'s limits),
+and a token's time claims must be JSON numbers; anything else is refused with 401 at once.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
 import orjson
@@ -25,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from multidict import CIMultiDictProxy
 
+from schemas.submission import MAX_CLIENT_ID_LENGTH, MAX_SCOPE_LENGTH, MAX_USER_ID_LENGTH
 from service.api.errors import Unauthorized
 from service.config import Settings
 from service.domain.principal import Principal
@@ -36,6 +41,29 @@ MIN_SECRET_LENGTH = 32
 VERIFIED_TOKENS_KEPT = 10_000
 # Clocks of the token issuer and of this service may differ a little.
 CLOCK_LEEWAY_SECONDS = 10
+
+
+# Claims a token must carry; `nbf` and `iat` are optional, and numbers when present.
+REQUIRED_CLAIMS = ("exp", "sub", "client_id")
+TIME_CLAIMS = ("exp", "nbf", "iat")
+# The longest identity accepted: the limits of a submission's `requested_by`, so that no
+# accepted request fails in the consumer for who sent it.
+IDENTITY_LIMITS = {
+    "user_id": MAX_USER_ID_LENGTH,
+    "client_id": MAX_CLIENT_ID_LENGTH,
+    "scope": MAX_SCOPE_LENGTH,
+}
+# What each part of an identity is called in the refusal, by where it came from.
+TOKEN_PARTS = {
+    "user_id": "The access token's sub claim",
+    "client_id": "The access token's client_id claim",
+    "scope": "The access token's scope claim",
+}
+GATEWAY_PARTS = {
+    "user_id": "The gateway's x-consumer-id",
+    "client_id": "The gateway's client_id",
+    "scope": "The gateway's scope",
+}
 
 
 class Authenticator(Protocol):
@@ -83,23 +111,79 @@ class JwtAuthenticator:
                 audience=self._audience,
                 issuer=self._issuer,
                 # `aud` is checked when JWT_AUDIENCE names this service, else not looked at.
+                # The time claims and `sub` are checked below, with messages of their own.
                 options={
-                    "require": ["exp", "sub", "client_id"],
+                    "require": list(REQUIRED_CLAIMS),
                     "verify_aud": self._audience is not None,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_sub": False,
                 },
-                leeway=CLOCK_LEEWAY_SECONDS,
             )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("The access token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise Unauthorized("The access token is not yet valid") from None
+        except jwt.MissingRequiredClaimError as missing:
+            raise Unauthorized(f"The access token has no {missing.claim} claim") from None
         except (jwt.InvalidTokenError, ValueError, TypeError):
             raise Unauthorized("The access token is invalid") from None
+        # The signature is good: what is wrong with the claims can be said.
+        check_time_claims(claims, time.time())
         user_id, client_id, scope = claims["sub"], claims["client_id"], claims.get("scope", "")
-        identified = all(isinstance(value, str) and value for value in (user_id, client_id))
-        if not identified or not isinstance(scope, str):
-            raise Unauthorized("The access token is invalid")
-        return Principal.from_scope_text(user_id, client_id, scope), float(claims["exp"])
+        for name, value in (("sub", user_id), ("client_id", client_id)):
+            if not isinstance(value, str) or not value:
+                raise Unauthorized(f"The access token's {name} claim must be a non-empty string")
+        if not isinstance(scope, str):
+            raise Unauthorized(
+                "The access token's scope claim must be a string of space-separated scopes"
+            )
+        principal = Principal.from_scope_text(user_id, client_id, scope)
+        check_identity(principal, TOKEN_PARTS)
+        return principal, claims["exp"]
+
+
+def check_time_claims(claims: dict[str, Any], now: float) -> None:
+    """`exp`, `nbf` and `iat` as RFC 7519 has them, JSON numbers of seconds (PyJWT would take
+    `"9999999999"` or `true`), then checked against the clock as PyJWT does."""
+    for name in TIME_CLAIMS:
+        if name in claims and not _is_number(claims[name]):
+            raise Unauthorized(f"The access token's {name} claim must be a number")
+    if claims["exp"] <= now - CLOCK_LEEWAY_SECONDS:
+        raise Unauthorized("The access token has expired")
+    for name in ("nbf", "iat"):
+        if name in claims and claims[name] > now + CLOCK_LEEWAY_SECONDS:
+            raise Unauthorized("The access token is not yet valid")
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number: not a string, not a boolean, not the NaN or Infinity Python's JSON
+    parser lets through."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def check_identity(principal: Principal, described: dict[str, str]) -> None:
+    """Refuse an identity a submission could not carry (`schemas.submission`'s limits, the same
+    the consumer checks `requested_by` against), or one that is not text MongoDB can store."""
+    values = {
+        "user_id": principal.user_id,
+        "client_id": principal.client_id,
+        "scope": principal.scope_text,
+    }
+    for part, value in values.items():
+        if len(value) > IDENTITY_LIMITS[part]:
+            limit = IDENTITY_LIMITS[part]
+            raise Unauthorized(f"{described[part]} is longer than {limit} characters")
+        if not _is_text(value):
+            raise Unauthorized(f"{described[part]} is not valid text")
+
+
+def _is_text(value: str) -> bool:
+    """Encodable as UTF-8: JSON's `\\ud800` escapes decode to lone surrogates, which are not."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class GatewayAuthenticator:
@@ -115,7 +199,9 @@ class GatewayAuthenticator:
         scope = headers.get("x-consumer-scope")
         if scope is None and isinstance(metadata.get("scope"), str):
             scope = metadata["scope"]
-        return Principal.from_scope_text(user_id, client_id, scope or "")
+        principal = Principal.from_scope_text(user_id, client_id, scope or "")
+        check_identity(principal, GATEWAY_PARTS)
+        return principal
 
 
 def bearer_token(header: str | None) -> str:

@@ -30,6 +30,12 @@ class Principal:
         """A principal whose scopes are given as one space-separated string (`scope`)."""
         return cls(user_id, client_id, frozenset(scope.split()))
 
+    @property
+    def scope_text(self) -> str:
+        """The scopes as one string, sorted and joined by single spaces: what a submission
+        carries as `requested_by.scope`, and what its length limit counts."""
+        return " ".join(sorted(self.scopes))
+
     def require(self, *scopes: str) -> None:
         """`ScopeDenied` unless every one of `scopes` is allowed."""
         missing = [scope for scope in scopes if scope not in self.scopes]

@@ -40,33 +40,64 @@ def token_with(claims: dict, key: object = TEST_SECRET, algorithm: str = "HS256"
 
 
 def claims(**overrides) -> dict:
+    """Claims of a valid token, made now: `exp` 10 minutes ahead. A claim set to None is left
+    out."""
     now = int(time.time())
     values = {"sub": "user-1", "client_id": CLIENT_ID, "scope": "job:read", "exp": now + 600}
     values.update(overrides)
     return {key: value for key, value in values.items() if value is not None}
 
 
+INVALID = "The access token is invalid"
+BAD_SCHEME = "The Authorization header must be: Bearer <token>"
+OTHER_SECRET = "another-secret-of-sufficient-length-000000"
+
+# Each case: how to make the headers (called inside the test, so that no token ages while the
+# suite runs: a token made at import would be refused as expired whatever else is wrong with
+# it) and the exact message it must be refused with.
 UNAUTHORIZED_HEADERS = {
-    "no token": {},
-    "empty bearer": {"Authorization": "Bearer "},
-    "basic scheme": {"Authorization": "Basic dXNlcjpwYXNz"},
-    "malformed": {"Authorization": "Bearer not.a.jwt"},
-    "garbage": {"Authorization": "Bearer ÿÿÿ"},
-    "bad signature": token_with(claims(), key="another-secret-of-sufficient-length-000000"),
-    "alg none": token_with(claims(), key=None, algorithm="none"),
-    "expired": token_with(claims(exp=int(time.time()) - 3600)),
-    "not yet valid": token_with(claims(nbf=int(time.time()) + 3600)),
-    "no exp": token_with(claims(exp=None)),
-    "no client_id": token_with(claims(client_id=None)),
-    "client_id not a string": token_with(claims(client_id=42)),
+    "no token": (dict, "Missing header Authorization"),
+    "empty bearer": (lambda: {"Authorization": "Bearer "}, BAD_SCHEME),
+    "basic scheme": (lambda: {"Authorization": "Basic dXNlcjpwYXNz"}, BAD_SCHEME),
+    "malformed": (lambda: {"Authorization": "Bearer not.a.jwt"}, INVALID),
+    "garbage": (lambda: {"Authorization": "Bearer ÿÿÿ"}, INVALID),
+    "bad signature": (lambda: token_with(claims(), key=OTHER_SECRET), INVALID),
+    "alg none": (lambda: token_with(claims(), key=None, algorithm="none"), INVALID),
+    "expired": (
+        lambda: token_with(claims(exp=int(time.time()) - 3600)),
+        "The access token has expired",
+    ),
+    "not yet valid": (
+        lambda: token_with(claims(nbf=int(time.time()) + 3600)),
+        "The access token is not yet valid",
+    ),
+    "no exp": (lambda: token_with(claims(exp=None)), "The access token has no exp claim"),
+    "no client_id": (
+        lambda: token_with(claims(client_id=None)),
+        "The access token has no client_id claim",
+    ),
+    "client_id not a string": (
+        lambda: token_with(claims(client_id=42)),
+        "The access token's client_id claim must be a non-empty string",
+    ),
 }
 
 
-@pytest.mark.parametrize("headers", UNAUTHORIZED_HEADERS.values(), ids=UNAUTHORIZED_HEADERS)
-async def test_unauthorized(api, headers) -> None:
-    response = await api.get("/api/jobs/some-job", headers=headers)
-    assert_error_envelope(response, await response.json(), 401, "access_denied")
+@pytest.mark.parametrize(
+    ("make_headers", "message"), UNAUTHORIZED_HEADERS.values(), ids=UNAUTHORIZED_HEADERS
+)
+async def test_unauthorized(api, make_headers, message) -> None:
+    response = await api.get("/api/jobs/some-job", headers=make_headers())
+    body = await response.json()
+    assert_error_envelope(response, body, 401, "access_denied")
+    assert body["error"]["message"] == message
     assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_the_token_the_refusals_are_made_from_is_accepted(api) -> None:
+    """What each case above changes is what is refused: the same token unchanged passes."""
+    response = await api.get("/api/jobs/some-job", headers=token_with(claims()))
+    assert_error_envelope(response, await response.json(), 404, "not_found")
 
 
 async def test_missing_scope_is_forbidden_with_the_documented_message(api) -> None:
@@ -211,7 +242,9 @@ async def test_public_key_tokens(aiohttp_client, settings, store, tmp_path, algo
         denied = await client.get(
             f"/api/jobs/{job['_id']}", headers={"Authorization": f"Bearer {token}"}
         )
-        assert denied.status == 401
+        body = await denied.json()
+        assert_error_envelope(denied, body, 401, "access_denied")
+        assert body["error"]["message"] == INVALID
 
 
 async def test_gateway_mode_trusts_the_gateway_headers(aiohttp_client, settings, store) -> None:
@@ -233,7 +266,9 @@ async def test_gateway_mode_trusts_the_gateway_headers(aiohttp_client, settings,
 
     for broken in ({}, {"x-consumer-id": "user-1"}, {**consumer, "x-consumer-metadata": "{"}):
         response = await client.get(f"/api/jobs/{job['_id']}", headers=broken)
-        assert_error_envelope(response, await response.json(), 401, "access_denied")
+        body = await response.json()
+        assert_error_envelope(response, body, 401, "access_denied")
+        assert body["error"]["message"] == "The gateway did not identify the consumer"
 
 
 async def raw_request(api, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -256,6 +291,7 @@ async def test_a_malformed_host_still_gets_the_envelope(api, host) -> None:
     )
     payload = json.loads(body)
     assert status == 401 and payload["error"]["type"] == "access_denied"
+    assert payload["error"]["message"] == "Missing header Authorization"
     assert payload["meta"]["request_id"] == headers["x-request-id"]
     assert payload["meta"]["url"].endswith("/api/jobs/some-job")
 
@@ -270,16 +306,30 @@ async def test_a_token_of_odd_bytes_is_401(api, token) -> None:
     )
     assert status == 401, body
     assert json.loads(body)["error"]["type"] == "access_denied"
+    assert json.loads(body)["error"]["message"] == INVALID
 
 
-@pytest.mark.parametrize(
-    "bad_claims",
-    [{"sub": ""}, {"client_id": ""}, {"scope": ["job:read"]}, {"sub": None}],
-    ids=["empty sub", "empty client_id", "scope as a list", "no sub"],
-)
-async def test_tokens_with_unusable_claims_are_401(api, bad_claims) -> None:
+UNUSABLE_CLAIMS = {
+    "empty sub": ({"sub": ""}, "The access token's sub claim must be a non-empty string"),
+    "sub not a string": ({"sub": 7}, "The access token's sub claim must be a non-empty string"),
+    "empty client_id": (
+        {"client_id": ""},
+        "The access token's client_id claim must be a non-empty string",
+    ),
+    "scope as a list": (
+        {"scope": ["job:read"]},
+        "The access token's scope claim must be a string of space-separated scopes",
+    ),
+    "no sub": ({"sub": None}, "The access token has no sub claim"),
+}
+
+
+@pytest.mark.parametrize(("bad_claims", "message"), UNUSABLE_CLAIMS.values(), ids=UNUSABLE_CLAIMS)
+async def test_tokens_with_unusable_claims_are_401(api, bad_claims, message) -> None:
     response = await api.get("/api/jobs/some-job", headers=token_with(claims(**bad_claims)))
-    assert response.status == 401
+    body = await response.json()
+    assert_error_envelope(response, body, 401, "access_denied")
+    assert body["error"]["message"] == message
 
 
 async def test_audience_and_issuer_are_checked_when_configured(aiohttp_client, settings) -> None:
@@ -287,14 +337,16 @@ async def test_audience_and_issuer_are_checked_when_configured(aiohttp_client, s
         app_for(settings.with_changes(jwt_audience="medevents", jwt_issuer="https://idp"))
     )
 
-    async def status(**extra) -> int:
+    async def answer(**extra) -> tuple[int, str | None]:
         response = await client.get("/api/jobs/unknown", headers=token_with(claims(**extra)))
-        return response.status
+        error = (await response.json())["error"]
+        return response.status, error["message"] if response.status == 401 else error["type"]
 
-    assert await status(aud="medevents", iss="https://idp") == 404
-    assert await status(aud="another-service", iss="https://idp") == 401
-    assert await status(aud="medevents", iss="https://elsewhere") == 401
-    assert await status() == 401
+    assert await answer(aud="medevents", iss="https://idp") == (404, "not_found")
+    assert await answer(aud="another-service", iss="https://idp") == (401, INVALID)
+    assert await answer(aud="medevents", iss="https://elsewhere") == (401, INVALID)
+    assert await answer(iss="https://idp") == (401, "The access token has no aud claim")
+    assert await answer(aud="medevents") == (401, "The access token has no iss claim")
 
 
 async def test_without_a_configured_audience_aud_is_not_looked_at(api) -> None:
