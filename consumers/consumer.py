@@ -29,7 +29,7 @@ from service.observability.metrics import DEAD_LETTERED, REDELIVERIES
 from service.storage.mongo import StoreUnavailable
 from service.usecases.load_reports import LoadReporter
 from service.usecases.processing import Delivery, JobIdTaken, SubmissionProcessor
-from service.usecases.submissions import ParsedBody, parse_body
+from service.usecases.submissions import ParsedBody, parse_body_off_loop
 
 log = structlog.get_logger("medevents.consumer")
 
@@ -107,7 +107,7 @@ class JobConsumer:
             return
         if message.redelivered:
             REDELIVERIES.inc()
-        parsed = parse_body(message.body)
+        parsed = await parse_body_off_loop(message.body)
         job_id = job_id_of_message(
             message.message_id,
             message.body,

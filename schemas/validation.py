@@ -106,6 +106,8 @@ def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]
         return None, single_entry([], Rule("json", f"is not valid JSON: {exc}"))
     if not isinstance(value, dict):
         return None, single_entry([], cast_rule("object", value))
+    if nested_deeper_than(value, MAX_JSON_DEPTH, body):
+        return None, single_entry([], TOO_DEEP)
     duplicated = duplicated_keys(body)
     if duplicated:
         return value, [
@@ -116,6 +118,32 @@ def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]
 
 
 DUPLICATED_KEY = Rule("unique", "the property is given more than once").to_document()
+
+# How deeply a body may nest objects and arrays (ours): MongoDB's own limit on a document.
+# No eHealth request comes near it (a package nests about 10 levels); past it a body could
+# be parsed but not written again (orjson writes 254 levels at most), hashed nor stored.
+MAX_JSON_DEPTH = 100
+TOO_DEEP = Rule(
+    "length",
+    f"objects and arrays are nested more than {MAX_JSON_DEPTH} levels deep",
+    {"max": MAX_JSON_DEPTH},
+)
+
+
+def nested_deeper_than(value: Any, limit: int, body: bytes) -> bool:
+    """Whether `value` (parsed from `body`) nests objects and arrays more than `limit` levels.
+    A body with no more brackets than `limit` cannot, and is not walked (counted in C, the
+    usual case for a submission, whose package is one base64 string)."""
+    if body.count(b"{") + body.count(b"[") <= limit:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if type(node) is dict else node
+        stack.extend((child, depth + 1) for child in children if type(child) in (dict, list))
+    return False
 
 
 class _Object(dict):

@@ -9,10 +9,12 @@ from aiohttp import web
 
 from schemas.validation import json_object
 from service.api.errors import NotFound, RequestValidationFailed
+from service.usecases.cpu_bound import sized_work
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    data, invalid = json_object(await request.read())  # bounded: 413 past MAX_REQUEST_BYTES
+    body = await request.read()  # bounded: 413 past MAX_REQUEST_BYTES
+    data, invalid = await sized_work(len(body), json_object, body)
     if data is None or invalid is not None:
         raise RequestValidationFailed("The body is not a usable JSON object", invalid=invalid)
     return data

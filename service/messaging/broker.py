@@ -60,6 +60,21 @@ class Topology:
         return f"{self.prefix}medical_events.finished"
 
 
+# Every name the service gives an exchange or a queue contains this, whatever the prefix.
+SERVICE_NAME_ROOT = "medical_events"
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+
+
+def may_reply_to(queue: str) -> bool:
+    """Whether a reply may go to `queue`: RabbitMQ's direct reply-to (its pseudo-queue, as a
+    producer sets it, or the name the broker rewrites it to) or a queue of the producer's
+    own, never one of a medical events service (this instance's or another's): a reply there
+    would become a job or a dead letter."""
+    if queue == DIRECT_REPLY_TO or queue.startswith(f"{DIRECT_REPLY_TO}."):
+        return True
+    return bool(queue) and SERVICE_NAME_ROOT not in queue
+
+
 async def declare_topology(
     channel: AbstractChannel, topology: Topology
 ) -> tuple[AbstractExchange, AbstractQueue]:

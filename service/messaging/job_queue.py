@@ -21,7 +21,13 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from service.messaging.broker import Topology, connect, declare_topology, ready_messages
+from service.messaging.broker import (
+    Topology,
+    connect,
+    declare_topology,
+    may_reply_to,
+    ready_messages,
+)
 from service.messaging.job_events import FinishedEvents, declare_events_exchange
 
 # The lines of the consumer's broker side are the consumer's.
@@ -105,8 +111,12 @@ class JobQueue:
             self._events.add(job_id)
 
     async def reply(self, message: AbstractIncomingMessage, job_id: str, href: str) -> None:
-        """Tell a producer that set `reply_to` which job its message became."""
+        """Tell a producer that set `reply_to` which job its message became; a `reply_to`
+        that names a queue of the service (`may_reply_to`) gets nothing, and is logged."""
         assert self._channel is not None
+        if not may_reply_to(message.reply_to or ""):
+            log.warning("reply_refused", reply_to=(message.reply_to or "")[:100])
+            return
         reply = aio_pika.Message(
             orjson.dumps({"job_id": job_id, "href": href}),
             correlation_id=message.correlation_id,

@@ -22,9 +22,9 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
-from schemas.rules import Rule
+from schemas.rules import Rule, bounded_errors
 from schemas.validation import invalid_entries, single_entry
 from service.domain.clock import utcnow
 from service.domain.jobs import JobOutcome, JobStatus, submission_hash
@@ -37,6 +37,7 @@ from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeRecorder
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
+from service.usecases.cpu_bound import sized_work
 from service.usecases.job_types import JobContext, JobFailed, JobType, JobTypeRegistry
 from service.usecases.submissions import (
     PATIENT_NOT_ACTIVE,
@@ -44,7 +45,7 @@ from service.usecases.submissions import (
     UNKNOWN_TYPE,
     ParsedBody,
     PendingJobs,
-    parse_body,
+    parse_body_off_loop,
     short_text,
 )
 
@@ -111,7 +112,7 @@ class SubmissionProcessor:
 
     async def process(self, delivery: Delivery) -> dict[str, Any]:
         """Accept and complete; returns the job as it ends."""
-        parsed = parse_body(delivery.body)
+        parsed = await parse_body_off_loop(delivery.body)
         job = await self.accept(delivery, parsed)
         return await self.complete(job, parsed, delivery.data_root)
 
@@ -120,7 +121,8 @@ class SubmissionProcessor:
 
         A job already stored under the id must be this submission's (same hash: created by
         the HTTP API, or by an earlier delivery); otherwise `JobIdTaken`. A body that is no
-        JSON object has no comparable hash: the job of its id ends with its 422.
+        usable JSON object is hashed as bytes: it can end only the job it created itself
+        (with its 422), never a job another submission holds under that id.
         """
         raw = parsed.raw or {}
         request_hash = submission_hash(raw) if raw else hashlib.sha256(delivery.body).hexdigest()
@@ -140,7 +142,7 @@ class SubmissionProcessor:
                 request_hash=request_hash,
                 request_id=delivery.request_id or delivery.job_id,
             )
-        if parsed.raw is not None and job.get("hash") != request_hash:
+        if job.get("hash") != request_hash:
             raise JobIdTaken(delivery.job_id)
         return job
 
@@ -180,10 +182,23 @@ class SubmissionProcessor:
                     break
                 await asyncio.sleep(self.retry_delay * attempts)
         finished = await self.jobs.finish(job_id, outcome, count_attempt=not counted)
-        if finished is None:  # finished by another delivery between our read and our write
-            return await self.jobs.get(job_id) or job
+        if finished is None:  # ended by something else between our read and our write
+            return await self._after_lost_finish(job_id, job, outcome)
         self._finished(finished, time.perf_counter() - started)
         return finished
+
+    async def _after_lost_finish(
+        self, job_id: str, job: dict[str, Any], outcome: JobOutcome
+    ) -> dict[str, Any]:
+        """The job as something else ended it. When that end is not `processed` (the job was
+        given up, reconciled or cancelled meanwhile) and this attempt wrote entities, they go:
+        a job that did not end processed leaves nothing. When another delivery of the same
+        submission ended it processed, the entities are the same ones, and they stay."""
+        ended = await self.jobs.get(job_id) or job
+        if outcome.status is JobStatus.PROCESSED and ended["status"] != JobStatus.PROCESSED:
+            await self.entities.undo(job_id)
+            log.warning("job_writes_removed", reason="the job ended otherwise meanwhile")
+        return ended
 
     def type_label(self, job_type: str | None) -> str:
         """A job type as a metric label: only the registry's names, so that a producer's
@@ -222,10 +237,11 @@ class SubmissionProcessor:
             requester.require(job_type.required_scope)
         except ScopeDenied as denied:
             return JobOutcome.failed(403, "forbidden", str(denied))
-        try:
-            data = job_type.schema.load(submission["data"])
-        except ValidationError as exc:
-            return JobOutcome.validation_failed(invalid_entries(exc.messages, data_root))
+        data, invalid = await sized_work(
+            parsed.size, _loaded, job_type.schema, submission["data"], data_root
+        )
+        if invalid is not None:
+            return JobOutcome.validation_failed(invalid)
         try:
             params = job_type.params.load(submission.get("params") or {}) if job_type.params else {}
         except ValidationError as exc:
@@ -259,3 +275,14 @@ class SubmissionProcessor:
             return await job_type.handler(context)
         except JobFailed as failed:
             return failed.outcome
+
+
+def _loaded(
+    schema: Schema, value: Any, root: list[str | int]
+) -> tuple[Any, list[dict[str, Any]] | None]:
+    """`schema.load(value)` within the error budget, or its 422 entries under `root`."""
+    with bounded_errors():
+        try:
+            return schema.load(value), None
+        except ValidationError as exc:
+            return None, invalid_entries(exc.messages, root)

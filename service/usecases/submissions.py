@@ -22,6 +22,7 @@ from service.domain.clock import utcnow
 from service.domain.jobs import NewJob, pending_eta
 from service.domain.principal import Principal
 from service.storage.jobs import JobStore
+from service.usecases.cpu_bound import sized_work
 
 # The type a job is recorded with when its body names none that can be stored.
 UNKNOWN_TYPE = "unknown"
@@ -45,7 +46,7 @@ def submission_body(
         "requested_by": {
             "client_id": principal.client_id,
             "user_id": principal.user_id,
-            "scope": " ".join(sorted(principal.scopes)),
+            "scope": principal.scope_text,
         },
         "data": data,
     }
@@ -62,21 +63,28 @@ class ParsedBody:
     raw: dict[str, Any] | None
     submission: dict[str, Any] | None
     invalid: list[dict[str, Any]] | None
+    size: int = 0  # bytes: whether its checks are worth a thread (`usecases.cpu_bound`)
 
 
 def parse_body(body: bytes) -> ParsedBody:
-    if len(body) > MAX_BODY_BYTES:
+    size = len(body)
+    if size > MAX_BODY_BYTES:
         rule = Rule(
             "length", f"the body is larger than {MAX_BODY_BYTES} bytes", {"max": MAX_BODY_BYTES}
         )
-        return ParsedBody(None, None, single_entry([], rule))
+        return ParsedBody(None, None, single_entry([], rule), size)
     raw, invalid = json_object(body)
     if invalid is not None:
-        return ParsedBody(raw, None, invalid)
+        return ParsedBody(raw, None, invalid, size)
     try:
-        return ParsedBody(raw, SUBMISSION.load(raw), None)
+        return ParsedBody(raw, SUBMISSION.load(raw), None, size)
     except ValidationError as exc:
-        return ParsedBody(raw, None, invalid_entries(exc.messages))
+        return ParsedBody(raw, None, invalid_entries(exc.messages), size)
+
+
+async def parse_body_off_loop(body: bytes) -> ParsedBody:
+    """`parse_body`, in a thread when the body is large."""
+    return await sized_work(len(body), parse_body, body)
 
 
 def short_text(mapping: Any, key: str, limit: int = 255) -> str | None:
