@@ -29,6 +29,7 @@ from service.observability.metrics import DEAD_LETTERED, REDELIVERIES
 from service.storage.mongo import StoreUnavailable
 from service.usecases.load_reports import LoadReporter
 from service.usecases.processing import Delivery, JobIdTaken, SubmissionProcessor
+from service.usecases.reconciler import JobReconciler
 from service.usecases.submissions import ParsedBody, parse_body_off_loop
 
 log = structlog.get_logger("medevents.consumer")
@@ -47,12 +48,18 @@ class JobConsumer:
         queue: JobQueue,
         processor: SubmissionProcessor,
         reporter: LoadReporter | None = None,
+        *,
+        reconciler: JobReconciler | None = None,
     ) -> None:
         """`reporter`: reports this consumer's load (for the ETA of new jobs) and the jobs it
-        finished (for the dashboard) every few seconds; None: reports nothing."""
+        finished (for the dashboard) every few seconds; None: reports nothing. `reconciler`:
+        ends the job of a message this consumer dead-letters at its last delivery, so that its
+        client sees at once that it will not finish by itself; None: the reconciler's next run
+        does."""
         self._queue = queue
         self._processor = processor
         self._reporter = reporter
+        self._reconciler = reconciler
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._reporting: asyncio.Task | None = None
@@ -161,6 +168,11 @@ class JobConsumer:
         except Exception:
             log.exception("message_dead_lettered", reason="failed at its last delivery")
             await self._settle(message, "reject")
+            if self._reconciler is not None:
+                try:  # it wakes the long polls; MongoDB down: the deadline rule ends it later
+                    await self._reconciler.set_aside(job_id)
+                except Exception:
+                    log.exception("job_not_set_aside")
             return
         self._queue.finished(job_id)
         await self._settle(message, "ack")

@@ -27,7 +27,12 @@ QUEUE_DEPTH_EVERY_SECONDS = 15.0
 def build_consumer(services: Services) -> JobConsumer:
     """The consumer over the bootstrap's queue and processor; `services.aclose()` stops it
     (before the stores it writes to close)."""
-    consumer = JobConsumer(services.job_queue, services.processor, services.load_reporter)
+    consumer = JobConsumer(
+        services.job_queue,
+        services.processor,
+        services.load_reporter,
+        reconciler=services.reconciler,
+    )
     services.on_close(consumer.stop)
     return consumer
 
@@ -44,6 +49,7 @@ async def run_consumer(services: Services) -> None:
         await services.prepare_storage()
         services.start_retention()  # stopped after the consumer: closers run in reverse
         consumer = build_consumer(services)
+        services.start_reconciler()  # stopped before the consumer: it sends on its connection
         serve_metrics(services.settings)
         depth = asyncio.create_task(_track_queue_depth(consumer, stop))
         starting = asyncio.create_task(consumer.start())
@@ -67,6 +73,7 @@ async def consumer_in_background(services: Services) -> AsyncIterator[None]:
     only pile them up."""
     services.start_retention()  # stopped after the consumer: closers run in reverse
     consumer = build_consumer(services)
+    services.start_reconciler()  # stopped before the consumer: it sends on its connection
     starting = asyncio.create_task(consumer.start())
     starting.add_done_callback(_stop_process_if_failed)
 

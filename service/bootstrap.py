@@ -48,6 +48,7 @@ from service.usecases.jobs import JobService
 from service.usecases.load_reports import LoadReporter
 from service.usecases.operations import OperatorService
 from service.usecases.processing import SubmissionProcessor
+from service.usecases.reconciler import JobReconciler
 from service.usecases.retention import RetentionSweeper
 
 Closer = Callable[[], Awaitable[None]]
@@ -258,3 +259,23 @@ class Services:
     def start_retention(self) -> None:
         self.retention.start()
         self.on_close(self.retention.stop)
+
+    @cached_property
+    def reconciler(self) -> JobReconciler:
+        """Ends the pending jobs that nothing will finish (`usecases.reconciler`); runs beside
+        a consumer, on the consumer's queue (its depth) and connection (the job-finished
+        events)."""
+        return JobReconciler(
+            self.jobs,
+            self.entities,
+            self.job_queue.depth,
+            interval_seconds=self.settings.reconcile_interval_seconds,
+            grace_seconds=self.settings.job_deadline_grace_seconds,
+            max_pending_seconds=self.settings.job_max_pending_seconds,
+            on_ended=self.job_queue.finished,
+            outcomes=self.load_reporter.outcomes,
+        )
+
+    def start_reconciler(self) -> None:
+        self.reconciler.start()
+        self.on_close(self.reconciler.stop)

@@ -6,6 +6,7 @@ lists them all. `Settings.from_env` is the only place that reads `os.environ`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -44,9 +45,21 @@ class Settings:
     consumer_prefetch: int = 16
     metrics_port: int = 9464
     max_request_bytes: int = 1024 * 1024
+    # Slow clients (service.api.app.server_options): a request's head must arrive whole within
+    # the first, its body within the second, in seconds.
+    http_header_timeout_seconds: int = 10
+    http_body_timeout_seconds: int = 30
+    # The finished jobs' responses an API process keeps (service.usecases.finished_jobs).
+    finished_job_cache_bytes: int = 64 * 1024 * 1024
     data_dir: Path = Path(".data")
     signature_mode: str = "cms"
     signature_ca_file: Path | None = None
+    # The reconciler (service.usecases.reconciler): how often it looks for pending jobs that
+    # nothing will finish, the grace past a job's ETA, and the hard limit of a pending job
+    # (0: none). Seconds.
+    reconcile_interval_seconds: float = 60.0
+    job_deadline_grace_seconds: float = 300.0
+    job_max_pending_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -78,12 +91,40 @@ class Settings:
             max_request_bytes=reader.integer(
                 "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1024, MAX_REQUEST_BYTES_LIMIT
             ),
+            http_header_timeout_seconds=reader.integer(
+                "HTTP_HEADER_TIMEOUT_SECONDS", defaults.http_header_timeout_seconds, 1, 3600
+            ),
+            http_body_timeout_seconds=reader.integer(
+                "HTTP_BODY_TIMEOUT_SECONDS", defaults.http_body_timeout_seconds, 1, 3600
+            ),
+            finished_job_cache_bytes=reader.integer(
+                "FINISHED_JOB_CACHE_BYTES", defaults.finished_job_cache_bytes, 0, 1 << 40
+            ),
             data_dir=Path(reader.text("DATA_DIR") or defaults.data_dir),
             signature_mode=reader.choice(
                 "SIGNATURE_MODE", defaults.signature_mode, SIGNATURE_MODES
             ),
             signature_ca_file=Path(ca_file) if ca_file else None,
+            reconcile_interval_seconds=reader.integer(
+                "RECONCILE_INTERVAL_SECONDS", int(defaults.reconcile_interval_seconds), 1, 86400
+            ),
+            job_deadline_grace_seconds=reader.integer(
+                "JOB_DEADLINE_GRACE_SECONDS", int(defaults.job_deadline_grace_seconds), 60, 86400
+            ),
+            job_max_pending_seconds=reader.integer(
+                "JOB_MAX_PENDING_SECONDS", int(defaults.job_max_pending_seconds), 0, 3650 * 86400
+            ),
         )
+        if "AMQP_PREFIX" not in env and settings.mongodb_url is None:
+            # Local use (the embedded MongoDB of DATA_DIR): exchanges and queues of this data
+            # directory's own, so that two local instances on one broker never take each
+            # other's messages. `AMQP_PREFIX=` (set, empty) keeps the shared names.
+            settings = settings.with_changes(amqp_prefix=local_amqp_prefix(settings.data_dir))
+        if (
+            settings.job_max_pending_seconds
+            and settings.job_max_pending_seconds < settings.job_deadline_grace_seconds
+        ):
+            raise ConfigError("JOB_MAX_PENDING_SECONDS must be 0 or >= JOB_DEADLINE_GRACE_SECONDS")
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
         if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LENGTH:
@@ -101,8 +142,17 @@ class Settings:
 
 
 MIN_JWT_SECRET_LENGTH = 32
+
 # A submission is wrapped in a message the consumer reads up to 4 MiB (schemas.submission).
 MAX_REQUEST_BYTES_LIMIT = 3 * 1024 * 1024
+
+
+def local_amqp_prefix(data_dir: Path) -> str:
+    """The prefix of a local instance's exchanges and queues: a short hash of its data
+    directory's resolved path (`local.1a2b3c4d.`), the same for every `medevents` command run
+    with the same DATA_DIR."""
+    digest = hashlib.sha256(str(data_dir.expanduser().resolve()).encode()).hexdigest()
+    return f"local.{digest[:8]}."
 
 
 def _check_scheme(name: str, url: str | None, schemes: tuple[str, ...]) -> None:

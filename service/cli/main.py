@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -29,7 +31,7 @@ from uvloop import new_event_loop
 
 from consumers.processors import builtin_registry
 from consumers.worker import consumer_in_background, run_consumer
-from service.api.app import create_app
+from service.api.app import create_app, server_options
 from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
 from service.cli.demo import (
@@ -42,7 +44,7 @@ from service.cli.demo import (
 )
 from service.cli.publish import publish_submission, read_submission
 from service.config import ConfigError, Settings
-from service.messaging.broker import BrokerUnavailable
+from service.messaging.broker import BrokerUnavailable, Topology
 from service.observability.logs import configure_logging
 from service.storage.registries import REGISTRIES
 
@@ -56,8 +58,11 @@ def bootstrap(settings: Settings) -> Services:
 
 
 def serve_api(settings: Settings, _: argparse.Namespace) -> int:
+    sockets = _listen(settings)
+    if sockets is None:
+        return 2
     with mongodb_configured(settings) as settings:
-        _serve(create_app(bootstrap(settings)), settings)
+        _serve(create_app(bootstrap(settings)), settings, sockets)
     return 0
 
 
@@ -67,9 +72,13 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
     poll."""
     local = not settings.mongodb_url
     _check_signature_settings(settings)
+    sockets = _listen(settings)  # before the banner: a busy port says so, and nothing else
+    if sockets is None:
+        return 2
     with mongodb_configured(settings) as settings:
         if local:
             asyncio.run(_write_demo(settings))
+            log.info("amqp_prefix", prefix=settings.amqp_prefix, data_dir=str(settings.data_dir))
             print(banner(settings), flush=True)
         services = bootstrap(settings)
         app = create_app(services)
@@ -79,7 +88,7 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
                 yield
 
         app.cleanup_ctx.append(consumer)
-        _serve(app, settings)
+        _serve(app, settings, sockets)
     return 0
 
 
@@ -179,6 +188,7 @@ def banner(settings: Settings) -> str:
     api = f"http://{settings.http_host}:{settings.http_port}"
     return f"""
 medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
+  queue:   {Topology(settings.amqp_prefix).queue} (AMQP_PREFIX={settings.amqp_prefix})
   submit:  .venv/bin/medevents publish examples/encounter_package.json --wait
   token:   TOKEN=$(.venv/bin/medevents token --client-id {DEMO_CLIENT} \\
              --user-id {DEMO_USER} --scope "job:read encounter:write")
@@ -189,16 +199,48 @@ medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
 """
 
 
-def _serve(app: web.Application, settings: Settings) -> None:
-    log.info("http_serving", url=f"http://{settings.http_host}:{settings.http_port}")
+def _listen(settings: Settings) -> list[socket.socket] | None:
+    """The API's listening sockets, bound at once (every address `HTTP_HOST` names, as
+    aiohttp would bind them); None, with one line on standard error, when the port cannot be
+    had (in use, or not ours to take)."""
+    host, port = settings.http_host, settings.http_port
+    sockets: list[socket.socket] = []
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in dict.fromkeys(addresses):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        why = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc})"
+        if isinstance(exc, socket.gaierror):
+            why = f"cannot be bound: no such address ({exc})"
+        print(
+            f"medevents: port {port} on {host} {why} (HTTP_HOST, HTTP_PORT)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return sockets
+
+
+def _serve(app: web.Application, settings: Settings, sockets: list[socket.socket]) -> None:
+    port = sockets[0].getsockname()[1]
+    log.info("http_serving", url=f"http://{settings.http_host}:{port}")
     web.run_app(
         app,
-        host=settings.http_host,
-        port=settings.http_port,
+        sock=sockets,
         access_log=None,  # the request_context middleware logs each request
         print=None,
         handle_signals=True,
         loop=new_event_loop(),
+        **server_options(settings),
     )
 
 

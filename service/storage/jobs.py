@@ -39,6 +39,16 @@ class JobStore:
         # second also counts the pending jobs from the index alone.
         await self._jobs.create_index([("order_key", DESCENDING)])
         await self._jobs.create_index([("status", ASCENDING), ("order_key", DESCENDING)])
+        # One pending job per identical HTTP submission, across API processes: the key is set
+        # on an HTTP-submitted job while it is pending, and removed by the write that ends it.
+        await self._jobs.create_index(
+            [("pending_key", ASCENDING)],
+            name="pending_key_unique",
+            unique=True,
+            partialFilterExpression={"pending_key": {"$type": "string"}},
+        )
+        # The reconciler's pending jobs past their ETA (`overdue`).
+        await self._jobs.create_index([("status", ASCENDING), ("eta", ASCENDING)])
 
     async def ping(self) -> bool:
         """Whether the server answers now (readiness)."""
@@ -47,6 +57,11 @@ class JobStore:
         except PyMongoError:
             return False
         return True
+
+    @unavailable_on_outage
+    async def ping_or_raise(self) -> None:
+        """`StoreUnavailable` unless the server answers now."""
+        await self._jobs.database.command("ping")
 
     @unavailable_on_outage
     async def get_for_client(self, job_id: str, client_id: str) -> dict[str, Any] | None:
@@ -88,15 +103,73 @@ class JobStore:
         return await self._jobs.find_one({"hash": request_hash, "status": int(JobStatus.PENDING)})
 
     @unavailable_on_outage
-    async def create_pending(self, job: NewJob) -> tuple[dict[str, Any], bool]:
+    async def create_pending(
+        self, job: NewJob, *, pending_key: str | None = None
+    ) -> tuple[dict[str, Any] | None, bool]:
         """Insert a pending job; returns it and whether it is new. The job already stored
-        under the same id (an HTTP submission's, a redelivery's) is returned instead."""
+        under the same id (an HTTP submission's, a redelivery's) is returned instead.
+
+        `pending_key` (an HTTP submission's request hash): the database keeps one pending job
+        per key; when another holds it, that job is returned, not new (None if it ended
+        between the two reads: the caller tries again)."""
         document = job.to_document(utcnow())
+        if pending_key is not None:
+            document["pending_key"] = pending_key
         try:
             await self._jobs.insert_one(document)
         except DuplicateKeyError:
-            return await self._jobs.find_one({"_id": job.job_id}), False
+            existing = await self._jobs.find_one({"_id": job.job_id})
+            if existing is None and pending_key is not None:
+                existing = await self._jobs.find_one({"pending_key": pending_key})
+            return existing, False
         return document, True
+
+    @unavailable_on_outage
+    async def withdraw(self, job_id: str) -> bool:
+        """Remove a pending job whose message was never sent (the broker refused it);
+        whether it was removed. A job that left pending meanwhile stays."""
+        result = await self._jobs.delete_one({"_id": job_id, "status": int(JobStatus.PENDING)})
+        return result.deleted_count == 1
+
+    @unavailable_on_outage
+    async def overdue(
+        self,
+        *,
+        eta_before: datetime,
+        inserted_before: datetime | None,
+        inserted_before_hard: datetime | None,
+        limit: int,
+    ) -> list[str]:
+        """Ids of pending jobs past a deadline, `limit` at most: their ETA before
+        `eta_before` and inserted before `inserted_before` (served by `{status, eta}`), or
+        inserted before `inserted_before_hard` whatever their ETA (by `{status, order_key}`).
+        None: that rule is not applied."""
+        pending = int(JobStatus.PENDING)
+        found: list[str] = []
+        if inserted_before is not None:
+            soft = self._jobs.find(
+                {"status": pending, "eta": {"$lt": eta_before}}, {"_id": 1, "inserted_at": 1}
+            ).sort("eta", ASCENDING)
+            # The insertion time compared here, to the millisecond: the embedded test server
+            # compares dates in a query to the second.
+            found += [
+                job["_id"]
+                for job in await soft.limit(limit).to_list()
+                if isinstance(job.get("inserted_at"), datetime)
+                and job["inserted_at"] < inserted_before
+            ]
+        if inserted_before_hard is not None and len(found) < limit:
+            hard = self._jobs.find(
+                {
+                    "status": pending,
+                    "order_key": {"$gte": "", "$lt": order_key(inserted_before_hard, "")},
+                },
+                {"_id": 1},
+            ).sort("order_key", DESCENDING)
+            found += [
+                job["_id"] for job in await hard.limit(limit).to_list() if job["_id"] not in found
+            ]
+        return found[:limit]
 
     @unavailable_on_outage
     async def finish(
@@ -113,6 +186,8 @@ class JobStore:
         update: dict[str, Any] = {
             "$set": outcome.to_update(),
             "$currentDate": {"updated_at": True},
+            # An identical submission from now on is a new job (`create_pending`).
+            "$unset": {"pending_key": ""},
         }
         if count_attempt:
             update["$inc"] = {"attempts": 1}

@@ -5,22 +5,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from marshmallow import ValidationError
 
 from schemas.validation import invalid_entries
-from service.domain.jobs import JobStatus, is_valid_job_id, new_job_id, submission_hash
+from service.domain.jobs import (
+    JobStatus,
+    NewJob,
+    is_valid_job_id,
+    new_job_id,
+    submission_hash,
+)
 from service.domain.principal import Principal
 from service.messaging.broker import BrokerUnavailable
 from service.messaging.job_events import JobEvents
 from service.messaging.publisher import SubmissionPublisher
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
+from service.storage.mongo import StoreUnavailable
 from service.storage.patients import PatientStore
 from service.usecases.eta import EtaEstimator
-from service.usecases.finished_jobs import FinishedJobs
+from service.usecases.finished_jobs import FinishedJobs, Rendered
 from service.usecases.job_types import JobType
 from service.usecases.submissions import (
     PATIENT_NOT_ACTIVE,
@@ -31,7 +38,8 @@ from service.usecases.submissions import (
 
 log = structlog.get_logger("medevents.jobs")
 
-T = TypeVar("T")
+# Inserts of a submission's pending job while the identical one holding its key ends.
+RESERVE_ATTEMPTS = 3
 
 
 class JobNotFound(Exception):
@@ -77,7 +85,8 @@ class JobService:
         self.publisher = publisher
         self.events = events
         self.pending = PendingJobs(store, estimator.eta if estimator else None)
-        self._finished = FinishedJobs()
+        # Finished jobs' responses, bounded in bytes (the API sets FINISHED_JOB_CACHE_BYTES).
+        self.finished_jobs = FinishedJobs()
         self._submitting: dict[str, _Turn] = {}
 
     async def broker_ready(self) -> bool:
@@ -115,20 +124,20 @@ class JobService:
         so that nothing shaped like an operator or a path ever reaches the database."""
         if not is_valid_job_id(job_id):
             raise JobNotFound(job_id)
-        job = self._finished.get(job_id, client_id)
+        job = self.finished_jobs.get(job_id, client_id)
         if job is not None:
             return job
         job = await self.store.get_for_client(job_id, client_id)
         if job is None:
             raise JobNotFound(job_id)
-        self._finished.keep(job_id, client_id, job)
-        return job
+        return job  # kept, once finished, by `rendered`
 
     def rendered(
-        self, job_id: str, client_id: str, job: dict[str, Any], render: Callable[[dict], T]
-    ) -> T:
-        """`render(job)` of the job `job_for_client` returned, made once per finished job."""
-        return self._finished.rendered(job_id, client_id, job, render)
+        self, job_id: str, client_id: str, job: dict[str, Any], render: Callable[[dict], Rendered]
+    ) -> Rendered:
+        """`render(job)` (`(status, data, tag)`) of the job `job_for_client` returned, made
+        once per finished job and kept as bytes (`FinishedJobs`)."""
+        return self.finished_jobs.rendered(job_id, client_id, job, render)
 
     async def check_submission(
         self,
@@ -166,14 +175,18 @@ class JobService:
         request_id: str,
         params: dict[str, str] | None = None,
     ) -> tuple[dict[str, Any], bool]:
-        """Check the request (`check_submission`), publish it and record its pending job;
+        """Check the request (`check_submission`), record its pending job and publish it;
         returns the job and whether it is new. An identical pending submission returns the
         existing job, unpublished.
 
-        The message goes first: when the broker does not take it, there is no job at all
-        (`BrokerUnavailable`, 503), never one waiting for a message that was never sent. A
-        consumer quick enough to see the message before the job is written creates the same
-        job from it (same id, same hash), and this write then finds it.
+        One pending job per identical submission, across API processes: the job is inserted
+        with its request hash as `pending_key`, which a unique index keeps to one pending job
+        (the write that ends a job removes it). The key is taken before the message is
+        published, so that the loser of a race publishes nothing (its message could only
+        make a second job). When the broker does not take the message, the job is withdrawn
+        (`BrokerUnavailable`, 503, no job); if that fails too (MongoDB lost in between), or
+        the process dies between the two, the job has no message, and the reconciler ends it
+        once past its deadline (`usecases.reconciler`).
         """
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
@@ -181,9 +194,11 @@ class JobService:
         submission = submission_body(job_type.name, patient_id, principal, data, params)
         request_hash = submission_hash(submission)
         # Identical submissions arriving together (a double click) wait for each other in
-        # this process, so that the second finds the first's job. Across API processes the
-        # check stays racy, as eHealth's medical events service's is.
+        # this process, so that the second finds the first's job without a failed insert;
+        # across API processes the unique `pending_key` decides.
         async with self._one_at_a_time(request_hash):
+            # Also a pending job of the same hash without the key (one a producer's message
+            # made, or one stored before the key existed).
             existing = await self.store.find_pending(request_hash)
             if existing is not None:
                 log.info("submission_deduplicated", job_id=existing["_id"])
@@ -191,18 +206,33 @@ class JobService:
             job_id = new_job_id()
             # Estimated before the message is queued: the queue holds what is ahead of it.
             eta = await self.pending.eta()
-            # The client posted `data` itself: the paths of a 422 are to be relative to it.
-            await self.publisher.publish(submission, job_id, request_id, data_root="$")
-            job, _ = await self.pending.create(
-                job_id,
-                job_type=job_type.name,
+            new_job = NewJob(
+                job_id=job_id,
+                type=job_type.name,
+                hash=request_hash,
                 client_id=principal.client_id,
                 user_id=principal.user_id,
-                patient_id=patient_id,
-                request_hash=request_hash,
                 request_id=request_id,
                 eta=eta,
+                patient_id=patient_id,
             )
+            for _ in range(RESERVE_ATTEMPTS):
+                job, new = await self.store.create_pending(new_job, pending_key=request_hash)
+                if job is not None:
+                    break
+                # The job holding the key ended between our insert and our read: try again.
+            else:
+                raise StoreUnavailable("the submission's pending key kept changing hands")
+            if not new:
+                log.info("submission_deduplicated", job_id=job["_id"])
+                return job, False
+            try:
+                # The client posted `data` itself: the paths of a 422 are to be relative to it.
+                await self.publisher.publish(submission, job_id, request_id, data_root="$")
+            except BaseException:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.withdraw(job_id)
+                raise
         log.info("job_submitted", job_id=job_id, type=job_type.name)
         return job, True
 

@@ -171,6 +171,23 @@ def test_nginx_balances_the_api_replicas_and_outlasts_a_long_poll() -> None:
     assert timeout > MAX_WAIT_SECONDS
 
 
+def test_nginx_cuts_off_slow_clients_before_the_api_does() -> None:
+    """Headers, body and response each have a timeout at the proxy, none longer than the
+    API's own (HTTP_HEADER_TIMEOUT_SECONDS, HTTP_BODY_TIMEOUT_SECONDS), none shorter than a
+    normal client needs (a second or more)."""
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    defaults = Settings()
+
+    def seconds(directive: str) -> int:
+        found = re.findall(rf"^\s*{directive} (\d+)s;", config, flags=re.MULTILINE)
+        assert len(found) == 1, f"nginx.conf sets {directive} once, in seconds"
+        return int(found[0])
+
+    assert 1 <= seconds("client_header_timeout") <= defaults.http_header_timeout_seconds
+    assert 1 <= seconds("client_body_timeout") <= defaults.http_body_timeout_seconds
+    assert 1 <= seconds("send_timeout")
+
+
 # --- Dockerfile ---
 
 
