@@ -48,6 +48,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "The token's scope does not allow this",
         404: "Nothing of that id for this client (a submission: no such patient)",
         405: "Not a method of this resource",
+        408: "The body did not arrive within HTTP_BODY_TIMEOUT_SECONDS",
         409: "A submission for a patient who is not active",
         413: "The body is over MAX_REQUEST_BYTES",
         422: "The body is not a JSON object, or not of the request's schema",
@@ -214,7 +215,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
                             },
                             "content": {JSON: {"schema": _ref("PendingJobEnvelope")}},
                         },
-                        **_errors(401, 403, 404, 409, 413, 422, 503, 500),
+                        **_errors(401, 403, 404, 408, 409, 413, 422, 503, 500),
                     },
                 }
             },
