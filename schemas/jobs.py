@@ -51,6 +51,9 @@ class ValidationErrorSchema(Schema):
     invalid = fields.List(fields.Nested(InvalidEntrySchema), required=True)
     # Present only when the list was trimmed to the 10,000-byte cap.
     invalid_total = fields.Integer()
+    # Present (true) only when checking stopped before the end of the request: past 1,000
+    # failing array items (`schemas.rules.MAX_FAILING_ITEMS`), its other errors are not known.
+    invalid_incomplete = fields.Boolean()
 
 
 class TypedErrorSchema(Schema):

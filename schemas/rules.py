@@ -94,6 +94,11 @@ def _inspect(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# The most unknown properties of one object reported (ours: the original reports every one,
+# each entry listing all of them, so that n unknown properties cost n * n).
+MAX_UNKNOWN_REPORTED = 20
+
+
 class StrictSchema(Schema):
     """An object with `additionalProperties: false`: each unknown property is reported at
     its own path, rule `schema`, with every unknown property and its value as params."""
@@ -113,7 +118,12 @@ class StrictSchema(Schema):
         if not isinstance(original, dict):
             return
         known = {f.data_key or name for name, f in self.load_fields.items()}
-        unknown = {key: value for key, value in original.items() if key not in known}
+        unknown: dict[str, Any] = {}
+        for key, value in original.items():
+            if key not in known:
+                unknown[key] = value
+                if len(unknown) == MAX_UNKNOWN_REPORTED:  # each entry lists them all: bounded
+                    break
         if unknown:
             rule = Rule("schema", ADDITIONAL_PROPERTIES, unknown)
             raise ValidationError({key: [rule] for key in unknown})
@@ -325,6 +335,12 @@ class List(_Typed, fields.List):
         item is valid."""
         if isinstance(value, list) and len(value) > MAX_ITEMS:
             item_count(None, self.max_items)(value)  # raises
+        budget = _ERROR_BUDGET.get()
+        if budget is not None and budget.spent() and isinstance(value, list):
+            # Past the budget, an array is not checked at all: no entry, never a false one
+            # (its validators would otherwise see no items).
+            budget.skipped = True
+            return value
         try:
             return super().deserialize(value, attr, data, **kw)
         except ValidationError as error:
@@ -351,6 +367,7 @@ class List(_Typed, fields.List):
         errors: dict[int, Any] = {}
         for index, item in enumerate(value):
             if budget is not None and budget.spent():
+                budget.skipped = True
                 break
             try:
                 result.append(self.inner.deserialize(item, **kw))
@@ -372,13 +389,14 @@ MAX_ITEMS = 100
 # the 10,000 bytes of a stored error can show (each failing item is at least one entry of
 # about 100 bytes), so the error a client reads is the same; the work and memory of a
 # hostile body stay bounded.
-MAX_FAILING_ITEMS = 200
+MAX_FAILING_ITEMS = 1_000
 
 
 @dataclass(slots=True)
 class ErrorBudget:
     limit: int
     failed_items: int = 0
+    skipped: bool = False  # whether some array went unchecked, or was checked only in part
 
     def spent(self) -> bool:
         return self.failed_items >= self.limit

@@ -96,18 +96,22 @@ def invalid_entry(parts: list[str | int], *rules: Rule) -> dict[str, Any]:
     }
 
 
-def json_object(body: bytes) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+def json_object(
+    body: bytes, max_depth: int | None = None
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
     """The body as a JSON object, and the `invalid` entries that say why it is unusable (None
     when it is usable). A body with a key given twice in one object is read (so that its
-    requester can still be known) but unusable: which value was meant cannot be told."""
+    requester can still be known) but unusable: which value was meant cannot be told. A body
+    nested deeper than `max_depth` (`MAX_JSON_DEPTH`) is unusable too."""
+    max_depth = MAX_JSON_DEPTH if max_depth is None else max_depth
     try:
         value = orjson.loads(body)  # strict: no invalid UTF-8, lone surrogates or NaN
     except orjson.JSONDecodeError as exc:
         return None, single_entry([], Rule("json", f"is not valid JSON: {exc}"))
     if not isinstance(value, dict):
         return None, single_entry([], cast_rule("object", value))
-    if nested_deeper_than(value, MAX_JSON_DEPTH, body):
-        return None, single_entry([], TOO_DEEP)
+    if nested_deeper_than(value, max_depth, body):
+        return None, single_entry([], too_deep(max_depth))
     duplicated = duplicated_keys(body)
     if duplicated:
         return value, [
@@ -123,11 +127,14 @@ DUPLICATED_KEY = Rule("unique", "the property is given more than once").to_docum
 # No eHealth request comes near it (a package nests about 10 levels); past it a body could
 # be parsed but not written again (orjson writes 254 levels at most), hashed nor stored.
 MAX_JSON_DEPTH = 100
-TOO_DEEP = Rule(
-    "length",
-    f"objects and arrays are nested more than {MAX_JSON_DEPTH} levels deep",
-    {"max": MAX_JSON_DEPTH},
-)
+
+
+def too_deep(max_depth: int) -> Rule:
+    return Rule(
+        "length",
+        f"objects and arrays are nested more than {max_depth} levels deep",
+        {"max": max_depth},
+    )
 
 
 def nested_deeper_than(value: Any, limit: int, body: bytes) -> bool:

@@ -58,7 +58,8 @@ def pending_eta(now: datetime) -> datetime:
 
 
 def submission_hash(submission: dict[str, Any]) -> str:
-    """The hash of a request, its user and its client: identical pending submissions share it."""
+    """The hash of a request (its body and the entity its route names), its user and its
+    client: identical pending submissions share it."""
     requested_by = submission.get("requested_by") or {}
     canonical = {
         "type": submission.get("type"),
@@ -67,6 +68,8 @@ def submission_hash(submission: dict[str, Any]) -> str:
         "user_id": requested_by.get("user_id") if isinstance(requested_by, dict) else None,
         "data": submission.get("data"),
     }
+    if submission.get("params"):  # the entity a route names (`episode_id`): part of the request
+        canonical["params"] = submission["params"]
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -191,12 +194,17 @@ class JobOutcome:
         return cls(JobStatus.FAILED, status_code, error=error)
 
     @classmethod
-    def validation_failed(cls, invalid: list[dict[str, Any]], message: str | None = None) -> Self:
-        error = {
+    def validation_failed(
+        cls, invalid: list[dict[str, Any]], message: str | None = None, *, incomplete: bool = False
+    ) -> Self:
+        """`incomplete`: checking stopped before the end (the schemas' error budget)."""
+        error: dict[str, Any] = {
             "type": "validation_failed",
             "message": (message or VALIDATION_FAILED_MESSAGE)[:MAX_MESSAGE_LENGTH],
             "invalid": invalid,
         }
+        if incomplete:
+            error["invalid_incomplete"] = True
         return cls(JobStatus.FAILED, 422, error=cap_error(error))
 
     @classmethod

@@ -160,6 +160,10 @@ class SubmissionProcessor:
         job_id = job["_id"]
         if JobStatus(job["status"]).is_terminal:
             log.info("job_already_finished", status=JobStatus(job["status"]).label)
+            if job["status"] != JobStatus.PROCESSED:
+                # An earlier delivery may have written before the job ended otherwise (and
+                # failed to remove it): a job that did not end processed leaves nothing.
+                await self.entities.undo(job_id)
             return job
         started = time.perf_counter()
         counted = False  # whether the attempt that gives the outcome was counted already
@@ -174,7 +178,7 @@ class SubmissionProcessor:
                 attempts = await self.jobs.record_failed_attempt(job_id)
                 log.exception("job_attempt_failed", attempts=attempts)
                 if attempts == 0:  # someone else finished it meanwhile
-                    return await self.jobs.get(job_id) or job
+                    return await self._after_lost_finish(job_id, job)
                 if attempts >= self.max_attempts:
                     # Leave nothing of a job that could not finish: what it created goes.
                     await self.entities.undo(job_id)
@@ -183,19 +187,19 @@ class SubmissionProcessor:
                 await asyncio.sleep(self.retry_delay * attempts)
         finished = await self.jobs.finish(job_id, outcome, count_attempt=not counted)
         if finished is None:  # ended by something else between our read and our write
-            return await self._after_lost_finish(job_id, job, outcome)
+            return await self._after_lost_finish(job_id, job)
         self._finished(finished, time.perf_counter() - started)
         return finished
 
-    async def _after_lost_finish(
-        self, job_id: str, job: dict[str, Any], outcome: JobOutcome
-    ) -> dict[str, Any]:
+    async def _after_lost_finish(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
         """The job as something else ended it. When that end is not `processed` (the job was
-        given up, reconciled or cancelled meanwhile) and this attempt wrote entities, they go:
-        a job that did not end processed leaves nothing. When another delivery of the same
-        submission ended it processed, the entities are the same ones, and they stay."""
+        given up, reconciled or cancelled meanwhile), what this delivery wrote goes: a job
+        that did not end processed leaves nothing (undone again, harmlessly, if our own
+        outcome already undid it). When another delivery of the same submission ended it
+        processed, the entities are the same ones, and they stay. MongoDB failing here: the
+        message is retried, finds the job ended, and removes them then (`complete`)."""
         ended = await self.jobs.get(job_id) or job
-        if outcome.status is JobStatus.PROCESSED and ended["status"] != JobStatus.PROCESSED:
+        if ended["status"] != JobStatus.PROCESSED:
             await self.entities.undo(job_id)
             log.warning("job_writes_removed", reason="the job ended otherwise meanwhile")
         return ended
@@ -241,7 +245,7 @@ class SubmissionProcessor:
             parsed.size, _loaded, job_type.schema, submission["data"], data_root
         )
         if invalid is not None:
-            return JobOutcome.validation_failed(invalid)
+            return invalid
         try:
             params = job_type.params.load(submission.get("params") or {}) if job_type.params else {}
         except ValidationError as exc:
@@ -277,12 +281,11 @@ class SubmissionProcessor:
             return failed.outcome
 
 
-def _loaded(
-    schema: Schema, value: Any, root: list[str | int]
-) -> tuple[Any, list[dict[str, Any]] | None]:
-    """`schema.load(value)` within the error budget, or its 422 entries under `root`."""
-    with bounded_errors():
+def _loaded(schema: Schema, value: Any, root: list[str | int]) -> tuple[Any, JobOutcome | None]:
+    """`schema.load(value)` within the error budget, or the 422 of its errors under `root`."""
+    with bounded_errors() as budget:
         try:
             return schema.load(value), None
         except ValidationError as exc:
-            return None, invalid_entries(exc.messages, root)
+            entries = invalid_entries(exc.messages, root)
+            return None, JobOutcome.validation_failed(entries, incomplete=budget.skipped)

@@ -48,9 +48,12 @@ def _read(
         log.info("signature_rejected", reason=rejected.reason, mode=signatures.mode)
         entries = single_entry(["signed_data"], invalid(rejected.description))
         raise JobFailed(JobOutcome.validation_failed(entries)) from None
-    with use_dictionaries(dictionaries), bounded_errors():
+    with use_dictionaries(dictionaries), bounded_errors() as budget:
         try:
             loaded = schema.load(signed.content)
         except ValidationError as exc:
-            raise JobFailed(JobOutcome.validation_failed(invalid_entries(exc.messages))) from None
+            outcome = JobOutcome.validation_failed(
+                invalid_entries(exc.messages), incomplete=budget.skipped
+            )
+            raise JobFailed(outcome) from None
     return signed.content, loaded, signed.signer

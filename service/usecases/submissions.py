@@ -17,7 +17,7 @@ from marshmallow import ValidationError
 
 from schemas.rules import Rule
 from schemas.submission import MAX_BODY_BYTES, SUBMISSION
-from schemas.validation import invalid_entries, json_object, single_entry
+from schemas.validation import MAX_JSON_DEPTH, invalid_entries, json_object, single_entry
 from service.domain.clock import utcnow
 from service.domain.jobs import NewJob, pending_eta
 from service.domain.principal import Principal
@@ -73,7 +73,9 @@ def parse_body(body: bytes) -> ParsedBody:
             "length", f"the body is larger than {MAX_BODY_BYTES} bytes", {"max": MAX_BODY_BYTES}
         )
         return ParsedBody(None, None, single_entry([], rule), size)
-    raw, invalid = json_object(body)
+    # A submission holds its request one level down (`data`): a request the API accepted at
+    # the deepest it allows is one level deeper here.
+    raw, invalid = json_object(body, MAX_JSON_DEPTH + 1)
     if invalid is not None:
         return ParsedBody(raw, None, invalid, size)
     try:

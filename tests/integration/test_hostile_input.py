@@ -18,6 +18,7 @@ from service.domain.jobs import JobOutcome, JobStatus, new_job_id
 from service.signatures import Base64JsonDecoder, encode_unsigned
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
+from service.storage.mongo import StoreUnavailable
 from service.usecases.processing import Delivery
 from service.usecases.submissions import parse_body
 from tests.conftest import OTHER_CLIENT_ID, bearer, new_job
@@ -105,52 +106,61 @@ def test_the_error_budget_stops_checking_items_past_what_an_error_can_show():
         for observation in errors["observations"].values()
         if isinstance(observation, dict)
     )
-    assert components_checked <= 200 < 50 * 100
+    assert components_checked <= 1_000 < 50 * 100
 
 
 async def test_checking_a_package_leaves_the_event_loop_free(db, patients):
     """The loop gets its turns while a package is decoded and checked: the longest pause
-    between ticks of a 5 ms timer stays far below the time the check takes by itself."""
-    content = {**heavy_but_allowed_content(), "encounter": {"id": 1}}
-    content["observations"] = [
-        {"components": [{"code": 1, "value_string": 2}] * 100, "id": 3} for _ in range(50)
-    ]
+    between ticks of a 5 ms timer stays far below the time the check takes by itself. Each
+    side is the best of a few runs, so that a pause of the machine's own (another process, a
+    garbage collection) is not taken for one of ours."""
+    component = {
+        "code": {"coding": [{"system": "eHealth/LOINC/observation_codes", "code": "8310-5"}]},
+        "value_string": "x",
+    }
+    content = {
+        "encounter": {"id": 1},
+        "observations": [{"components": [component] * 100, "id": 3} for _ in range(50)],
+    }
     signed = encode_unsigned(content)
     schema = PackageCreateContentSchema()
 
-    def check_inline() -> None:
+    def check_inline() -> float:
+        started = time.perf_counter()
         decoded = Base64JsonDecoder().decode(signed)
-        with use_dictionaries({}):
+        with use_dictionaries({}), bounded_errors():
             try:
                 schema.load(decoded.content)
             except Exception:  # expected: its time is what counts
                 pass
+        return time.perf_counter() - started
 
-    started = time.perf_counter()
-    check_inline()
-    alone = time.perf_counter() - started
-
+    alone = min(check_inline() for _ in range(2))
     processor = make_processor(db)
-    submission = with_content(content)
-    job_id = new_job_id()
-    longest, done = 0.0, asyncio.Event()
+    body = orjson.dumps(with_content(content))
 
-    async def ticker() -> None:
-        nonlocal longest
-        last = time.perf_counter()
-        while not done.is_set():
-            await asyncio.sleep(0.005)
-            now = time.perf_counter()
-            longest, last = max(longest, now - last), now
+    async def longest_pause() -> float:
+        longest, done = 0.0, asyncio.Event()
 
-    ticking = asyncio.create_task(ticker())
-    job = await processor.process(Delivery(job_id, orjson.dumps(submission)))
-    done.set()
-    await ticking
+        async def ticker() -> None:
+            nonlocal longest
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                longest, last = max(longest, now - last), now
 
-    assert job["status"] == JobStatus.FAILED and job["status_code"] == 422
-    assert alone > 0.02, "the check must take long enough for a pause to show"
-    assert longest < alone / 2, (longest, alone)
+        ticking = asyncio.create_task(ticker())
+        job = await processor.process(Delivery(new_job_id(), body))
+        done.set()
+        await ticking
+        assert job["status"] == JobStatus.FAILED and job["status_code"] == 422
+        return longest
+
+    pauses = [await longest_pause() for _ in range(3)]
+
+    assert alone > 0.05, "the check must take long enough for a pause to show"
+    assert min(pauses) < alone / 2, (pauses, alone)
 
 
 # --- 2. A message cannot end another client's job ----------------------------------------------
@@ -212,6 +222,42 @@ async def test_a_processor_that_loses_the_race_to_finish_removes_what_it_wrote(d
     assert set((await entity_counts(db)).values()) == {0}
     encounter_id = package_content(submission)["encounter"]["id"]
     assert await db["encounters"].find_one({"_id": encounter_id}) is None
+
+
+async def test_a_redelivery_of_a_job_ended_otherwise_removes_what_is_left(db, patients):
+    """A delivery wrote a package, then lost the race to finish and could not remove it
+    (MongoDB failing right then): the message comes back, finds the job ended failed, and
+    removes what was left."""
+    await EntityStore(db).ensure_indexes()
+    submission = example("encounter_package")
+    job_id = new_job_id()
+    body = orjson.dumps(submission)
+    processor = make_processor(db)
+    job = await processor.accept(Delivery(job_id, body), parse_body(body))
+    entities = processor.entities
+    undo = entities.undo
+
+    async def lost_and_cannot_undo(job_id: str) -> None:
+        raise StoreUnavailable("MongoDB went away")
+
+    finish = processor.jobs.finish
+
+    async def ended_meanwhile(job_id, outcome, **options):
+        await finish(job_id, JobOutcome.failed_with_error("ended by someone else"))
+        return await finish(job_id, outcome, **options)
+
+    processor.jobs.finish = ended_meanwhile  # type: ignore[method-assign]
+    entities.undo = lost_and_cannot_undo  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await processor.complete(job, parse_body(body))
+    assert (await entity_counts(db))["encounters"] == 1  # left behind
+    entities.undo = undo  # type: ignore[method-assign]
+
+    redelivered = make_processor(db)
+    again = await redelivered.process(Delivery(job_id, body))
+
+    assert again["status"] == JobStatus.FAILED_WITH_ERROR
+    assert set((await entity_counts(db)).values()) == {0}
 
 
 async def test_a_delivery_that_loses_to_its_own_twin_keeps_the_entities(db, patients):
@@ -280,7 +326,7 @@ async def test_deep_json_over_amqp_ends_its_job_or_is_dead_lettered(
 
     jobs = await wait_for_jobs(db, [job_id])
     assert jobs[job_id]["status"] == JobStatus.FAILED and jobs[job_id]["status_code"] == 422
-    assert jobs[job_id]["error"]["invalid"][0]["rules"][0]["params"] == {"max": 100}
+    assert jobs[job_id]["error"]["invalid"][0]["rules"][0]["params"] == {"max": 101}
     dead = await raw_publisher.dead_letters(expected=1)
     assert [message.body for message in dead] == [nested(500)]
     assert not captured_logs.events("message_failed")
