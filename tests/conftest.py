@@ -3,8 +3,10 @@ server; the fixtures of the broker and MongoDB are in `tests/integration/conftes
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
+import os
 import sys
 import uuid
 from collections.abc import Iterator
@@ -71,8 +73,64 @@ def new_job(client_id: str = CLIENT_ID, **overrides) -> NewJob:
     return NewJob(**values)
 
 
+# A skipped test is a test that did not run: CI would count it as a pass. Any skip fails the
+# run, unless this variable names it: comma-separated node ids or patterns (`fnmatch`), e.g.
+# `tests/deployment/test_deployment.py::*` on a machine without docker-compose, or `*`.
+ALLOWED_SKIPS_VARIABLE = "MEDEVENTS_ALLOWED_SKIPS"
+_skipped: list[tuple[str, str]] = []
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else longrepr
+    return str(reason).removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Remember each skipped test (an expected failure, `xfail`, is not a skip)."""
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append((report.nodeid, _skip_reason(report)))
+
+
+def pytest_collectreport(report) -> None:
+    """Remember each module skipped whole (`pytest.skip(allow_module_level=True)`,
+    `pytest.importorskip`)."""
+    if report.skipped:
+        _skipped.append((report.nodeid, _skip_reason(report)))
+
+
+def unexpected_skips() -> list[tuple[str, str]]:
+    """The skips of this run that `MEDEVENTS_ALLOWED_SKIPS` does not allow."""
+    allowed = [
+        pattern.strip()
+        for pattern in os.environ.get(ALLOWED_SKIPS_VARIABLE, "").split(",")
+        if pattern.strip()
+    ]
+    return [
+        (nodeid, reason)
+        for nodeid, reason in _skipped
+        if not any(fnmatch.fnmatchcase(nodeid, pattern) for pattern in allowed)
+    ]
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """A run that passed but skipped a test it was not told it may skip fails (exit 1)."""
+    if exitstatus == pytest.ExitCode.OK and unexpected_skips():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """How many packages the property-based test generated, of each kind of mutation."""
+    """Unexpected skips, which fail the run; then how many packages the property-based test
+    generated, of each kind of mutation."""
+    skips = unexpected_skips()
+    if skips:
+        terminalreporter.write_sep("=", "unexpected skips: the run fails", red=True, bold=True)
+        for nodeid, reason in skips:
+            terminalreporter.write_line(f"SKIPPED {nodeid}: {reason}")
+        terminalreporter.write_line(
+            f"A skipped test did not run. Install what it needs, or allow the skip by name: "
+            f"{ALLOWED_SKIPS_VARIABLE}='<node id or pattern>,...' (`*` allows every skip)."
+        )
     module = sys.modules.get("tests.unit.test_package_content_properties")
     cases = getattr(module, "CASES", None)
     if cases:

@@ -141,25 +141,48 @@ class RawPublisher:
 async def wait_for_jobs(
     db: AsyncDatabase, job_ids: list[str], timeout: float = 30
 ) -> dict[str, dict[str, Any]]:
-    """The jobs, once every one of them has left pending (or the timeout passed)."""
+    """The jobs, once every one of them has left pending. An `AssertionError` naming the jobs
+    still pending, and those not even created, when `timeout` seconds pass first."""
     deadline = time.monotonic() + timeout
     while True:
         jobs = {job["_id"]: job async for job in db["jobs"].find({"_id": {"$in": job_ids}})}
         done = [job for job in jobs.values() if job["status"] != JobStatus.PENDING]
-        if len(done) == len(job_ids) or time.monotonic() > deadline:
+        if len(done) == len(job_ids):
             return jobs
+        if time.monotonic() > deadline:
+            raise AssertionError(_still_pending(job_ids, jobs, timeout))
         await asyncio.sleep(0.1)
 
 
+def _still_pending(job_ids: list[str], jobs: dict[str, dict[str, Any]], timeout: float) -> str:
+    pending = [job_id for job_id in job_ids if job_id in jobs and jobs[job_id]["status"] == 0]
+    missing = [job_id for job_id in job_ids if job_id not in jobs]
+    return (
+        f"after {timeout} s, {len(pending) + len(missing)} of {len(job_ids)} jobs not finished: "
+        f"still pending {_listed(pending)}; no job at all {_listed(missing)}"
+    )
+
+
+def _listed(job_ids: list[str], at_most: int = 20) -> str:
+    shown = ", ".join(job_ids[:at_most])
+    more = f" and {len(job_ids) - at_most} more" if len(job_ids) > at_most else ""
+    return f"{len(job_ids)} [{shown}{more}]"
+
+
 async def poll(api, job_id: str, headers: dict[str, str], timeout: float = 30):
-    """Poll `GET /api/jobs/{id}` as a client does, until the job is no longer pending."""
+    """Poll `GET /api/jobs/{id}` as a client does, until the job is no longer pending. An
+    `AssertionError` naming the job and what it still answered when `timeout` seconds pass
+    first (404: no such job yet, or not this client's)."""
     deadline = time.monotonic() + timeout
     while True:
         response = await api.get(f"/api/jobs/{job_id}", headers=headers, allow_redirects=False)
         body = await response.json()
         pending = response.status == 404 or body["data"]["status"] == "pending"
-        if not pending or time.monotonic() > deadline:
+        if not pending:
             return response, body
+        if time.monotonic() > deadline:
+            still = "404 (not found)" if response.status == 404 else "pending"
+            raise AssertionError(f"job {job_id} still {still} after {timeout} s of polling")
         await asyncio.sleep(0.05)
 
 

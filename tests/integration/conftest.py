@@ -39,6 +39,8 @@ from service.usecases.job_types import JobTypeRegistry
 from service.usecases.processing import SubmissionProcessor
 from tests.conftest import TEST_SECRET
 from tests.harness import RawPublisher
+from tests.rabbitmq_node import RabbitMQNode, RabbitMQUnavailable
+from tests.rabbitmq_node import rabbitmq_node as start_node
 
 
 @pytest.fixture(scope="session")
@@ -157,3 +159,29 @@ async def publisher(settings: Settings) -> AsyncIterator[SubmissionPublisher]:
 async def raw_publisher(settings: Settings) -> AsyncIterator[RawPublisher]:
     async with RawPublisher(settings) as raw:
         yield raw
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQNode]:
+    """A RabbitMQ node of the session's own (`tests/rabbitmq_node.py`), for the tests that stop
+    a broker or close its connections: never the machine's shared one. Started once, on first
+    use (a few seconds), stopped and removed at the end. No RabbitMQ installed: the tests that
+    need it fail, with how to install it; they are never skipped."""
+    with contextlib.ExitStack() as stack:
+        try:
+            node = stack.enter_context(start_node(tmp_path_factory.mktemp("rabbitmq-node")))
+        except RabbitMQUnavailable as exc:
+            pytest.fail(str(exc), pytrace=False)
+        yield node
+
+
+@pytest.fixture
+async def own_broker_settings(
+    settings: Settings, rabbitmq_node: RabbitMQNode
+) -> AsyncIterator[Settings]:
+    """The test's settings on the session's own RabbitMQ node (a topology of the test's own
+    there too, deleted afterwards)."""
+    own = settings.with_changes(amqp_url=rabbitmq_node.amqp_url)
+    yield own
+    with contextlib.suppress(OSError):  # the node is down: nothing to delete
+        await delete_topology(own.amqp_url, Topology(own.amqp_prefix))

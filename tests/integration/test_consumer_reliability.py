@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import shutil
-import subprocess
+import itertools
+import time
 import uuid
+from datetime import datetime
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 from pymongo import AsyncMongoClient
 
-from consumers.consumer import LAST_DELIVERY, JobConsumer
+from consumers.consumer import LAST_DELIVERY, OUTAGE_BACKOFF_START, JobConsumer
 from consumers.processors.package_model import entities_of
 from service.cli.demo import DEMO_CLIENT, write_demo_records
 from service.domain.entities import ALL_ENTITY_KINDS, ENCOUNTER, ENTERED_IN_ERROR, VISIT
@@ -29,16 +31,21 @@ from service.storage.mongo import open_mongo_client
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
 from service.usecases.processing import Delivery
+from tests.conftest import bearer, new_job
 from tests.harness import (
     ACTIVE_PATIENT,
+    RawPublisher,
     entity_counts,
     example,
     examples,
     package_content,
     package_entity_count,
+    poll,
     wait_for_jobs,
 )
 from tests.integration.conftest import make_processor
+
+CRASH_MODES = ["before", "after", "half"]
 
 
 async def write_records(db) -> None:
@@ -108,7 +115,8 @@ WRITES = {
 
 def crash_at(processor, write_number: int, mode: str) -> list[str]:
     """Make the processor's stores die at their `write_number`-th write: before it, after it,
-    or (for inserts) half-way through it. Returns the log of writes made."""
+    or (for inserts and the marks of a cancel) half-way through it; never, for a write number
+    of 0. Returns the log of writes made."""
     made: list[str] = []
     for store in (processor.jobs, processor.entities):
         for name in WRITES[type(store)]:
@@ -124,6 +132,10 @@ def crash_at(processor, write_number: int, mode: str) -> list[str]:
                 if mode == "half" and __name == "insert":
                     kind, documents, job_id = args
                     await __original(kind, documents[: max(1, len(documents) // 2)], job_id)
+                    raise SimulatedCrash(__name)
+                if mode == "half" and __name == "mark_entered_in_error":
+                    patient_id, job_id, marks = args
+                    await __original(patient_id, job_id, marks[: max(1, len(marks) // 2)])
                     raise SimulatedCrash(__name)
                 await __original(*args, **kwargs)
                 raise SimulatedCrash(__name)
@@ -142,19 +154,21 @@ async def fresh_db(mongodb_url: str):
 
 async def process_with_crashes(mongodb_url: str, deliveries: list[Delivery], mode: str):
     """For each write the processing makes, a run that crashes there and a redelivery after
-    it; yields (write number, db) for each, until a run goes through without crashing."""
+    it; yields (write number, db, which deliveries crashed) for each, until a run goes
+    through without crashing."""
     write_number = 1
     while True:
         client, db = await fresh_db(mongodb_url)
         try:
-            crashed = False
+            crashed: list[bool] = []
             for delivery in deliveries:
                 processor = make_processor(db, retry_delay=0)
                 crash_at(processor, write_number, mode)
                 try:
                     await processor.process(delivery)
+                    crashed.append(False)
                 except SimulatedCrash:
-                    crashed = True
+                    crashed.append(True)
                 # The broker redelivers: the whole delivery again, twice for good measure.
                 await make_processor(db).process(delivery)
                 await make_processor(db).process(delivery)
@@ -162,13 +176,28 @@ async def process_with_crashes(mongodb_url: str, deliveries: list[Delivery], mod
         finally:
             await client.drop_database(db.name)
             await client.close()
-        if not crashed:
+        if not any(crashed):
             return
         write_number += 1
 
 
+async def writes_made(mongodb_url: str, deliveries: list[Delivery]) -> list[list[str]]:
+    """The writes each delivery makes when nothing crashes (the crash points to expect)."""
+    client, db = await fresh_db(mongodb_url)
+    try:
+        made = []
+        for delivery in deliveries:
+            processor = make_processor(db)
+            made.append(crash_at(processor, 0, "after"))
+            await processor.process(delivery)
+        return made
+    finally:
+        await client.drop_database(db.name)
+        await client.close()
+
+
 @pytest.mark.faults
-@pytest.mark.parametrize("mode", ["before", "after", "half"])
+@pytest.mark.parametrize("mode", CRASH_MODES)
 async def test_a_crash_between_any_two_writes_ends_as_one_delivery(mongodb_url, mode):
     submission = example("encounter_package")
     delivery = Delivery(new_job_id(), orjson.dumps(submission), "req-crash")
@@ -180,20 +209,29 @@ async def test_a_crash_between_any_two_writes_ends_as_one_delivery(mongodb_url, 
         assert await db[VISIT.collection].count_documents({}) == 1, write_number
         links = {link["href"] for link in job["response"]}
         assert len(links) == sum(package_entity_count(submission).values())
-        crash_points += crashed
+        crash_points += any(crashed)
     # The job, the encounter, its visit, 10 other entity kinds, finish: each a crash point.
     assert crash_points >= 14
 
 
 @pytest.mark.faults
-async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
+@pytest.mark.parametrize("mode", CRASH_MODES)
+async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url, mode):
+    """The cancel crashes before, after or half-way through (half its marks) each of its
+    writes, in turn, and is delivered again: it ends processed, with every mark made once."""
     submission, cancel = examples("encounter_package", "cancel_encounter_package")
     encounter = package_content(cancel)["encounter"]
     create = Delivery(new_job_id(), orjson.dumps(submission))
     cancelling = Delivery(new_job_id(), orjson.dumps(cancel))
-    async for write_number, db, _ in process_with_crashes(
-        mongodb_url, [create, cancelling], "after"
+    _, cancel_writes = await writes_made(mongodb_url, [create, cancelling])
+    # The job, the marks, the finish at least.
+    assert len(cancel_writes) >= 3 and "mark_entered_in_error" in cancel_writes, cancel_writes
+    cancel_crashes: list[str] = []
+    async for write_number, db, crashed in process_with_crashes(
+        mongodb_url, [create, cancelling], mode
     ):
+        if crashed[1]:
+            cancel_crashes.append(cancel_writes[write_number - 1])
         job = await db["jobs"].find_one({"_id": cancelling.job_id})
         assert job["status"] == JobStatus.PROCESSED, (write_number, job)
         for kind_collection, count in marked_entity_count(cancel).items():
@@ -203,6 +241,7 @@ async def test_a_crash_while_cancelling_ends_as_one_delivery(mongodb_url):
             assert cancelled == count, (write_number, kind_collection)
         stored = await db[ENCOUNTER.collection].find_one({"_id": encounter["id"]})
         assert stored["cancellation_reason"] == encounter["cancellation_reason"], write_number
+    assert cancel_crashes == cancel_writes  # it crashed at each of the cancel's writes
 
 
 def another_package_in_between(processor, db, other: Delivery, raced: list[bool]) -> None:
@@ -221,10 +260,11 @@ def another_package_in_between(processor, db, other: Delivery, raced: list[bool]
 
 
 @pytest.mark.faults
-async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url):
+@pytest.mark.parametrize("mode", CRASH_MODES)
+async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url, mode):
     """Another package takes one of this package's ids after this one's checks: the conflict
     is found as it writes (a 422 at that id), and nothing of it stays, whichever write it
-    crashed after and however often it was redelivered."""
+    crashed before, after or half-way through, and however often it was redelivered."""
     first = example("encounter_package")
     second = example("encounter_package")
     content = package_content(second)
@@ -234,18 +274,20 @@ async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url):
     taking = Delivery(new_job_id(), orjson.dumps(first))
     conflicting = Delivery(new_job_id(), orjson.dumps(second))
     write_number = 1
+    crashed_at: list[str] = []
     while True:
         client, db = await fresh_db(mongodb_url)
         try:
             raced: list[bool] = []
             processor = make_processor(db, retry_delay=0)
             another_package_in_between(processor, db, taking, raced)
-            crash_at(processor, write_number, "after")
+            made = crash_at(processor, write_number, mode)
             crashed = False
             try:
                 await processor.process(conflicting)
             except SimulatedCrash:
                 crashed = True
+                crashed_at.append(made[-1])
             for _ in range(2):  # the broker redelivers
                 redelivered = make_processor(db)
                 another_package_in_between(redelivered, db, taking, raced)
@@ -274,9 +316,11 @@ async def test_a_conflict_found_half_way_leaves_nothing(mongodb_url):
         if not crashed:
             break
         write_number += 1
-    # It crashed after each write: the job, 12 inserts (the last one finding the id taken),
-    # the removal of what was written, the finish.
-    assert write_number >= 16
+    # It crashed at each write: the job, 12 inserts (the last one finding the id taken), the
+    # removal of what was written, the finish.
+    assert len(crashed_at) == write_number - 1 >= 15, crashed_at
+    assert crashed_at[0] == "create_pending" and crashed_at[-1] == "finish", crashed_at
+    assert crashed_at.count("insert") >= 12 and "remove_written_by" in crashed_at, crashed_at
 
 
 async def test_the_same_message_delivered_twice_is_processed_once(
@@ -376,30 +420,78 @@ async def test_mongodb_outage_holds_the_message_until_it_is_back(
         submission = example("encounter_package")
         job_id = new_job_id()
         await raw_publisher.publish(submission, message_id=job_id)
-        for _ in range(100):  # the consumer meets the outage and backs off
-            if captured_logs.events("mongodb_unavailable"):
+        for _ in range(300):  # the consumer meets the outage and backs off, 4 times
+            if len(captured_logs.events("mongodb_unavailable")) >= 4:
                 break
             await asyncio.sleep(0.1)
-        assert captured_logs.events("mongodb_unavailable")
+        outage = captured_logs.events("mongodb_unavailable")[:4]
+        assert len(outage) == 4, outage
         server.start()
         jobs = await wait_for_jobs(db, [job_id], timeout=60)
         assert jobs[job_id]["status"] == JobStatus.PROCESSED
         assert jobs[job_id]["attempts"] == 1
-        waits = [event["retry_in_s"] for event in captured_logs.events("mongodb_unavailable")]
-        assert waits == sorted(waits)  # backing off, never a hot loop
+    # Backing off: each pause twice the one before, and really waited (never a hot loop).
+    waits = [event["retry_in_s"] for event in outage]
+    assert waits == [OUTAGE_BACKOFF_START * 2**n for n in range(4)]
+    logged_at = [datetime.fromisoformat(event["timestamp"]) for event in outage]
+    gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(logged_at)]
+    for wait, gap in zip(waits[:-1], gaps, strict=True):
+        assert gap >= wait * 0.95, (waits, gaps)
 
 
 @pytest.mark.faults
-async def test_stop_finishes_in_flight_messages_and_loses_none(db, raw_publisher, start_consumer):
+async def test_stop_finishes_in_flight_messages_and_loses_none(
+    settings, db, patients, raw_publisher, start_consumer
+):
+    """`stop()` returns only once the jobs it found in flight are finished and acked; the
+    messages it had not started go back to the queue; a consumer started later takes them."""
     submissions = [example("encounter_package") for _ in range(40)]
     job_ids = [new_job_id() for _ in submissions]
     for submission, job_id in zip(submissions, job_ids, strict=True):
         await raw_publisher.publish(submission, message_id=job_id)
-    first = await start_consumer()
-    await wait_for_count(db, 5)
-    await first.stop(drain_seconds=10)
-    stopped_with = await db["jobs"].count_documents({"status": {"$ne": 0}})
-    assert stopped_with < len(job_ids)  # it really stopped half-way
+    await EntityStore(db).ensure_indexes()
+    processor = make_processor(db)
+    in_flight: set[str] = set()
+    complete = processor.complete
+
+    async def slow_complete(job, parsed, data_root=None):
+        in_flight.add(job["_id"])
+        try:
+            await asyncio.sleep(0.3)  # long enough for the stop to find it in flight
+            return await complete(job, parsed, data_root)
+        finally:
+            in_flight.discard(job["_id"])
+
+    processor.complete = slow_complete
+    first = JobConsumer(
+        JobQueue(settings.amqp_url, Topology(settings.amqp_prefix), prefetch=8), processor
+    )
+    await first.start()
+    try:
+        await wait_for_count(db, 5)
+        for _ in range(100):
+            if len(in_flight) >= 2:
+                break
+            await asyncio.sleep(0.01)
+        stopped_in_flight = set(in_flight)
+        assert len(stopped_in_flight) >= 2  # jobs in the middle of processing
+    finally:
+        await first.stop(drain_seconds=10)
+
+    assert not in_flight  # none of them still running once stop() returned
+    finished = {job["_id"]: job async for job in db["jobs"].find({})}
+    assert stopped_in_flight <= set(finished)
+    for job_id in stopped_in_flight:
+        assert finished[job_id]["status"] == JobStatus.PROCESSED, finished[job_id]
+    assert all(job["status"] != JobStatus.PENDING for job in finished.values())
+    assert len(finished) < len(job_ids)  # it really stopped half-way
+    # What it finished was acked; what it had not started is back in the queue, ready.
+    for _ in range(100):
+        ready = (await raw_publisher.queue.declare()).message_count
+        if ready == len(job_ids) - len(finished):
+            break
+        await asyncio.sleep(0.05)
+    assert ready == len(job_ids) - len(finished)
 
     await start_consumer()
     jobs = await wait_for_jobs(db, job_ids, timeout=60)
@@ -431,41 +523,66 @@ async def test_a_message_reusing_another_submissions_job_id_is_dead_lettered(
     assert reasons == ["job id taken by another submission"]
 
 
-def broker_connections() -> set[str]:
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_connections", "pid"], capture_output=True, text=True
-    ).stdout
-    return {line.strip() for line in listed.splitlines() if line.strip().startswith("<")}
+def redeliveries() -> float:
+    """The consumer's count of messages the broker delivered again (this process's)."""
+    return REGISTRY.get_sample_value("medevents_consumer_redeliveries_total") or 0.0
+
+
+async def until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.1)
 
 
 @pytest.mark.faults
-@pytest.mark.skipif(shutil.which("rabbitmqctl") is None, reason="needs the local broker's CLI")
+@pytest.mark.timeout(180)
 async def test_mongodb_outage_then_a_broker_connection_drop_loses_nothing(
-    settings, raw_publisher, tmp_path
+    own_broker_settings, rabbitmq_node, tmp_path
 ):
     """The broker closes the consumer's connection while it holds messages through a MongoDB
-    outage (a network blip, a restart, RabbitMQ's consumer_timeout): once MongoDB is back,
-    every job is processed, once."""
-    before = await asyncio.to_thread(broker_connections)
-    async with consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, consumer_db):
+    outage (a network blip, a restart, RabbitMQ's consumer_timeout), twice: each time the
+    broker takes the messages back and delivers them again to the reconnected consumer; once
+    MongoDB is back, every job is processed, once.
+
+    The connections closed are those the test opened, on a RabbitMQ node of the session's own
+    (`tests/rabbitmq_node.py`): never one of the machine's broker."""
+    settings = own_broker_settings
+    held = 4
+    before = await asyncio.to_thread(rabbitmq_node.connections)  # not the test's: left alone
+    redelivered_before = redeliveries()
+    async with (
+        RawPublisher(settings) as raw_publisher,
+        consumer_on_its_own_mongodb(settings, tmp_path) as (server, db, consumer_db),
+    ):
         server.stop()
-        submissions = {new_job_id(): example("encounter_package") for _ in range(4)}
+        submissions = {new_job_id(): example("encounter_package") for _ in range(held)}
         for job_id, submission in submissions.items():
             await raw_publisher.publish(submission, message_id=job_id)
         await asyncio.sleep(2)  # held through the outage
-        for _ in range(2):  # aio-pika reconnects, the broker redelivers; and once more
-            for connection in await asyncio.to_thread(broker_connections) - before:
-                await asyncio.to_thread(
-                    subprocess.run,
-                    ["rabbitmqctl", "-q", "close_connection", connection, "test"],
-                    check=False,
-                )
-            await asyncio.sleep(3)
+        closed: set[str] = set(before)
+        for drop in range(1, 3):  # aio-pika reconnects, the broker redelivers; and once more
+            opened = await asyncio.to_thread(rabbitmq_node.connections) - closed
+            assert opened, "no connection to close: the consumer did not reconnect"
+            for connection in opened:
+                await asyncio.to_thread(rabbitmq_node.close_connection, connection, "test")
+            closed |= opened
+
+            async def gone(opened=opened) -> bool:
+                return not await asyncio.to_thread(rabbitmq_node.connections) & opened
+
+            async def delivered_again(drop=drop) -> bool:
+                return redeliveries() - redelivered_before >= held * drop
+
+            await until(gone, 30, f"the connections closed are gone ({opened})")
+            await until(delivered_again, 60, f"{held} messages delivered again after drop {drop}")
         server.start()
         jobs = await wait_for_jobs(db, list(submissions), timeout=60)
-        assert [job["status"] for job in jobs.values()] == [JobStatus.PROCESSED] * 4
+        assert [job["status"] for job in jobs.values()] == [JobStatus.PROCESSED] * held
+        assert [job["attempts"] for job in jobs.values()] == [1] * held
         assert await entity_counts(db) == {
-            collection: 4 * count
+            collection: held * count
             for collection, count in package_entity_count(example("encounter_package")).items()
         }
         async with asyncio.timeout(10):  # the driver is not wedged
@@ -672,3 +789,30 @@ async def test_a_cancel_refused_when_delivered_again_takes_its_marks_back(mongod
     finally:
         await client.drop_database(db.name)
         await client.close()
+
+
+async def test_waiting_for_jobs_that_do_not_finish_fails_naming_them(db, store):
+    """The harness: `wait_for_jobs` never returns jobs still pending as if they had finished."""
+    pending, _ = await store.create_pending(new_job())
+    finished, _ = await store.create_pending(new_job())
+    await db["jobs"].update_one({"_id": finished["_id"]}, {"$set": {"status": 1}})
+    never_created = new_job_id()
+    started = time.monotonic()
+    with pytest.raises(AssertionError) as raised:
+        await wait_for_jobs(db, [finished["_id"], pending["_id"], never_created], timeout=0.5)
+    assert time.monotonic() - started < 5
+    message = str(raised.value)
+    assert f"still pending 1 [{pending['_id']}]" in message, message
+    assert f"no job at all 1 [{never_created}]" in message, message
+    assert finished["_id"] not in message
+    assert list(await wait_for_jobs(db, [finished["_id"]], timeout=0.5)) == [finished["_id"]]
+
+
+async def test_polling_a_job_that_does_not_finish_fails_naming_it(api, store):
+    """The harness: `poll` never returns a pending job (or a 404) as if it had finished."""
+    pending, _ = await store.create_pending(new_job())
+    with pytest.raises(AssertionError, match=f"job {pending['_id']} still pending after 0.3 s"):
+        await poll(api, pending["_id"], bearer(), timeout=0.3)
+    unknown = new_job_id()
+    with pytest.raises(AssertionError, match=f"job {unknown} still 404 \\(not found\\)"):
+        await poll(api, unknown, bearer(), timeout=0.3)

@@ -1,10 +1,12 @@
 """The consumer process killed with SIGKILL in the middle of a batch of 500, three times, and
-restarted: every job ends terminal with the right outcome, no entity is written twice, and the
-last process, stopped with SIGTERM under load, exits cleanly."""
+restarted: every job ends terminal with the right outcome, no entity is written twice; a
+process stopped with SIGTERM under load drains what it holds and exits cleanly, and the last
+one, stopped when the work is done, too."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 from pathlib import Path
@@ -48,6 +50,20 @@ async def wait_until_finished(db, at_least: int, process: subprocess.Popen, time
     raise AssertionError(f"fewer than {at_least} jobs finished in {timeout}s")
 
 
+def log_events(log_file: Path, since: int) -> list[str]:
+    """The events a process logged to `log_file` after byte `since` (JSON lines)."""
+    with log_file.open("rb") as logs:
+        logs.seek(since)
+        lines = logs.read().decode("utf-8", "replace").splitlines()
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
 @pytest.mark.faults
 @pytest.mark.timeout(400)
 async def test_sigkill_in_the_middle_of_a_batch(settings, db, patients, publisher, tmp_path):
@@ -76,6 +92,21 @@ async def test_sigkill_in_the_middle_of_a_batch(settings, db, patients, publishe
     killed_with = await finished_count(db)
     assert killed_with < len(expected), "the kills came too late to interrupt anything"
 
+    # SIGTERM under load: the messages it holds are finished (or handed back), exit 0.
+    since = log_file.stat().st_size
+    process = start_consumer_process(settings, log_file)
+    await wait_until_finished(db, 4 * len(expected) // 5, process)
+    process.send_signal(signal.SIGTERM)
+    assert await finished_count(db) < len(expected), "the SIGTERM came too late to find work"
+    assert process.wait(timeout=60) == 0, log_file.read_text()[-3000:]
+    stopping = [event for event in log_events(log_file, since) if event.get("event")]
+    draining = [event for event in stopping if event["event"] == "consumer_draining"]
+    assert draining and draining[0]["in_flight"] >= 1, stopping[-10:]
+    names = [event["event"] for event in stopping]
+    assert "consumer_stopped_with_messages_in_flight" not in names, stopping[-10:]
+    assert names.index("consumer_draining") < names.index("consumer_stopped")
+    terminated_with = await finished_count(db)
+
     process = start_consumer_process(settings, log_file)
     try:
         jobs = await wait_for_jobs(db, list(expected), timeout=120)
@@ -84,6 +115,7 @@ async def test_sigkill_in_the_middle_of_a_batch(settings, db, patients, publishe
         assert process.wait(timeout=60) == 0, log_file.read_text()[-3000:]
 
     assert kills == 3
+    assert killed_with < terminated_with < len(expected)
     outcomes = {job_id: (job["status"], job["status_code"]) for job_id, job in jobs.items()}
     assert outcomes == expected
     per_package = package_entity_count(valid[0])

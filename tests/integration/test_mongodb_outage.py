@@ -14,8 +14,16 @@ from service.storage.jobs import JobStore
 from tests.conftest import bearer, new_job
 from tests.integration.conftest import app_for
 
-# Far above what the timeouts below allow, far below a hanging request.
-BOUND_SECONDS = 15
+# How long the API takes at most to answer while MongoDB is down: what README documents for
+# `MONGODB_TIMEOUT_MS` (one operation may take five times as long as finding a server), and
+# slack for a loaded machine. Far below a hanging request.
+SLACK_SECONDS = 2.0
+# How long the driver takes to find the server again once it is back.
+RECOVERY_SECONDS = 15
+
+
+def bound_seconds(settings) -> float:
+    return 5 * settings.mongodb_timeout_ms / 1000 + SLACK_SECONDS
 
 
 @pytest.mark.faults
@@ -40,16 +48,17 @@ async def test_store_outage_answers_503_then_recovers(aiohttp_client, settings, 
         assert body["meta"]["code"] == 503
         assert body["meta"]["request_id"] == response.headers["x-request-id"]
         assert response.headers["Retry-After"].isdigit()
-        assert elapsed < BOUND_SECONDS
+        assert elapsed < bound_seconds(fast), elapsed
 
         server.start()  # the same port and data directory
-        deadline = time.monotonic() + BOUND_SECONDS
+        deadline = time.monotonic() + RECOVERY_SECONDS
         while True:  # the driver finds the server again at its next heartbeat
             response = await client.get(f"/api/jobs/{job['_id']}", headers=bearer())
             if response.status != 503 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
         assert response.status == 200
+        assert (await response.json())["data"]["status"] == "pending"  # the job, as it was
     finally:
         server.stop()
 
@@ -63,4 +72,4 @@ async def test_api_starts_and_answers_503_while_mongodb_is_down(aiohttp_client, 
     response = await client.get("/api/jobs/some-job", headers=bearer())
     assert response.status == 503
     assert (await response.json())["error"]["type"] == "service_unavailable"
-    assert time.monotonic() - started < BOUND_SECONDS
+    assert time.monotonic() - started < bound_seconds(nowhere)
