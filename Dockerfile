@@ -5,11 +5,15 @@
 # --- build: wheels of the project and its dependencies, with whatever compiling needs ---
 FROM python:3.11-slim AS build
 WORKDIR /src
+# The client (client/) is a distribution of its own that the service requires: both are built
+# in one pip command, so that `medevents-client` resolves to this one, not to an index's.
+COPY client/pyproject.toml client/README.md ./client/
+COPY client/src ./client/src
 COPY pyproject.toml setup.cfg README.md ./
 COPY service ./service
 COPY consumers ./consumers
 COPY schemas ./schemas
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
 
 # --- runtime: the wheels installed, no build tools, a user without privileges ---
 FROM python:3.11-slim
@@ -20,7 +24,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     METRICS_PORT=9464 \
     DATA_DIR=/var/lib/medevents
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels medevents \
+RUN pip install --no-cache-dir --no-index --find-links=/wheels medevents medevents-client \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/medevents --create-home medevents
 # Numeric, so that Kubernetes' runAsNonRoot can verify it (deploy/k8s).

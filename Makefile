@@ -8,11 +8,12 @@ PYTEST_ARGS ?=
 
 install: $(VENV)/.installed
 
-# Reinstalled when the dependencies change.
-$(VENV)/.installed: setup.cfg pyproject.toml
+# Reinstalled when the dependencies change. The client (client/) and the service in one pip
+# command, so that the service's `medevents-client` requirement resolves to the local one.
+$(VENV)/.installed: setup.cfg pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet -e ./client -e '.[test,dev]'
 	touch $@
 
 # The service with its embedded defaults: RabbitMQ started (or installed) when AMQP_URL names

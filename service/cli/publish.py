@@ -11,8 +11,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
+from medevents_client import (
+    AsyncClient,
+    ConnectionFailed,
+    Forbidden,
+    MedeventsError,
+    NotFound,
+    ServerError,
+    Unauthorized,
+)
 
 from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services
@@ -140,29 +148,40 @@ async def publish_submission(
 async def _wait_for(
     settings: Settings, submission: dict[str, Any], job_id: str, api_url: str, wait_seconds: float
 ) -> int:
-    """Poll the job as its client would, with a token for the submission's client."""
+    """Wait for the job as its client would (the Python client's long polls), with a token for
+    the submission's client; print the final response."""
     requested_by = submission.get("requested_by") or {}
     client_id = str(requested_by.get("client_id", ""))
     token = mint_token(signing_secret(settings), client_id, ["job:read"], "medevents-cli", 600)
     url = f"{api_url.rstrip('/')}{job_href(job_id)}"
     deadline = time.monotonic() + wait_seconds
-    headers = {"Authorization": f"Bearer {token}"}
-    async with aiohttp.ClientSession() as session:
+    pause = 0.1
+    async with AsyncClient(api_url, token) as client:
         while True:
             try:
-                async with session.get(url, headers=headers, allow_redirects=False) as response:
-                    status, body = response.status, await response.read()
-            except aiohttp.ClientError as exc:
-                print(f"medevents publish: cannot reach the API at {url}: {exc}", file=sys.stderr)
-                return 1
-            if status in (401, 403):  # waiting longer changes nothing
+                job = await client.wait(job_id, max(0.0, deadline - time.monotonic()))
+            except (Unauthorized, Forbidden) as exc:  # waiting longer changes nothing
                 print(
-                    f"medevents publish: the API refused the poll ({status}): {body.decode()}",
+                    f"medevents publish: the API refused the poll ({exc.status}): "
+                    f"{orjson.dumps(exc.body).decode()}",
                     file=sys.stderr,
                 )
                 return 1
-            job_status = orjson.loads(body)["data"]["status"] if status in (200, 303) else None
-            if job_status not in (None, "pending") or time.monotonic() > deadline:
-                print(orjson.dumps(orjson.loads(body), option=orjson.OPT_INDENT_2).decode())
-                return 0 if job_status not in (None, "pending") else 1
-            await asyncio.sleep(0.2)
+            except ConnectionFailed as exc:
+                print(f"medevents publish: cannot reach the API at {url}: {exc}", file=sys.stderr)
+                return 1
+            except (NotFound, ServerError) as exc:
+                # Published straight to the broker, the job exists once a consumer has taken
+                # its message: until then it is not found.
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    print(orjson.dumps(exc.body, option=orjson.OPT_INDENT_2).decode())
+                    return 1
+                await asyncio.sleep(min(pause, remaining))
+                pause = min(pause * 2, 2.0)
+                continue
+            except MedeventsError as exc:
+                print(orjson.dumps(exc.body, option=orjson.OPT_INDENT_2).decode())
+                return 1
+            print(orjson.dumps(job.body, option=orjson.OPT_INDENT_2).decode())
+            return 0 if job.terminal else 1
