@@ -45,10 +45,13 @@ class Settings:
     consumer_prefetch: int = 16
     metrics_port: int = 9464
     max_request_bytes: int = 1024 * 1024
-    # Slow clients (service.api.app.server_options): a request's head must arrive whole within
-    # the first, its body within the second, in seconds.
+    # Slow clients (service.api.app.server_options), in seconds: a request's head must arrive
+    # whole within the first of its first byte (a new connection's, of its opening); its body
+    # may go no longer than the second without a byte; an idle kept-alive connection is closed
+    # after the third.
     http_header_timeout_seconds: int = 10
     http_body_timeout_seconds: int = 30
+    http_keepalive_timeout_seconds: int = 75
     # The finished jobs' responses an API process keeps (service.usecases.finished_jobs).
     finished_job_cache_bytes: int = 64 * 1024 * 1024
     data_dir: Path = Path(".data")
@@ -60,6 +63,18 @@ class Settings:
     reconcile_interval_seconds: float = 60.0
     job_deadline_grace_seconds: float = 300.0
     job_max_pending_seconds: float = 86400.0
+    # Webhooks (service.usecases.webhooks, docs/webhooks.md): the delays between attempts (each
+    # waited with +-20% jitter, then dead-lettered), whether http and private or loopback
+    # addresses are allowed (development and tests only), one attempt's whole time, deliveries
+    # in progress per webhook process, how long the old secret still signs after a rotation,
+    # how soon a new endpoint is seen by the consumers, and how long attempts are listed.
+    webhook_retry_schedule: tuple[float, ...] = (5.0, 30.0, 300.0, 1800.0, 7200.0)
+    webhook_allow_insecure: bool = False
+    webhook_timeout_seconds: float = 10.0
+    webhook_prefetch: int = 32
+    webhook_secret_overlap_seconds: int = 86400
+    webhook_endpoint_cache_seconds: float = 5.0
+    webhook_deliveries_ttl_days: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -97,6 +112,9 @@ class Settings:
             http_body_timeout_seconds=reader.integer(
                 "HTTP_BODY_TIMEOUT_SECONDS", defaults.http_body_timeout_seconds, 1, 3600
             ),
+            http_keepalive_timeout_seconds=reader.integer(
+                "HTTP_KEEPALIVE_TIMEOUT_SECONDS", defaults.http_keepalive_timeout_seconds, 1, 3600
+            ),
             finished_job_cache_bytes=reader.integer(
                 "FINISHED_JOB_CACHE_BYTES", defaults.finished_job_cache_bytes, 0, 1 << 40
             ),
@@ -114,6 +132,31 @@ class Settings:
             job_max_pending_seconds=reader.integer(
                 "JOB_MAX_PENDING_SECONDS", int(defaults.job_max_pending_seconds), 0, 3650 * 86400
             ),
+            webhook_retry_schedule=_retry_schedule(
+                reader.text("WEBHOOK_RETRY_SCHEDULE"), defaults.webhook_retry_schedule
+            ),
+            webhook_allow_insecure=_flag(
+                reader.text("WEBHOOK_ALLOW_INSECURE"), "WEBHOOK_ALLOW_INSECURE"
+            ),
+            webhook_timeout_seconds=reader.integer(
+                "WEBHOOK_TIMEOUT_SECONDS", int(defaults.webhook_timeout_seconds), 1, 60
+            ),
+            webhook_prefetch=reader.integer("WEBHOOK_PREFETCH", defaults.webhook_prefetch, 1, 1000),
+            webhook_secret_overlap_seconds=reader.integer(
+                "WEBHOOK_SECRET_OVERLAP_SECONDS",
+                defaults.webhook_secret_overlap_seconds,
+                0,
+                30 * 86400,
+            ),
+            webhook_endpoint_cache_seconds=reader.integer(
+                "WEBHOOK_ENDPOINT_CACHE_SECONDS",
+                int(defaults.webhook_endpoint_cache_seconds),
+                0,
+                300,
+            ),
+            webhook_deliveries_ttl_days=reader.integer(
+                "WEBHOOK_DELIVERIES_TTL_DAYS", defaults.webhook_deliveries_ttl_days, 1, 3650
+            ),
         )
         if "AMQP_PREFIX" not in env and settings.mongodb_url is None:
             # Local use (the embedded MongoDB of DATA_DIR): exchanges and queues of this data
@@ -125,6 +168,14 @@ class Settings:
             and settings.job_max_pending_seconds < settings.job_deadline_grace_seconds
         ):
             raise ConfigError("JOB_MAX_PENDING_SECONDS must be 0 or >= JOB_DEADLINE_GRACE_SECONDS")
+        if settings.reconcile_interval_seconds * 2 > settings.job_deadline_grace_seconds:
+            # The reconciler's deadline rule holds only with runs at most half the grace apart
+            # (service.usecases.reconciler).
+            raise ConfigError(
+                "RECONCILE_INTERVAL_SECONDS must be at most half of JOB_DEADLINE_GRACE_SECONDS, "
+                f"got {settings.reconcile_interval_seconds:g} and "
+                f"{settings.job_deadline_grace_seconds:g}"
+            )
         if settings.jwt_secret and settings.jwt_public_key:
             raise ConfigError("set either JWT_SECRET or JWT_PUBLIC_KEY, not both")
         if settings.jwt_secret and len(settings.jwt_secret) < MIN_JWT_SECRET_LENGTH:
@@ -189,6 +240,34 @@ def _check_public_key(path: Path) -> None:
     if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
         return
     raise ConfigError("JWT_PUBLIC_KEY must be an RSA key (RS256) or a P-256 EC key (ES256)")
+
+
+def _retry_schedule(raw: str | None, default: tuple[float, ...]) -> tuple[float, ...]:
+    """WEBHOOK_RETRY_SCHEDULE: seconds between attempts, separated by commas (`5,30,300`);
+    each from 0.01 s to 7 days, at most 20 of them; empty: no retry."""
+    if raw is None:
+        return default
+    try:
+        steps = tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(
+            f"WEBHOOK_RETRY_SCHEDULE must be seconds separated by commas, got {raw!r}"
+        ) from None
+    if len(steps) > 20 or any(not 0.01 <= step <= 7 * 86400 for step in steps):
+        raise ConfigError(
+            "WEBHOOK_RETRY_SCHEDULE takes at most 20 delays, each from 0.01 to 604800 seconds"
+        )
+    return steps
+
+
+def _flag(raw: str | None, name: str) -> bool:
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0, got {raw!r}")
 
 
 class _Reader:

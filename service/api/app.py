@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -75,26 +76,133 @@ async def lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """How the HTTP server treats slow clients (`web.run_app` / `web.AppRunner` options).
+    """How each connection treats slow clients: the options of `HeadDeadline` (`serve`).
 
-    - The request's head: aiohttp closes a connection that has no complete request head
-      `keepalive_timeout` seconds after it opened or after its previous response (its
-      keep-alive timer is armed then and is not pushed back by bytes arriving), so a client
-      dribbling its headers is cut off after `HTTP_HEADER_TIMEOUT_SECONDS`; an idle kept-alive
-      connection is closed after as long. A request being answered (a long poll) is not cut.
-    - The body: `body_deadline` (a middleware) answers 408 when a body the handler reads is not
-      whole within `HTTP_BODY_TIMEOUT_SECONDS`; a body no handler reads (the request was
-      refused first) is read and dropped for at most `lingering_time`, then the connection is
-      closed.
+    - A request's head (request line and headers): `HeadDeadline` closes the connection when
+      a head is not whole `HTTP_HEADER_TIMEOUT_SECONDS` after its first byte. A new
+      connection's clock starts when it opens, so a connection that never sends a byte is cut
+      as soon; one that has been answered and sends nothing is idle keep-alive instead.
+    - Idle keep-alive: aiohttp closes a connection that has waited `keepalive_timeout`
+      (`HTTP_KEEPALIVE_TIMEOUT_SECONDS`, 75 s by default, aiohttp's own default) since its
+      previous response without a request arriving. A proxy that keeps upstream connections
+      must drop them sooner (ingress-nginx and AWS ALB: 60 s), or it reuses one just as the API
+      closes it (a 502). A request being answered (a long poll) is never cut.
+    - The body: `body_deadline` (a middleware) answers 408 when a body the handler reads goes
+      `HTTP_BODY_TIMEOUT_SECONDS` without a byte, or is not whole within that plus a second
+      per `BODY_MIN_RATE` bytes declared; a body no handler reads (the request was refused
+      first) is read and dropped for at most `lingering_time`, then the connection is closed.
     """
     return {
-        "keepalive_timeout": float(settings.http_header_timeout_seconds),
+        "head_timeout": float(settings.http_header_timeout_seconds),
+        "keepalive_timeout": float(settings.http_keepalive_timeout_seconds),
         "lingering_time": float(min(settings.http_body_timeout_seconds, 10)),
     }
 
 
+class HeadDeadline(web.RequestHandler):
+    """aiohttp's HTTP/1 connection (`web.RequestHandler`), with a deadline on request heads.
+
+    A timer starts at a head's first byte (a new connection's: when it opens) and is cancelled
+    when the parser completes the head; when it fires, the connection is closed (no answer:
+    the client has not finished asking). Bytes of a body are not a head's: after a head, the
+    next head begins once that request's body is whole. Idle keep-alive (no byte since the
+    previous answer) is left to aiohttp's `keepalive_timeout`, whose timer a head's first
+    byte cancels (public `keep_alive(True)`): a head begun just before it would fire is timed
+    by the head deadline alone.
+
+    aiohttp has no public hook for "a head is complete", so `data_received` looks at one
+    private name: `RequestHandler._messages`, the deque of (message, payload) its parser has
+    completed and no handler has taken yet (there since aiohttp 3.0; each call of
+    `data_received` appends what it parsed, and only `start()` takes from the front). Should it
+    go, the first request fails loudly (AttributeError) and tests/integration/
+    test_http_server.py with it, rather than the deadline silently lapsing.
+    """
+
+    __slots__ = ("_awaiting_head", "_head_timeout", "_head_timer")
+
+    def __init__(self, manager: web.Server, *, head_timeout: float, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._head_timeout = head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._awaiting_head = True  # the next bytes to arrive begin (or continue) a head
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._start_head_timer()  # a new connection's first head: timed from its opening
+
+    def data_received(self, data: bytes) -> None:
+        if data and self._awaiting_head:
+            self._start_head_timer()  # no-op while it runs: timed from the head's first byte
+            # No longer idle: aiohttp's keep-alive timer (which would close the connection
+            # while the head arrives) is cancelled; it is armed again after the answer.
+            self.keep_alive(True)
+        already = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > already:  # heads completed by these bytes
+            self._stop_head_timer()
+            self._awaiting_head = False
+            _, payload = self._messages[-1]
+            # Once its body is whole (at once without one), the next byte begins a head. (A
+            # rest of a head received together with the end of the one before waits until more
+            # bytes come, or for the keep-alive timeout.)
+            payload.on_eof(self._body_complete)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _body_complete(self) -> None:
+        self._awaiting_head = True
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_later(self._head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        self.force_close()
+
+
+async def serve(app: web.Application, settings: Settings, sockets: list[socket.socket]) -> None:
+    """Serves `app` on the listening `sockets` until cancelled: `web.run_app`'s part inside
+    the loop, with `HeadDeadline` connections (`web.run_app` has no option for a connection
+    class). SIGINT and SIGTERM raise `web.GracefulExit` out of the loop (`handle_signals`);
+    cancelled, it stops listening, lets requests in progress finish (60 s at most, aiohttp's
+    `shutdown_timeout`), then runs the app's cleanup."""
+    loop = asyncio.get_running_loop()
+    options = server_options(settings)
+    runner = web.AppRunner(app, handle_signals=True, access_log=None)
+    await runner.setup()  # the app's startup; `runner.server` tracks the connections
+    servers: list[asyncio.AbstractServer] = []
+    try:
+        manager = runner.server
+        assert manager is not None
+
+        def connection() -> HeadDeadline:
+            # The request logs are the request_context middleware's, not aiohttp's access log.
+            return HeadDeadline(manager, loop=loop, access_log=None, **options)
+
+        for sock in sockets:
+            servers.append(await loop.create_server(connection, sock=sock, backlog=128))
+        await loop.create_future()  # until cancelled
+    finally:
+        for server in servers:  # as `runner.cleanup()` stops its sites: no new connections
+            server.close()
+        await runner.cleanup()
+
+
+# The lowest average rate a request body may arrive at, in bytes a second, past its first
+# HTTP_BODY_TIMEOUT_SECONDS: 128 kbit/s, a slow mobile link.
+BODY_MIN_RATE = 16 * 1024
+
+
 class BodyTimedOut(ApiError, TimeoutError):
-    """The request's body did not arrive whole in time. Also a `TimeoutError`, so that aiohttp,
+    """The request's body did not arrive in time. Also a `TimeoutError`, so that aiohttp,
     finding it while it drops the rest of the body after the answer, closes the connection
     quietly."""
 
@@ -104,19 +212,42 @@ class BodyTimedOut(ApiError, TimeoutError):
 
 @web.middleware
 async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body still arriving `HTTP_BODY_TIMEOUT_SECONDS` after the handler began makes its
-    read fail with `BodyTimedOut` (408 in the error envelope; the connection is then closed)."""
+    """A body the handler is waiting for makes its read fail with `BodyTimedOut` (408 in the
+    error envelope; the connection is then closed) once no byte of it has arrived for
+    `HTTP_BODY_TIMEOUT_SECONDS` (idle), or once it is not whole that long plus a second per
+    `BODY_MIN_RATE` bytes of its `Content-Length` (`MAX_REQUEST_BYTES` when chunked) after
+    the handler began: 94 s for 1 MiB at the defaults. Progress is looked at every
+    `min(1, idle / 4)` seconds, so an idle body is cut within that much past the timeout."""
     if not request.body_exists or request.content.is_eof():
         return await handler(request)
-    seconds = request.app[SETTINGS].http_body_timeout_seconds
+    settings = request.app[SETTINGS]
+    idle = settings.http_body_timeout_seconds
+    size = request.content_length
+    total = idle + (settings.max_request_bytes if size is None else size) / BODY_MIN_RATE
+    tick = min(1.0, idle / 4)
     content = request.content
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received, progressed = content.total_bytes, started
+    timer: asyncio.TimerHandle | None = None
 
-    def expire() -> None:
-        if not content.is_eof():
-            message = f"The request body was not received within {seconds} s"
-            content.set_exception(BodyTimedOut(message, headers={"Connection": "close"}))
+    def check() -> None:
+        nonlocal received, progressed, timer
+        if content.is_eof() or content.exception() is not None:
+            return
+        now = loop.time()
+        if content.total_bytes != received:
+            received, progressed = content.total_bytes, now
+        if now - progressed >= idle:
+            message = f"No byte of the request body arrived for {idle} s"
+        elif now - started >= total:
+            message = f"The request body was not received within {total:.0f} s"
+        else:
+            timer = loop.call_at(min(now + tick, progressed + idle, started + total), check)
+            return
+        content.set_exception(BodyTimedOut(message, headers={"Connection": "close"}))
 
-    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    timer = loop.call_at(started + tick, check)
     try:
         return await handler(request)
     finally:

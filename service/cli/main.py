@@ -2,7 +2,9 @@
 
     medevents api              the HTTP API
     medevents consumer         the RabbitMQ consumer
-    medevents run              both in one process, for local use (`make run`)
+    medevents webhooks         the webhook deliveries (docs/webhooks.md)
+    medevents run              the API, the consumer and the webhooks in one process, for
+                               local use (`make run`)
     medevents publish FILE     publish a submission to RabbitMQ (`--wait`: poll it to the end)
     medevents token            a development JWT for the given client and scopes
     medevents patient add ID   add or update a patient (local use)
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import socket
 import sys
@@ -31,7 +34,7 @@ from uvloop import new_event_loop
 
 from consumers.processors import builtin_registry
 from consumers.worker import consumer_in_background, run_consumer
-from service.api.app import create_app, server_options
+from service.api.app import create_app, serve
 from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
 from service.cli.demo import (
@@ -47,6 +50,7 @@ from service.config import ConfigError, Settings
 from service.messaging.broker import BrokerUnavailable, Topology
 from service.observability.logs import configure_logging
 from service.storage.registries import REGISTRIES
+from service.webhooks_delivery import run_webhooks, webhooks_in_background
 
 log = structlog.get_logger("medevents.cli")
 
@@ -85,7 +89,8 @@ def serve_all(settings: Settings, _: argparse.Namespace) -> int:
 
         async def consumer(_: web.Application) -> AsyncIterator[None]:
             async with consumer_in_background(services):
-                yield
+                async with webhooks_in_background(services):  # its own connection and tasks
+                    yield
 
         app.cleanup_ctx.append(consumer)
         _serve(app, settings, sockets)
@@ -103,6 +108,13 @@ def run_consumer_only(settings: Settings, _: argparse.Namespace) -> int:
     with mongodb_configured(settings) as settings:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             runner.run(run_consumer(bootstrap(settings)))
+    return 0
+
+
+def run_webhooks_only(settings: Settings, _: argparse.Namespace) -> int:
+    with mongodb_configured(settings) as settings:
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(run_webhooks(bootstrap(settings)))
     return 0
 
 
@@ -231,17 +243,32 @@ def _listen(settings: Settings) -> list[socket.socket] | None:
 
 
 def _serve(app: web.Application, settings: Settings, sockets: list[socket.socket]) -> None:
+    """`service.api.app.serve` on a uvloop loop, as `web.run_app` runs its app: SIGINT or
+    SIGTERM (`web.GracefulExit`) cancels it, which stops listening, lets requests in progress
+    finish and runs the app's cleanup; then the tasks left are cancelled and the loop closed."""
     port = sockets[0].getsockname()[1]
     log.info("http_serving", url=f"http://{settings.http_host}:{port}")
-    web.run_app(
-        app,
-        sock=sockets,
-        access_log=None,  # the request_context middleware logs each request
-        print=None,
-        handle_signals=True,
-        loop=new_event_loop(),
-        **server_options(settings),
-    )
+    loop = new_event_loop()
+    main_task = loop.create_task(serve(app, settings, sockets))
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main_task)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            if not main_task.done():  # done: it failed at startup, and that is raised
+                main_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    loop.run_until_complete(main_task)
+        finally:
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def print_token(settings: Settings, args: argparse.Namespace) -> int:
@@ -269,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(func=serve_api)
     consumer = commands.add_parser("consumer", help="run the RabbitMQ consumer")
     consumer.set_defaults(func=run_consumer_only)
+    webhooks = commands.add_parser("webhooks", help="deliver the clients' webhooks")
+    webhooks.set_defaults(func=run_webhooks_only)
     run = commands.add_parser("run", help="the API and the consumer in one process (local use)")
     run.set_defaults(func=serve_all)
 

@@ -3,7 +3,9 @@
 Messages land in `medical_events.dead` when the consumer cannot use them (no usable job id, a
 job id taken by another submission) or when the broker's delivery limit runs out. Replaying
 publishes each one again to `medical_events`, with its routing key, id, request id and
-properties, and then removes it from the dead queue: once the cause is fixed, the jobs run.
+properties, and then removes it from the dead queue: once the cause is fixed, a message whose
+job is still pending (or has none yet) is processed; one whose job has ended (set aside at its
+last delivery, or by the reconciler) finds it terminal and writes nothing.
 A replay takes at most the messages there when it starts, so a message that fails again is not
 replayed twice in one run.
 """

@@ -15,6 +15,13 @@ from service.domain.clock import utcnow
 from service.domain.jobs import JobOutcome, JobQuery, JobStatus, NewJob, order_key
 from service.storage.mongo import unavailable_on_outage
 
+# The indexes of a client's own list (`list_for_client`), newest first.
+CLIENT_LIST_INDEXES = (
+    [("client_id", ASCENDING), ("order_key", DESCENDING)],
+    [("client_id", ASCENDING), ("status", ASCENDING), ("order_key", DESCENDING)],
+    [("client_id", ASCENDING), ("type", ASCENDING), ("order_key", DESCENDING)],
+)
+
 
 class JobStore:
     def __init__(self, db: AsyncDatabase, read_fields: Iterable[str] | None = None) -> None:
@@ -49,6 +56,11 @@ class JobStore:
         )
         # The reconciler's pending jobs past their ETA (`overdue`).
         await self._jobs.create_index([("status", ASCENDING), ("eta", ASCENDING)])
+        # A client's own jobs, newest first (`list_for_client`): all of them, of one status
+        # (with or without a type), of one type. No `_id` in them: the embedded test server
+        # cannot insert into a collection with a compound index holding `_id`.
+        for keys in CLIENT_LIST_INDEXES:
+            await self._jobs.create_index(keys)
 
     async def ping(self) -> bool:
         """Whether the server answers now (readiness)."""
@@ -125,13 +137,6 @@ class JobStore:
         return document, True
 
     @unavailable_on_outage
-    async def withdraw(self, job_id: str) -> bool:
-        """Remove a pending job whose message was never sent (the broker refused it);
-        whether it was removed. A job that left pending meanwhile stays."""
-        result = await self._jobs.delete_one({"_id": job_id, "status": int(JobStatus.PENDING)})
-        return result.deleted_count == 1
-
-    @unavailable_on_outage
     async def overdue(
         self,
         *,
@@ -143,21 +148,22 @@ class JobStore:
         """Ids of pending jobs past a deadline, `limit` at most: their ETA before
         `eta_before` and inserted before `inserted_before` (served by `{status, eta}`), or
         inserted before `inserted_before_hard` whatever their ETA (by `{status, order_key}`).
-        None: that rule is not applied."""
+        None: that rule is not applied. Both bounds on the insertion time are in the query, so
+        that the limit counts qualifying jobs only."""
         pending = int(JobStatus.PENDING)
         found: list[str] = []
         if inserted_before is not None:
+            # The insertion time as `order_key`, to the millisecond (the embedded test server
+            # compares dates in a query to the second).
             soft = self._jobs.find(
-                {"status": pending, "eta": {"$lt": eta_before}}, {"_id": 1, "inserted_at": 1}
+                {
+                    "status": pending,
+                    "eta": {"$lt": eta_before},
+                    "order_key": {"$gte": "", "$lt": order_key(inserted_before, "")},
+                },
+                {"_id": 1},
             ).sort("eta", ASCENDING)
-            # The insertion time compared here, to the millisecond: the embedded test server
-            # compares dates in a query to the second.
-            found += [
-                job["_id"]
-                for job in await soft.limit(limit).to_list()
-                if isinstance(job.get("inserted_at"), datetime)
-                and job["inserted_at"] < inserted_before
-            ]
+            found += [job["_id"] for job in await soft.limit(limit).to_list()]
         if inserted_before_hard is not None and len(found) < limit:
             hard = self._jobs.find(
                 {
@@ -220,6 +226,39 @@ class JobStore:
         found = (
             self._jobs.find(conditions, {"hash": 0})
             .sort("order_key", direction)
+            .limit(query.limit + 1)
+        )
+        return await found.to_list()
+
+    @unavailable_on_outage
+    async def list_for_client(self, query: JobQuery) -> list[dict[str, Any]]:
+        """A page of one client's jobs, newest first, after `query.after`; `query.limit + 1`
+        at most, so that the caller knows whether more follow. The client is always in the
+        filter, whatever the cursor says: a forged cursor only moves within the client's own
+        jobs. Served by `{client_id, order_key}`, `{client_id, status, order_key}` (a status,
+        with or without a type) and `{client_id, type, order_key}` (a type alone). Reads the
+        fields a poll reads, with `type` and `order_key`."""
+        if not query.client_id:
+            raise ValueError("a client's list needs its client_id")
+        conditions: dict[str, Any] = {"client_id": query.client_id}
+        if query.status is not None:
+            conditions["status"] = int(query.status)
+        if query.type:
+            conditions["type"] = query.type
+        bounds: dict[str, Any] = {"$gte": ""}  # a job stored before `order_key` stays out
+        if query.since is not None:
+            bounds["$gte"] = order_key(query.since, "")
+        if query.after is not None:
+            bounds["$lt"] = query.after
+        conditions["order_key"] = bounds
+        projection = (
+            {"hash": 0}
+            if self._read_projection is None
+            else {**self._read_projection, "type": 1, "order_key": 1}
+        )
+        found = (
+            self._jobs.find(conditions, projection)
+            .sort("order_key", DESCENDING)
             .limit(query.limit + 1)
         )
         return await found.to_list()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -12,6 +12,8 @@ from marshmallow import ValidationError
 
 from schemas.validation import invalid_entries
 from service.domain.jobs import (
+    JobOutcome,
+    JobQuery,
     JobStatus,
     NewJob,
     is_valid_job_id,
@@ -28,7 +30,7 @@ from service.storage.mongo import StoreUnavailable
 from service.storage.patients import PatientStore
 from service.usecases.eta import EtaEstimator
 from service.usecases.finished_jobs import FinishedJobs, Rendered
-from service.usecases.job_types import JobType
+from service.usecases.job_types import JobType, JobTypeRegistry
 from service.usecases.submissions import (
     PATIENT_NOT_ACTIVE,
     PATIENT_NOT_FOUND,
@@ -41,9 +43,24 @@ log = structlog.get_logger("medevents.jobs")
 # Inserts of a submission's pending job while the identical one holding its key ends.
 RESERVE_ATTEMPTS = 3
 
+# How a job ends when the broker did not take its message: another API's identical request
+# may have been handed this job meanwhile, and its client polls it (`submit`).
+NOT_QUEUED = JobOutcome.failed_with_error(
+    "The submission could not be queued: the message broker did not take it. Submit it again."
+)
+
 
 class JobNotFound(Exception):
     """No such job for this client: it does not exist, or another client submitted it."""
+
+
+class JobAlreadyFinished(Exception):
+    """A cancel of a job that is no longer pending (it may have finished an instant before)."""
+
+
+# The scope a cancel needs for a job of a type this service does not know (a producer's
+# message named it; the consumer will end it 422): no client's submitting scope covers it.
+UNKNOWN_TYPE_CANCEL_SCOPE = "jobs:admin"
 
 
 class SubmissionRefused(Exception):
@@ -66,6 +83,10 @@ class _Turn:
 
 
 class JobService:
+    # Told of each job this service ended itself (a client's cancel), with the job as stored;
+    # set by the composition root (webhooks). A failure is logged and does not undo the end.
+    on_job_ended: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+
     def __init__(
         self,
         store: JobStore,
@@ -139,6 +160,49 @@ class JobService:
         once per finished job and kept as bytes (`FinishedJobs`)."""
         return self.finished_jobs.rendered(job_id, client_id, job, render)
 
+    async def jobs_of_client(self, query: JobQuery) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of `query.client_id`'s jobs, newest first, and the `order_key` the next page
+        starts after (None on the last page)."""
+        found = await self.store.list_for_client(query)
+        page = found[: query.limit]
+        return page, (page[-1]["order_key"] if len(found) > query.limit and page else None)
+
+    async def cancel(
+        self, job_id: str, principal: Principal, registry: JobTypeRegistry
+    ) -> dict[str, Any]:
+        """End the caller's pending job `failed` 499 (`JobOutcome.cancelled`); returns it.
+
+        `JobNotFound` when it is not the caller's (as a poll answers); `ScopeDenied` unless
+        the caller's scope holds what submitting a job of its type needs
+        (`UNKNOWN_TYPE_CANCEL_SCOPE` for a type the registry does not know);
+        `JobAlreadyFinished` when it is not pending, or stops being pending before the write:
+        the store's conditional finish changes only a pending job, so a consumer that
+        finishes it first wins, and one that finishes it after loses its write and removes
+        what it wrote (`SubmissionProcessor._after_lost_finish`; a delivery that starts later
+        finds the job ended and writes nothing). Then the long polls on it are woken in every
+        API process (`JobEvents.announce`) and `on_job_ended` is told."""
+        if not is_valid_job_id(job_id):
+            raise JobNotFound(job_id)
+        job = await self.store.get(job_id)
+        if job is None or job.get("client_id") != principal.client_id:
+            raise JobNotFound(job_id)
+        job_type = registry.get(str(job.get("type")))
+        principal.require(job_type.required_scope if job_type else UNKNOWN_TYPE_CANCEL_SCOPE)
+        if job["status"] != JobStatus.PENDING:
+            raise JobAlreadyFinished(job_id)
+        ended = await self.store.finish(job_id, JobOutcome.cancelled(), count_attempt=False)
+        if ended is None:  # finished by the consumer (or the reconciler) meanwhile
+            raise JobAlreadyFinished(job_id)
+        log.info("job_cancelled", job_id=job_id, type=job.get("type"))
+        if self.events is not None:
+            await self.events.announce(job_id)
+        if self.on_job_ended is not None:
+            try:
+                await self.on_job_ended(ended)
+            except Exception:
+                log.exception("job_ended_hook_failed", job_id=job_id)
+        return ended
+
     async def check_submission(
         self,
         job_type: JobType,
@@ -183,10 +247,13 @@ class JobService:
         with its request hash as `pending_key`, which a unique index keeps to one pending job
         (the write that ends a job removes it). The key is taken before the message is
         published, so that the loser of a race publishes nothing (its message could only
-        make a second job). When the broker does not take the message, the job is withdrawn
-        (`BrokerUnavailable`, 503, no job); if that fails too (MongoDB lost in between), or
-        the process dies between the two, the job has no message, and the reconciler ends it
-        once past its deadline (`usecases.reconciler`).
+        make a second job). When the broker does not take the message, this client gets
+        `BrokerUnavailable` (503) and the job ends `failed_with_error` (500, `NOT_QUEUED`:
+        submit it again) through the conditional finish, which removes its key: it is not
+        removed, since an identical request to another API may have been handed it meanwhile,
+        and its client polls it. If that write fails too (MongoDB lost in between), or the
+        process dies between the insert and the publish, the job has no message, and the
+        reconciler ends it once past its deadline (`usecases.reconciler`).
         """
         if self.publisher is None:
             raise BrokerUnavailable("this process has no publisher")
@@ -230,8 +297,10 @@ class JobService:
                 # The client posted `data` itself: the paths of a 422 are to be relative to it.
                 await self.publisher.publish(submission, job_id, request_id, data_root="$")
             except BaseException:
+                # Ended, never removed: another API's identical request may hold this job.
                 with contextlib.suppress(StoreUnavailable):
-                    await self.store.withdraw(job_id)
+                    if await self.store.finish(job_id, NOT_QUEUED, count_attempt=False):
+                        log.warning("job_not_queued", job_id=job_id, status_code=500)
                 raise
         log.info("job_submitted", job_id=job_id, type=job_type.name)
         return job, True

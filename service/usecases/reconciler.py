@@ -6,8 +6,8 @@ A job finishes when its message is processed. Some jobs lose their message for g
   so it dead-lettered the message;
 - a message crashed the consumer process at every delivery: the broker's delivery limit
   dead-lettered it;
-- the HTTP API reserved the job, then the broker refused the message and MongoDB failed
-  before the job could be withdrawn (or the API process died between the two).
+- the HTTP API recorded the job, then the broker refused the message and MongoDB failed
+  before the job could be ended (or the API process died between the two).
 
 Every `RECONCILE_INTERVAL_SECONDS`, in each consumer process, the reconciler ends such jobs
 through the same conditional `JobStore.finish` the consumer uses: only a job still pending
@@ -17,19 +17,23 @@ the job, never before: a job some consumer is finishing after all keeps its writ
 
 The deadline rule. A pending job is ended at a run (at time `now`) when
 
-1. its ETA is more than `JOB_DEADLINE_GRACE_SECONDS` (`grace`) past, it was inserted before
-   `quiet_since`, and `quiet_since <= now - grace`, where `quiet_since` is the start of the
+1. its ETA is more than `JOB_DEADLINE_GRACE_SECONDS` (`grace`) past, and
+   `max(inserted_at, quiet_since) <= now - grace`, where `quiet_since` is the start of the
    unbroken series of this reconciler's runs at each of which MongoDB answered and the jobs
-   queue held no ready message; or
+   queue held no ready message: the job has existed for the grace within one such series
+   (a job orphaned while the series runs is ended a grace later, not at the hard limit); or
 2. it was inserted more than `JOB_MAX_PENDING_SECONDS` ago (0: never), whatever the queue.
 
-Why rule 1 fails no job that would still finish. A job finishes only through its message.
-When its message is ready in the queue (a backlog), some run sees a ready message and the
-series starts again, so a backlog never counts. A message taken by a consumer (unacked) is
-processed within seconds when MongoDB answers, or retried after at most 30 s of backoff when
-it did not; rule 1 asks for MongoDB answering, and the queue empty, for at least `grace`
-(60 s at least, 300 s by default) at every run. A consumer that holds a message that long
-with MongoDB answering is wedged; if its event loop is blocked, its heartbeats stop and the
+Why rule 1 fails no job that would still finish. A job finishes only through its message,
+published right after the job is inserted. When its message is ready in the queue at a run
+(a backlog), the series starts again, so a backlog never counts. The runs are at most
+`grace / 2` apart (the settings refuse a longer `RECONCILE_INTERVAL_SECONDS`), so a message
+ready in the queue without a run seeing it is taken by a consumer within `grace / 2` of its
+job's insertion; a message taken (unacked) is processed within seconds when MongoDB answers,
+or retried after at most 30 s of backoff when it did not. Rule 1 asks for MongoDB answering
+and the queue empty at every run for `grace` (60 s at least, 300 s by default) since the job
+existed: `grace / 2 + 30 s <= grace`. A consumer that holds a message longer with MongoDB
+answering is wedged; if its event loop is blocked, its heartbeats stop and the
 broker closes its connection, and the message goes back to the queue (ready: the series
 starts again). What is left is a message that no longer exists: dead-lettered, acked, or never
 published. Rule 2 is the backstop of a queue that is never seen empty (a steady backlog); it
@@ -83,6 +87,7 @@ class JobReconciler:
         max_pending_seconds: float = 0,
         on_ended: Callable[[str], None] | None = None,
         outcomes: OutcomeRecorder | None = None,
+        notify_ended: Callable[[dict], Awaitable[None]] | None = None,
     ) -> None:
         """`queue_depth`: the ready messages of the jobs queue (None: the broker cannot say).
         `on_ended`: told the id of each job it ended (the job-finished event of long polls).
@@ -95,6 +100,10 @@ class JobReconciler:
         self._max_pending = timedelta(seconds=max_pending_seconds) if max_pending_seconds else None
         self._on_ended = on_ended
         self._outcomes = outcomes
+        # The webhooks of the jobs it ends (`WebhookNotifier.job_ended`); those it could not
+        # publish yet are tried again at each run (at least once).
+        self._notify_ended = notify_ended
+        self._notify_later: dict[str, dict] = {}
         self._quiet_since: datetime | None = None
         # Jobs it ended whose writes could not be removed yet (MongoDB lost in between).
         self._undo_later: set[str] = set()
@@ -107,21 +116,23 @@ class JobReconciler:
         depth = await self._queue_depth()
         try:
             await self._undo_left_over()
+            grace_ago = observed_at - self._grace
             if depth != 0:
                 self._quiet_since = None
                 inserted_before = None
             else:
                 if self._quiet_since is None:
                     self._quiet_since = observed_at
-                quiet_long_enough = self._quiet_since <= observed_at - self._grace
-                inserted_before = self._quiet_since if quiet_long_enough else None
+                # max(inserted_at, quiet_since) <= now - grace: the job has existed for the
+                # grace within this one quiet series.
+                inserted_before = grace_ago if self._quiet_since <= grace_ago else None
             hard = observed_at - self._max_pending if self._max_pending is not None else None
             if inserted_before is None and hard is None:
                 # MongoDB is still asked, so that an outage starts the series again.
                 await self._jobs.ping_or_raise()
                 return []
             overdue = await self._jobs.overdue(
-                eta_before=observed_at - self._grace,
+                eta_before=grace_ago,
                 inserted_before=inserted_before,
                 inserted_before_hard=hard,
                 limit=BATCH,
@@ -150,10 +161,24 @@ class JobReconciler:
             self._outcomes.record(utcnow(), JobStatus.FAILED_WITH_ERROR.label, 500, None)
         if self._on_ended is not None:
             self._on_ended(job_id)
+        if self._notify_ended is not None:
+            self._notify_later[job_id] = finished
+            await self._notify_left_over()
         self._undo_later.add(job_id)
         with contextlib.suppress(StoreUnavailable):  # the next run tries again
             await self._undo_left_over()
         return True
+
+    async def _notify_left_over(self) -> None:
+        """Publish the webhooks of the jobs it ended that are not published yet; never raises
+        (the next run tries again)."""
+        for job_id, job in list(self._notify_later.items()):
+            try:
+                await self._notify_ended(job)  # type: ignore[misc]
+            except Exception as exc:
+                log.warning("job_webhooks_later", job_id=job_id, error=repr(exc)[:200])
+                return
+            del self._notify_later[job_id]
 
     async def _undo_left_over(self) -> None:
         """Remove what the jobs it ended wrote (a package half-written before a crash).
@@ -180,6 +205,7 @@ class JobReconciler:
     async def _run(self) -> None:
         while not self._stop.is_set():
             try:
+                await self._notify_left_over()
                 await self.run_once()
             except StoreUnavailable as exc:
                 log.warning("reconcile_skipped", error=str(exc)[:200])

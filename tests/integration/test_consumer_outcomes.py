@@ -13,7 +13,7 @@ from consumers.processors import builtin_registry
 from schemas.rules import StrictSchema
 from service.api.keys import JOB_SERVICE
 from service.domain.entities import ALL_ENTITY_KINDS
-from service.domain.jobs import VALIDATION_FAILED_MESSAGE, new_job_id
+from service.domain.jobs import VALIDATION_FAILED_MESSAGE, JobStatus, new_job_id
 from service.signatures import encode_unsigned
 from service.usecases.job_types import JobType
 from tests.conftest import bearer
@@ -322,7 +322,7 @@ async def test_http_submission_needs_the_write_scope_and_a_patient_uuid(api):
     assert response.status == 404
 
 
-async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_left(
+async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_left_pending(
     aiohttp_client, settings, db, patients
 ):
     from service.storage.embedded import free_port
@@ -335,8 +335,14 @@ async def test_http_submission_while_the_broker_is_down_is_503_and_no_job_is_lef
     body = await response.json()
     assert response.status == 503 and body["error"]["type"] == "service_unavailable"
     assert response.headers["Retry-After"].isdigit()
-    # The message goes first: with no message sent, no job exists to wait for it.
-    assert await db["jobs"].count_documents({}) == 0
+    # The job is recorded first (its key makes identical submissions one job), then ended at
+    # once when the broker refuses its message: none waits for a message that was never sent.
+    jobs = [job async for job in db["jobs"].find({})]
+    assert [(job["status"], job["status_code"]) for job in jobs] == [
+        (JobStatus.FAILED_WITH_ERROR, 500)
+    ]
+    assert "could not be queued" in jobs[0]["error"]["message"]
+    assert "pending_key" not in jobs[0]
 
 
 async def test_http_422_paths_are_relative_to_the_posted_body(api, db, start_consumer):

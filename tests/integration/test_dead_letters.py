@@ -1,4 +1,5 @@
-"""The dead-letter queue: counted, and replayed into processing by a documented command."""
+"""The dead-letter queue: counted, and replayed by a documented command (processed when its
+job is still pending or has none)."""
 
 from __future__ import annotations
 

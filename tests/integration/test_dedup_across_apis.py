@@ -1,17 +1,22 @@
 """Identical submissions to two API processes at once are one job: the database keeps one
 pending job per submission (`pending_key`, a unique index), and the loser of the race
-publishes nothing."""
+publishes nothing. A job handed to another API's client never disappears: when the broker
+refuses its message, the job ends terminal instead of being removed."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
+import pytest
+
 from consumers.processors import builtin_registry
 from service.bootstrap import Services
-from service.domain.jobs import JobStatus
+from service.domain.jobs import JobOutcome, JobStatus
 from service.domain.principal import Principal
-from service.messaging.broker import ready_messages
+from service.messaging.broker import BrokerUnavailable, ready_messages
+from service.storage.jobs import JobStore
+from service.usecases.jobs import NOT_QUEUED, JobService
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, example, wait_for_jobs
 
 WRITER = Principal.from_scope_text("user-1", DEMO_CLIENT, "job:read encounter:write")
@@ -79,6 +84,47 @@ async def test_a_pending_job_of_the_key_is_returned_not_duplicated(settings, db,
         # Jobs without a key (a producer's messages) are not limited.
         for _ in range(2):
             assert (await services.jobs.create_pending(new_job(hash="h")))[1]
-        assert await services.jobs.withdraw(first["_id"])
+        assert await services.jobs.finish(
+            first["_id"], JobOutcome.processed([]), count_attempt=False
+        )
         third, new = await services.jobs.create_pending(new_job(hash="h"), pending_key="h")
         assert new and third["_id"] != first["_id"]
+
+
+async def test_a_job_another_api_handed_out_stays_when_the_broker_refuses_its_message(
+    settings, db, patients
+) -> None:
+    """API A records the job and the broker refuses its message; meanwhile API B's identical
+    request got A's job (202 with A's id). B's client polls that job and finds it ended
+    (500, "submit it again"), never 404; A's client gets 503; a new identical submission is a
+    new job."""
+    job_type = builtin_registry().get(TYPE)
+    assert job_type is not None
+    data = example("encounter_package")["data"]
+    async with Services(settings, builtin_registry()) as b_services:
+        await b_services.jobs.ensure_indexes()
+        api_b = b_services.job_service
+        handed_to_b: list[tuple[dict, bool]] = []
+
+        class RefusingAfterB:
+            """A's broker: refuses the message, once B's identical request got its answer."""
+
+            async def publish(self, *args, **kwargs) -> None:
+                handed_to_b.append(await api_b.submit(WRITER, job_type, ACTIVE_PATIENT, data, "b"))
+                raise BrokerUnavailable("the broker did not confirm the message")
+
+        api_a = JobService(JobStore(db), RefusingAfterB())  # type: ignore[arg-type]
+        with pytest.raises(BrokerUnavailable):  # A's client: 503
+            await api_a.submit(WRITER, job_type, ACTIVE_PATIENT, data, "a")
+        ((b_job, b_new),) = handed_to_b
+        assert not b_new  # B deduplicated onto A's job
+
+        polled = await api_b.job_for_client(b_job["_id"], DEMO_CLIENT)  # not JobNotFound: 404
+        assert polled["status"] == JobStatus.FAILED_WITH_ERROR
+        assert polled["status_code"] == 500
+        assert polled["error"] == NOT_QUEUED.error
+        assert "submit it again" in polled["error"]["message"].lower()
+        assert "pending_key" not in (await db["jobs"].find_one({"_id": b_job["_id"]}))
+
+        again, new = await api_b.submit(WRITER, job_type, ACTIVE_PATIENT, data, "again")
+        assert new and again["_id"] != b_job["_id"]

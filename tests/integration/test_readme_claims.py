@@ -1,14 +1,17 @@
 """Claims of the README that no other test would catch if they were false, one test each (each
 was checked by breaking the code it covers and watching it fail):
 
-- a submission the broker does not take is a 503 and leaves no job; one whose job cannot be
-  written is a 503 too, and no job is left waiting for a message that was never sent;
+- a submission the broker does not take is a 503, and its job ends at once (500, submit it
+  again; not removed: another API's identical request may have been handed it), so an
+  identical submission is a new job; one whose job cannot be written is a 503 too, and no job
+  is left waiting for a message that was never sent;
 - a body sent without `Content-Length` is never read past `MAX_REQUEST_BYTES` (413);
 - a long poll whose job-finished event is lost answers at the end of its wait, with the job as
   it is then;
 - the dashboard writes every value as text, never as markup;
 - a dead letter replayed goes back to the jobs queue once, and one that fails again is
-  dead-lettered again once;
+  dead-lettered again once; one whose job was set aside (ended at once as it was
+  dead-lettered) writes nothing, the job as it was;
 - `medevents_consumer_dead_lettered_total` counts the messages the consumer dead-letters.
 
 (The finished-job cache's bound and expiry: `test_caches.py`.)
@@ -28,12 +31,12 @@ import orjson
 import pytest
 
 from service.api.auth import mint_token
-from service.domain.jobs import JobOutcome, JobStatus, new_job_id
+from service.domain.jobs import JobOutcome, JobStatus, new_job_id, submission_hash
 from service.storage.embedded import free_port
 from service.storage.jobs import JobStore
 from service.storage.mongo import StoreUnavailable
 from tests.conftest import CLIENT_ID, TEST_SECRET, bearer, new_job
-from tests.harness import ACTIVE_PATIENT, example, wait_for_jobs
+from tests.harness import ACTIVE_PATIENT, entity_counts, example, wait_for_jobs
 from tests.integration.conftest import app_for
 
 SUBMIT = f"/api/patients/{ACTIVE_PATIENT}/encounter_package"
@@ -51,22 +54,34 @@ async def _jobs_queue_count(settings) -> int:
         return queue.declaration_result.message_count or 0
 
 
-# --- 503: published first, never a job waiting for a message that was never sent ---
+# --- 503: never a job waiting for a message that was never sent ---
 
 
-async def test_a_submission_the_broker_does_not_take_is_503_and_leaves_no_job(
+async def test_a_submission_the_broker_does_not_take_is_503_and_its_job_ends(
     aiohttp_client, settings, db, patients
 ) -> None:
     unreachable = settings.with_changes(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
-    api = await aiohttp_client(app_for(unreachable))
-    response = await api.post(
-        SUBMIT, json=example("encounter_package")["data"], headers=bearer(scopes=WRITER)
-    )
+    refusing = await aiohttp_client(app_for(unreachable))
+    data = example("encounter_package")["data"]
+    response = await refusing.post(SUBMIT, json=data, headers=bearer(scopes=WRITER))
     body = await response.json()
     assert response.status == 503, body
     assert body["error"]["type"] == "service_unavailable"
     assert response.headers["Retry-After"].isdigit()
-    assert await db["jobs"].count_documents({}) == 0, "a job left for a message never sent"
+    # Recorded before the publish, then ended, not removed (another API's identical request
+    # may have been handed it): terminal, its key gone.
+    (job,) = await db["jobs"].find({}).to_list()
+    assert job["status"] == JobStatus.FAILED_WITH_ERROR and job["status_code"] == 500
+    assert "submit it again" in job["error"]["message"].lower()
+    assert "pending_key" not in job, "a job left for a message never sent"
+
+    # An identical submission, the broker back: a new job, not the ended one.
+    working = await aiohttp_client(app_for(settings))
+    response = await working.post(SUBMIT, json=data, headers=bearer(scopes=WRITER))
+    body = await response.json()
+    assert response.status == 202, body
+    assert body["data"]["links"][0]["href"].rsplit("/", 1)[-1] != job["_id"]
+    assert await db["jobs"].count_documents({"status": int(JobStatus.PENDING)}) == 1
 
 
 async def test_a_submission_whose_job_cannot_be_written_is_503_and_no_job_waits_for_nothing(
@@ -248,6 +263,45 @@ async def test_a_replayed_dead_letter_goes_back_once(settings, raw_publisher, st
     (again,) = await raw_publisher.dead_letters(expected=1)
     assert again.body == b"garbage" and again.message_id == "../not-a-job-id"
     assert await _jobs_queue_count(settings) == 0
+
+
+async def test_a_replayed_dead_letter_whose_job_was_set_aside_writes_nothing(
+    settings, db, raw_publisher, start_consumer
+) -> None:
+    """The consumer ends a dead-lettered message's job at once (`set_aside`, "submit it
+    again"); the message replayed afterwards finds its job terminal: acked, nothing written,
+    the job as it was (its client may have submitted again already)."""
+    from service.messaging.dead_letters import DeadLetters
+    from service.storage.entities import EntityStore
+    from service.usecases.reconciler import SET_ASIDE, JobReconciler
+
+    async def cannot_say() -> None:
+        return None
+
+    submission = example("encounter_package")
+    job_id = new_job_id()
+    store = JobStore(db)
+    await store.create_pending(new_job(job_id=job_id, hash=submission_hash(submission)))
+    await _dead_letter(raw_publisher, orjson.dumps(submission), message_id=job_id)
+    reconciler = JobReconciler(
+        store, EntityStore(db), cannot_say, interval_seconds=30, grace_seconds=60
+    )
+    assert await reconciler.set_aside(job_id)  # what the consumer calls as it dead-letters
+    ended = await store.get(job_id)
+    assert ended["status"] == JobStatus.FAILED_WITH_ERROR and ended["error"] == SET_ASIDE.error
+
+    dead = DeadLetters(settings.amqp_url, raw_publisher.topology)
+    assert await _settled_count(dead.count, 1) == 1
+    assert await dead.replay() == 1
+    await start_consumer()
+    deadline = time.monotonic() + 15
+    while await _jobs_queue_count(settings):
+        assert time.monotonic() < deadline, "the replayed message was not taken"
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # a write would have happened by now
+    assert await store.get(job_id) == ended
+    assert sum((await entity_counts(db)).values()) == 0
+    assert await dead.count() == 0  # acked, not dead-lettered again
 
 
 async def test_the_dead_lettered_series_counts_each_message_dead_lettered(

@@ -7,7 +7,7 @@ The three paths, against the real broker and MongoDB wire server:
 - a message that crashes the consumer at every delivery (the broker's delivery limit
   dead-letters it);
 - the broker refusing an HTTP submission's message and MongoDB lost before its job could be
-  withdrawn (and, for the record, MongoDB lost right after a publish that worked: nothing
+  ended (and, for the record, MongoDB lost right after a publish that worked: nothing
   stays pending).
 """
 
@@ -37,7 +37,7 @@ from service.storage.jobs import JobStore
 from service.storage.mongo import StoreUnavailable, open_mongo_client
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
-from service.usecases.jobs import JobService
+from service.usecases.jobs import NOT_QUEUED, JobService
 from service.usecases.reconciler import OVERDUE, SET_ASIDE, JobReconciler
 from tests.conftest import new_job
 from tests.harness import ACTIVE_PATIENT, DEMO_CLIENT, entity_counts, example, start_medevents
@@ -89,7 +89,7 @@ async def reconciled(reconciler: JobReconciler, db: AsyncDatabase, job_id: str, 
         await reconciler.stop()
 
 
-def assert_ended_by_reconciler(job: dict, outcome=OVERDUE) -> None:
+def assert_ended(job: dict, outcome=OVERDUE) -> None:
     assert job["status"] == JobStatus.FAILED_WITH_ERROR
     assert job["status_code"] == 500
     assert job["error"] == outcome.error
@@ -174,7 +174,7 @@ async def test_mongodb_down_at_the_last_delivery(settings, own_mongodb, raw_publ
 
         ended: list[str] = []
         job = await reconciled(reconciler_for(db, consumer.queue_depth, ended=ended), db, job_id)
-        assert_ended_by_reconciler(job)
+        assert_ended(job)
         assert ended == [job_id]  # the long polls of the job are woken
     finally:
         await consumer.stop(drain_seconds=5)
@@ -198,7 +198,7 @@ async def test_a_message_that_crashes_every_delivery(
     assert [m.message_id for m in await raw_publisher.dead_letters(expected=1)] == [job_id]
 
     job = await reconciled(reconciler_for(db, ready_in(raw_publisher)), db, job_id)
-    assert_ended_by_reconciler(job)
+    assert_ended(job)
 
     # The message comes back after all (an operator's replay): its job is terminal, and
     # nothing of the package is written.
@@ -206,7 +206,7 @@ async def test_a_message_that_crashes_every_delivery(
     await start_consumer()
     await until_the_queue_is_empty(raw_publisher)
     await asyncio.sleep(0.5)
-    assert_ended_by_reconciler(await JobStore(db).get(job_id))
+    assert_ended(await JobStore(db).get(job_id))
     assert sum((await entity_counts(db)).values()) == 0
 
 
@@ -233,7 +233,7 @@ async def submit(service: JobService, submission: dict) -> tuple[dict, bool]:
 
 @pytest.mark.faults
 @pytest.mark.timeout(120)
-async def test_broker_refuses_and_mongodb_fails_before_the_withdrawal(
+async def test_broker_refuses_and_mongodb_fails_before_the_job_is_ended(
     settings, own_mongodb, publisher, raw_publisher
 ) -> None:
     server, db = own_mongodb
@@ -249,16 +249,19 @@ async def test_broker_refuses_and_mongodb_fails_before_the_withdrawal(
     # An identical submission meanwhile is that job (it holds the submission's key)...
     assert (await submit(job_service(db, publisher), submission))[0]["_id"] == job_id
     job = await reconciled(reconciler_for(db, ready_in(raw_publisher)), db, job_id)
-    assert_ended_by_reconciler(job)
+    assert_ended(job)
     # ... and once it ended, a new job.
     again, new = await submit(job_service(db, publisher), submission)
     assert new and again["_id"] != job_id
 
 
-async def test_broker_refuses_and_the_job_is_withdrawn(db) -> None:
+async def test_broker_refuses_and_the_job_is_ended_at_once(db) -> None:
+    """503 to its client, and the job ends 500 ("submit it again") at once: not removed, since
+    an identical request to another API may have been handed it (test_dedup_across_apis)."""
     with pytest.raises(BrokerUnavailable):
         await submit(job_service(db, RefusingPublisher()), example("encounter_package"))
-    assert await db["jobs"].count_documents({}) == 0  # 503, and no job at all
+    (job,) = await db["jobs"].find({}).to_list()
+    assert_ended(job, NOT_QUEUED)
 
 
 class PublisherThen:
@@ -324,7 +327,7 @@ async def test_a_job_whose_message_waits_in_the_queue_is_left_alone(
 
     hard = reconciler_for(db, ready_in(raw_publisher), max_pending=GRACE)
     assert await hard.run_once() == [job_id]
-    assert_ended_by_reconciler(await JobStore(db).get(job_id))
+    assert_ended(await JobStore(db).get(job_id))
 
 
 async def test_the_queue_must_stay_empty_and_mongodb_answer_for_the_grace(db) -> None:
@@ -355,17 +358,81 @@ async def test_the_queue_must_stay_empty_and_mongodb_answer_for_the_grace(db) ->
     assert await reconciler.run_once() == []  # once
 
 
-async def test_a_job_inserted_after_the_series_began_waits_for_the_next_one(db) -> None:
+async def test_a_job_inserted_during_the_series_is_ended_once_it_is_grace_old(db) -> None:
+    """The series began before the job: the job is ended once it has existed for the grace
+    within the series, not only after a series that began after it."""
+
     async def empty() -> int:
         return 0
 
     reconciler = reconciler_for(db, empty)
     assert await reconciler.run_once() == []
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(GRACE * 1.1)  # the series is older than the grace already
     job_id = await pending_job(db, example("encounter_package"))
     await db["jobs"].update_one({"_id": job_id}, {"$set": {"eta": utcnow() - timedelta(hours=1)}})
-    await asyncio.sleep(GRACE * 1.1)
-    assert await reconciler.run_once() == []  # its message may have been published after it
+    # Its message may have been published right after it: not before it is grace old.
+    assert await reconciler.run_once() == []
+    await asyncio.sleep(GRACE * 0.5)
+    assert await reconciler.run_once() == []
+    await asyncio.sleep(GRACE * 0.6)
+    assert await reconciler.run_once() == [job_id]
+
+
+async def test_a_job_orphaned_while_the_reconciler_runs_is_ended_after_the_grace(db) -> None:
+    """A healthy system: the reconciler has been running with the queue empty for a while,
+    then a job loses its message (an API died between the insert and the publish). The same
+    reconciler ends it once it is grace old, not JOB_MAX_PENDING_SECONDS later."""
+
+    async def empty() -> int:
+        return 0
+
+    ended: list[str] = []
+    reconciler = reconciler_for(db, empty, ended=ended)
+    reconciler.start()
+    try:
+        await asyncio.sleep(GRACE * 2)
+        before_insert = time.monotonic()
+        job_id = await pending_job(db, example("encounter_package"))
+        deadline = before_insert + 15
+        while (await JobStore(db).get(job_id))["status"] == JobStatus.PENDING:
+            assert time.monotonic() < deadline, "the orphaned job stayed pending"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - before_insert >= GRACE  # not before the grace
+        assert_ended(await JobStore(db).get(job_id))
+        assert ended == [job_id]
+    finally:
+        await reconciler.stop()
+
+
+async def test_overdue_jobs_that_do_not_qualify_never_hide_those_that_do(db) -> None:
+    """More jobs past their ETA but inserted too recently than the limit, listed first by
+    ETA: the limit counts the qualifying jobs only."""
+    store = JobStore(db)
+    now = utcnow()
+    recent = []
+    for _ in range(5):
+        job_id = await pending_job(db, example("encounter_package"))
+        await db["jobs"].update_one({"_id": job_id}, {"$set": {"eta": now - timedelta(hours=3)}})
+        recent.append(job_id)
+    old = await pending_job(db, example("encounter_package"))
+    two_hours_ago = now - timedelta(hours=2)
+    await db["jobs"].update_one(
+        {"_id": old},
+        {
+            "$set": {
+                "eta": two_hours_ago,
+                "inserted_at": two_hours_ago,
+                "order_key": order_key(two_hours_ago, old),
+            }
+        },
+    )
+    found = await store.overdue(
+        eta_before=now - timedelta(minutes=1),
+        inserted_before=now - timedelta(hours=1),
+        inserted_before_hard=None,
+        limit=3,
+    )
+    assert found == [old]
 
 
 async def test_set_aside_ends_a_pending_job_at_once_and_no_other(db) -> None:
@@ -375,7 +442,7 @@ async def test_set_aside_ends_a_pending_job_at_once_and_no_other(db) -> None:
     reconciler = reconciler_for(db, empty)
     job_id = await pending_job(db, example("encounter_package"))
     assert await reconciler.set_aside(job_id) is True
-    assert_ended_by_reconciler(await JobStore(db).get(job_id), SET_ASIDE)
+    assert_ended(await JobStore(db).get(job_id), SET_ASIDE)
     assert await reconciler.set_aside(job_id) is False  # terminal: never changed again
     assert await reconciler.set_aside("no-such-job") is False
 
@@ -403,7 +470,7 @@ async def test_medevents_consumer_runs_the_reconciler(settings, db, tmp_path) ->
             assert process.poll() is None, "the consumer exited"
             assert time.monotonic() < deadline, "the consumer's reconciler ended nothing"
             await asyncio.sleep(0.2)
-        assert_ended_by_reconciler(await JobStore(db).get(job_id))
+        assert_ended(await JobStore(db).get(job_id))
     finally:
         process.terminate()
         process.wait(timeout=30)

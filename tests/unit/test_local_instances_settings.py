@@ -64,3 +64,28 @@ def test_reconciler_settings() -> None:
         Settings.from_env({"JOB_DEADLINE_GRACE_SECONDS": "30"})
     with pytest.raises(ConfigError, match="JOB_MAX_PENDING_SECONDS"):
         Settings.from_env({"JOB_MAX_PENDING_SECONDS": "100"})
+
+
+def test_the_reconciler_runs_at_least_twice_per_grace(monkeypatch, capsys) -> None:
+    """Rule 1 of the reconciler holds only if its runs are at most half the grace apart."""
+    url = {"MONGODB_URL": "mongodb://db/"}
+    at_most = Settings.from_env(
+        {**url, "RECONCILE_INTERVAL_SECONDS": "30", "JOB_DEADLINE_GRACE_SECONDS": "60"}
+    )
+    assert (at_most.reconcile_interval_seconds, at_most.job_deadline_grace_seconds) == (30, 60)
+    for interval, grace in (("3600", "60"), ("31", "60"), ("301", None)):
+        env = {**url, "RECONCILE_INTERVAL_SECONDS": interval}
+        if grace is not None:
+            env["JOB_DEADLINE_GRACE_SECONDS"] = grace
+        with pytest.raises(ConfigError) as refused:
+            Settings.from_env(env)
+        assert "RECONCILE_INTERVAL_SECONDS" in str(refused.value)
+        assert "JOB_DEADLINE_GRACE_SECONDS" in str(refused.value)
+
+    # Refused as every configuration error is: exit code 2, the message on stderr.
+    from service.cli.main import main
+
+    monkeypatch.setenv("RECONCILE_INTERVAL_SECONDS", "3600")
+    monkeypatch.setenv("JOB_DEADLINE_GRACE_SECONDS", "60")
+    assert main(["token", "--client-id", "c"]) == 2
+    assert "RECONCILE_INTERVAL_SECONDS" in capsys.readouterr().err
