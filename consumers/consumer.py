@@ -31,6 +31,7 @@ from service.usecases.load_reports import LoadReporter
 from service.usecases.processing import Delivery, JobIdTaken, SubmissionProcessor
 from service.usecases.reconciler import JobReconciler
 from service.usecases.submissions import ParsedBody, parse_body_off_loop
+from service.usecases.webhooks import WebhookNotifier
 
 log = structlog.get_logger("medevents.consumer")
 
@@ -50,6 +51,7 @@ class JobConsumer:
         reporter: LoadReporter | None = None,
         *,
         reconciler: JobReconciler | None = None,
+        notifier: WebhookNotifier | None = None,
     ) -> None:
         """`reporter`: reports this consumer's load (for the ETA of new jobs) and the jobs it
         finished (for the dashboard) every few seconds; None: reports nothing. `reconciler`:
@@ -60,6 +62,8 @@ class JobConsumer:
         self._processor = processor
         self._reporter = reporter
         self._reconciler = reconciler
+        # Told of each job that ended, before its message is acked (the clients' webhooks).
+        self._notifier = notifier
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._reporting: asyncio.Task | None = None
@@ -146,6 +150,8 @@ class JobConsumer:
                 return
             if job is None:
                 return
+            if not await self._notified(job, message):
+                return
             self._queue.finished(job_id)  # wake the long polls waiting for it
             await self._settle(message, "ack")
             elapsed = time.perf_counter() - started
@@ -174,8 +180,35 @@ class JobConsumer:
                 except Exception:
                     log.exception("job_not_set_aside")
             return
+        try:
+            job = await self._processor.jobs.get(job_id) if self._notifier is not None else None
+        except StoreUnavailable:
+            job = None  # the redelivery finds the job ended, and notifies
+        if job is None and self._notifier is not None:
+            await self._settle(message, "nack")
+            return
+        if job is not None and not await self._notified(job, message):
+            return
         self._queue.finished(job_id)
         await self._settle(message, "ack")
+
+    async def _notified(self, job: dict, message: AbstractIncomingMessage) -> bool:
+        """Whether the webhooks of the ended `job` are published (or none is to be). When
+        they could not be, the message goes back to the queue after a pause: its redelivery
+        finds the job ended and publishes them again (at least once; receivers deduplicate
+        by `webhook-id`)."""
+        if self._notifier is None:
+            return True
+        try:
+            await self._notifier.job_ended(job)
+            return True
+        except Exception as exc:
+            log.warning("job_webhooks_not_published", error=repr(exc)[:200])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(OUTAGE_BACKOFF_START):
+                await self._stopping.wait()
+        await self._settle(message, "nack")
+        return False
 
     async def _process_until_stored(
         self, delivery: Delivery, parsed: ParsedBody, message: AbstractIncomingMessage

@@ -32,6 +32,7 @@ def build_consumer(services: Services) -> JobConsumer:
         services.processor,
         services.load_reporter,
         reconciler=services.reconciler,
+        notifier=services.webhook_notifier,
     )
     services.on_close(consumer.stop)
     return consumer

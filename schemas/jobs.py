@@ -9,7 +9,11 @@ on the status code, as in the published examples:
 | failed 403, 404           | 200  | the message, a string                     |
 | failed 422                | 200  | `{type, message, invalid: [...]}`         |
 | failed (any other code)   | 200  | `{message, type}` (409: request_conflict) |
+| failed 499 (cancelled)    | 200  | `{message, type: cancelled}`, as 409's    |
 | failed_with_error (500)   | 200  | `{message, type: internal_error}`         |
+
+The client's own list (`GET /api/jobs`, `schemas.job_queries`) renders each item as this
+module renders a job's `data` (`job_data_schema`), after its `id` and `type`.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from service.messaging.dead_letters import DeadLetters
 from service.messaging.job_events import JobEvents
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
+from service.messaging.webhooks import WebhookBroker, WebhookDeadLetters, WebhookTopology
 from service.signatures import Base64JsonDecoder, CmsSignatureVerifier, SignatureDecoder
 from service.storage.consumer_stats import ConsumerStats
 from service.storage.embedded import EmbeddedMongo
@@ -41,6 +42,7 @@ from service.storage.mongo import open_mongo_client
 from service.storage.outcome_stats import OutcomeRecorder, OutcomeStats
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
+from service.storage.webhooks import WebhookStore
 from service.usecases.dead_letters import DeadLetterService
 from service.usecases.eta import EtaEstimator
 from service.usecases.job_types import JobTypeRegistry
@@ -50,6 +52,7 @@ from service.usecases.operations import OperatorService
 from service.usecases.processing import SubmissionProcessor
 from service.usecases.reconciler import JobReconciler
 from service.usecases.retention import RetentionSweeper
+from service.usecases.webhooks import WebhookNotifier, WebhookService
 
 Closer = Callable[[], Awaitable[None]]
 
@@ -170,7 +173,9 @@ class Services:
     async def prepare_storage(self) -> None:
         """The indexes every store needs: made now when MongoDB answers, else as soon as it
         does (a process starts, and answers 503 or holds its messages, meanwhile)."""
-        indexing = await ensure_indexes_or_later(self.jobs, self.entities, self.entity_reads)
+        indexing = await ensure_indexes_or_later(
+            self.jobs, self.entities, self.entity_reads, self.webhook_store
+        )
         if indexing is not None:
             self.on_close(functools.partial(stop_trying, indexing))
 
@@ -209,7 +214,7 @@ class Services:
     def job_service(self) -> JobService:
         """Submitting and polling, for the HTTP API."""
         estimator = EtaEstimator(self.consumer_stats, self.publisher.queue_depth)
-        return JobService(
+        service = JobService(
             self.jobs,
             self.publisher,
             estimator,
@@ -217,6 +222,9 @@ class Services:
             patients=self.patients,
             entities=self.entities,
         )
+        # A cancelled job's webhooks (`JobService.on_job_ended`, called after a cancel).
+        service.on_job_ended = self.webhook_notifier.job_ended
+        return service
 
     @cached_property
     def dead_letter_service(self) -> DeadLetterService:
@@ -274,8 +282,57 @@ class Services:
             max_pending_seconds=self.settings.job_max_pending_seconds,
             on_ended=self.job_queue.finished,
             outcomes=self.load_reporter.outcomes,
+            notify_ended=self.webhook_notifier.job_ended,
         )
 
     def start_reconciler(self) -> None:
         self.reconciler.start()
         self.on_close(self.reconciler.stop)
+
+    # --- webhooks (docs/webhooks.md) ---
+
+    @cached_property
+    def webhook_store(self) -> WebhookStore:
+        return WebhookStore(self.database)
+
+    @cached_property
+    def webhook_topology(self) -> WebhookTopology:
+        return WebhookTopology(self.settings.amqp_prefix)
+
+    def _webhook_broker(self) -> WebhookBroker:
+        broker = WebhookBroker(
+            self.settings.amqp_url, self.webhook_topology, self.settings.webhook_retry_schedule
+        )
+        self.on_close(broker.close)
+        return broker
+
+    @cached_property
+    def webhook_notifier(self) -> WebhookNotifier:
+        """Publishes the webhooks of ended jobs (the consumer, the reconciler, a cancel), on a
+        connection of its own, opened at the first event to publish."""
+        return WebhookNotifier(
+            self.webhook_store,
+            self._webhook_broker(),
+            cache_seconds=self.settings.webhook_endpoint_cache_seconds,
+        )
+
+    @cached_property
+    def webhook_broker_for_delivery(self) -> WebhookBroker:
+        """The `medevents webhooks` worker's connection: the queue it consumes, the retries
+        and dead letters it publishes."""
+        return self._webhook_broker()
+
+    @cached_property
+    def webhook_service(self) -> WebhookService:
+        """The clients' endpoints, for the HTTP API."""
+        return WebhookService(
+            self.webhook_store,
+            allow_insecure=self.settings.webhook_allow_insecure,
+            secret_overlap_seconds=self.settings.webhook_secret_overlap_seconds,
+        )
+
+    @cached_property
+    def webhook_dead_letters(self) -> WebhookDeadLetters:
+        return WebhookDeadLetters(
+            self.settings.amqp_url, self.webhook_topology, self.settings.webhook_retry_schedule
+        )

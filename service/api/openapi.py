@@ -16,7 +16,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import fields
 
 from schemas import admin as admin_schemas
+from schemas import job_queries as job_query_schemas
 from schemas import jobs as job_schemas
+from schemas import webhooks as hooks
 from schemas.entities import ENTITY_ENVELOPES, envelope_name
 from schemas.entity_queries import (
     EPISODE_LIST_QUERIES,
@@ -48,7 +50,7 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "The token's scope does not allow this",
         404: "Nothing of that id for this client (a submission: no such patient)",
         405: "Not a method of this resource",
-        408: "The body did not arrive within HTTP_BODY_TIMEOUT_SECONDS",
+        408: "The body stalled for HTTP_BODY_TIMEOUT_SECONDS, or arrived slower than 16 KiB/s",
         409: "A submission for a patient who is not active",
         413: "The body is over MAX_REQUEST_BYTES",
         422: "The body is not a JSON object, or not of the request's schema",
@@ -281,6 +283,8 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
             },
         )
     _admin_paths(spec, secured, job_id)
+    _client_job_paths(spec, plugin, secured, job_id, registry)
+    _webhook_paths(spec, secured)
     return spec.to_dict()
 
 
@@ -386,6 +390,89 @@ def _entity_list_paths(
     )
 
 
+def _client_job_paths(
+    spec: APISpec,
+    plugin: MarshmallowPlugin,
+    secured: list[dict],
+    job_id: dict[str, Any],
+    registry: JobTypeRegistry,
+) -> None:
+    """A client's own jobs (`GET /api/jobs`, scope job:read) and the cancel of a pending one
+    (`POST /api/jobs/{job_id}/actions/cancel`). An item of the list is one of the variants'
+    `data` with the job's `id` and `type` first: `JobListItem<Variant>`, one per variant."""
+    items = []
+    for variant, (_, _, data_schema) in job_schemas.VARIANTS.items():
+        rendered = plugin.converter.schema2jsonschema(data_schema)
+        name = "JobListItem" + "".join(part.capitalize() for part in variant.split("_"))
+        item = {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string", "description": "The job's id"},
+                "type": {"type": "string", "description": "The job's type"},
+                **rendered.get("properties", {}),
+            },
+            "required": ["id", "type", *rendered.get("required", [])],
+            "additionalProperties": False,
+        }
+        spec.components.schema(name, component=item)
+        items.append(_ref(name))
+
+    def job_list_item(converter: Any, field: Any, **_: Any) -> dict[str, Any]:
+        # Several variants may fit one item (a processed job fits the pending one): anyOf.
+        return {"anyOf": items} if isinstance(field, job_query_schemas.JobListItem) else {}
+
+    plugin.converter.add_attribute_function(job_list_item)
+    spec.components.schema("JobListPage", schema=job_query_schemas.JOB_LIST_PAGE)
+    spec.components.schema("CancelRequest", schema=job_query_schemas.CANCEL_REQUEST)
+    query = job_query_schemas.job_list_query_schema(tuple(registry.names))
+    spec.path(
+        path="/api/jobs",
+        operations={
+            "get": {
+                "summary": "The caller's own jobs, newest first, a page at a time (scope job:read)",
+                "description": "Each item as GET /api/jobs/{job_id} renders its `data`, after"
+                " its `id` and `type`. `paging.next_page_token` (null on the last page) is"
+                " given back as `page_token` with the same filters for the next page.",
+                "security": secured,
+                "parameters": [{"in": "query", "schema": query}],
+                "responses": {
+                    "200": _json(_ref("JobListPage"), "A page of the caller's jobs"),
+                    **_errors(401, 403, 503, 500),
+                    "422": _json(
+                        _ref("ErrorEnvelope"),
+                        "A query parameter unknown, malformed, given twice, or a page token"
+                        " not of this list (`invalid` says which)",
+                    ),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/jobs/{job_id}/actions/cancel",
+        operations={
+            "post": {
+                "summary": "Cancel the caller's pending job: it ends failed, status_code 499"
+                " (scope job:read and the scope submitting its type needs)",
+                "security": secured,
+                "parameters": [job_id],
+                "requestBody": {
+                    "required": False,
+                    "content": {JSON: {"schema": _ref("CancelRequest")}},
+                },
+                "responses": {
+                    "200": _json(
+                        _ref("FailedWithTypedErrorJobEnvelope"),
+                        "Cancelled: the job as GET /api/jobs/{job_id} renders it now",
+                    ),
+                    **_errors(401, 403, 404, 408, 413, 503, 500),
+                    "409": _json(_ref("ErrorEnvelope"), "The job has already finished"),
+                    "422": _json(_ref("ErrorEnvelope"), "A body that is not `{}`"),
+                },
+            }
+        },
+    )
+
+
 def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> None:
     """The operators' endpoints (scope jobs:admin)."""
     for name, schema in {
@@ -447,6 +534,142 @@ def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> 
                 "responses": {
                     "200": _json(_ref("ReplayedEnvelope"), "How many were replayed"),
                     **errors,
+                },
+            }
+        },
+    )
+
+
+def _webhook_paths(spec: APISpec, secured: list[dict]) -> None:
+    """A client's webhook endpoints (scope webhook:write) and the operators' webhook dead
+    letters (jobs:admin); docs/webhooks.md."""
+    for name, schema in {
+        "CreateWebhook": hooks.CREATE_WEBHOOK,
+        "WebhookEndpointEnvelope": hooks.WEBHOOK_ENDPOINT,
+        "WebhookEndpointWithSecretEnvelope": hooks.WEBHOOK_ENDPOINT_WITH_SECRET,
+        "WebhookList": hooks.WEBHOOK_LIST,
+        "WebhookDeliveriesPage": hooks.DELIVERIES_PAGE,
+        "WebhookDeadLettersEnvelope": hooks.WEBHOOK_DEAD_LETTERS,
+        "WebhookReplayedEnvelope": hooks.WEBHOOK_REPLAYED,
+        "WebhookReplayRequest": hooks.WEBHOOK_REPLAY_REQUEST,
+    }.items():
+        spec.components.schema(name, schema=schema)
+    endpoint_id = {
+        "name": "endpoint_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The endpoint's UUID",
+    }
+    scope = " (scope webhook:write)"
+    spec.path(
+        path="/api/webhooks",
+        operations={
+            "post": {
+                "summary": "Register a webhook endpoint" + scope,
+                "description": "https only, a public address (unless WEBHOOK_ALLOW_INSECURE);"
+                " events job.processed, job.failed. A URL refused answers 422 on $.url.",
+                "security": secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": _ref("CreateWebhook")}},
+                },
+                "responses": {
+                    "201": {
+                        "description": "Created: the endpoint and its secret (shown only here)",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": {JSON: {"schema": _ref("WebhookEndpointWithSecretEnvelope")}},
+                    },
+                    **_errors(401, 403, 408, 409, 413, 422, 503, 500),
+                },
+            },
+            "get": {
+                "summary": "The caller's webhook endpoints, without their secrets" + scope,
+                "security": secured,
+                "responses": {
+                    "200": _json(_ref("WebhookList"), "The endpoints"),
+                    **_errors(401, 403, 503, 500),
+                },
+            },
+        },
+    )
+    spec.path(
+        path="/api/webhooks/{endpoint_id}",
+        operations={
+            "get": {
+                "summary": "One of the caller's webhook endpoints" + scope,
+                "security": secured,
+                "parameters": [endpoint_id],
+                "responses": {
+                    "200": _json(_ref("WebhookEndpointEnvelope"), "The endpoint"),
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            },
+            "delete": {
+                "summary": "Delete one of the caller's webhook endpoints" + scope,
+                "security": secured,
+                "parameters": [endpoint_id],
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            },
+        },
+    )
+    spec.path(
+        path="/api/webhooks/{endpoint_id}/actions/rotate-secret",
+        operations={
+            "post": {
+                "summary": "A new signing secret, shown once; the previous one signs beside it"
+                " for WEBHOOK_SECRET_OVERLAP_SECONDS" + scope,
+                "security": secured,
+                "parameters": [endpoint_id],
+                "responses": {
+                    "200": _json(_ref("WebhookEndpointWithSecretEnvelope"), "The new secret"),
+                    **_errors(401, 403, 404, 503, 500),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/webhooks/{endpoint_id}/deliveries",
+        operations={
+            "get": {
+                "summary": "The endpoint's delivery attempts, newest first, a page at a time"
+                + scope,
+                "security": secured,
+                "parameters": [endpoint_id, {"in": "query", "schema": hooks.DeliveriesQuerySchema}],
+                "responses": {
+                    "200": _json(_ref("WebhookDeliveriesPage"), "A page of attempts"),
+                    **_errors(401, 403, 404, 422, 503, 500),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/admin/webhooks/dead-letters",
+        operations={
+            "get": {
+                "summary": "How many webhooks wait in their dead-letter queue (jobs:admin)",
+                "security": secured,
+                "responses": {
+                    "200": _json(_ref("WebhookDeadLettersEnvelope"), "The count"),
+                    **_errors(401, 403, 500),
+                },
+            }
+        },
+    )
+    spec.path(
+        path="/api/admin/webhooks/dead-letters/replay",
+        operations={
+            "post": {
+                "summary": "Deliver the webhooks' dead letters again, from the schedule's"
+                " start: all, or the oldest N (jobs:admin)",
+                "security": secured,
+                "requestBody": {"content": {JSON: {"schema": _ref("WebhookReplayRequest")}}},
+                "responses": {
+                    "200": _json(_ref("WebhookReplayedEnvelope"), "How many were replayed"),
+                    **_errors(401, 403, 422, 503, 500),
                 },
             }
         },

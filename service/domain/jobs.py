@@ -215,6 +215,12 @@ class JobOutcome:
             error={"type": "internal_error", "message": message[:MAX_MESSAGE_LENGTH]},
         )
 
+    @classmethod
+    def cancelled(cls) -> Self:
+        """Cancelled by its client while pending (`POST /api/jobs/{id}/actions/cancel`):
+        AIP-151's CANCELLED, HTTP 499, rendered as the other object errors are."""
+        return cls.failed(CANCELLED_STATUS_CODE, "cancelled", CANCELLED_MESSAGE)
+
     def to_update(self) -> dict[str, Any]:
         """The `$set` part of the update that ends the job."""
         update: dict[str, Any] = {"status": int(self.status), "status_code": self.status_code}
@@ -224,6 +230,10 @@ class JobOutcome:
             update["error"] = self.error
         return update
 
+
+# A job its client cancelled: 499 ("client closed request", AIP-151's CANCELLED).
+CANCELLED_STATUS_CODE = 499
+CANCELLED_MESSAGE = "The job was cancelled by its client"
 
 # The original's words. The published page cuts the address short ("#introduction/
 # interacting"); its code, which MIS developers see in real answers, has it whole.

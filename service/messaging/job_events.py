@@ -103,6 +103,8 @@ class JobEvents:
         self._connection: AbstractRobustConnection | None = None
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._retrying: asyncio.Task | None = None
+        # Where `announce` publishes: the events exchange, on the subscription's channel.
+        self._exchange: aio_pika.abc.AbstractExchange | None = None
 
     async def start(self) -> None:
         """Subscribe now if the broker answers, else keep trying in the background (long
@@ -123,6 +125,7 @@ class JobEvents:
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(exchange)
             await queue.consume(self._on_event, no_ack=True)
+            self._exchange = exchange
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
             log.warning("job_events_unavailable", error=repr(exc))
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
@@ -153,6 +156,17 @@ class JobEvents:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await self._connection.close()
         self._connection = None
+        self._exchange = None
+
+    async def announce(self, job_id: str) -> None:
+        """A job this API process ended itself (its client cancelled it): the requests waiting
+        for it here are woken at once, and the event is published to every API process, as
+        the consumer publishes its own (`publish_jobs_finished`, best effort: while this
+        process is not subscribed, the others answer at the end of their wait). Our own
+        subscription hears it too, and wakes no one twice: a woken request is gone."""
+        self._wake([job_id])
+        if self._exchange is not None and self.subscribed:
+            await publish_jobs_finished(self._exchange, [job_id])
 
     @contextlib.contextmanager
     def waiting_for(self, job_id: str):  # noqa: ANN201 - a context manager of an Event
@@ -175,6 +189,9 @@ class JobEvents:
             job_ids = event["job_ids"] if "job_ids" in event else [event["job_id"]]
         except (orjson.JSONDecodeError, KeyError, TypeError):
             return
-        for job_id in job_ids if isinstance(job_ids, list) else ():
+        self._wake(job_ids if isinstance(job_ids, list) else [])
+
+    def _wake(self, job_ids: list[object]) -> None:
+        for job_id in job_ids:
             for finished in self._waiters.get(job_id, ()) if isinstance(job_id, str) else ():
                 finished.set()

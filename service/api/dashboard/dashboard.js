@@ -181,6 +181,8 @@ function handleAuth(error) {
 async function refresh() {
   try {
     showStats((await api("/api/admin/stats")).data);
+    const webhooks = (await api("/api/admin/webhooks/dead-letters")).data;
+    byTestId("webhook-dead-letters").textContent = webhooks.dead_letters ?? "?";
     await refreshTables();
     byTestId("updated").textContent = `updated ${new Date().toISOString().slice(11, 19)} UTC`;
   } catch (error) {
@@ -230,6 +232,15 @@ document.addEventListener("DOMContentLoaded", () => {
       await refresh();
     } catch (error) {
       if (!handleAuth(error)) byTestId("replay-result").textContent = error.message;
+    }
+  });
+  $("webhook-replay").addEventListener("click", async () => {
+    try {
+      const result = (await api("/api/admin/webhooks/dead-letters/replay", { method: "POST", body: "{}" })).data;
+      byTestId("webhook-replay-result").textContent = `replayed ${result.replayed}`;
+      await refresh();
+    } catch (error) {
+      if (!handleAuth(error)) byTestId("webhook-replay-result").textContent = error.message;
     }
   });
   if (sessionStorage.getItem(TOKEN_KEY)) signIn(sessionStorage.getItem(TOKEN_KEY));

@@ -19,12 +19,14 @@ from schemas.admin import (
 )
 from schemas.envelope import Meta
 from schemas.validation import invalid_entries
+from schemas.webhooks import WEBHOOK_DEAD_LETTERS, WEBHOOK_REPLAY_REQUEST, WEBHOOK_REPLAYED
 from service.api.errors import NotFound, RequestValidationFailed
-from service.api.keys import OPERATOR_SERVICE, REQUEST_ID, REQUEST_URL
+from service.api.keys import OPERATOR_SERVICE, REQUEST_ID, REQUEST_URL, SERVICES
 from service.api.middlewares import requires_scope
 from service.api.requests import read_json_object
 from service.api.responses import json_response
 from service.domain.jobs import JobQuery, JobStatus
+from service.messaging.broker import BrokerUnavailable
 from service.usecases.jobs import JobNotFound
 
 ADMIN_SCOPE = "jobs:admin"
@@ -94,6 +96,36 @@ async def replay_dead_letters(request: web.Request) -> web.Response:
     replayed = await dead_letters.replay(asked.get("job_ids"), asked.get("limit"))
     remaining = await dead_letters.count_if_known()
     body = REPLAYED.dump(
+        {"data": {"replayed": replayed, "dead_letters": remaining}, "meta": _meta(request)}
+    )
+    return json_response(body)
+
+
+@requires_scope(ADMIN_SCOPE)
+async def webhook_dead_letters(request: web.Request) -> web.Response:
+    """`GET /api/admin/webhooks/dead-letters`: the webhooks set aside (schedule exhausted, or
+    an address refused); None when the broker cannot be asked."""
+    try:
+        count: int | None = await request.app[SERVICES].webhook_dead_letters.count()
+    except BrokerUnavailable:
+        count = None
+    body = WEBHOOK_DEAD_LETTERS.dump({"data": {"dead_letters": count}, "meta": _meta(request)})
+    return json_response(body)
+
+
+@requires_scope(ADMIN_SCOPE)
+async def replay_webhook_dead_letters(request: web.Request) -> web.Response:
+    """`POST /api/admin/webhooks/dead-letters/replay`: all, or `{"limit": N}` (oldest first),
+    back to the delivery queue as first attempts, with the retry schedule from its start."""
+    values = await read_json_object(request) if request.can_read_body else {}
+    asked = _load(WEBHOOK_REPLAY_REQUEST, values, [])
+    dead_letters = request.app[SERVICES].webhook_dead_letters
+    replayed = await dead_letters.replay(asked.get("limit"))
+    try:
+        remaining: int | None = await dead_letters.count()
+    except BrokerUnavailable:
+        remaining = None
+    body = WEBHOOK_REPLAYED.dump(
         {"data": {"replayed": replayed, "dead_letters": remaining}, "meta": _meta(request)}
     )
     return json_response(body)

@@ -1,4 +1,6 @@
-"""`GET /api/jobs/{job_id}`: a client polls its job, thin over the job service."""
+"""A client's jobs, thin over the job service: `GET /api/jobs/{job_id}` (a poll, with a long
+poll), `GET /api/jobs` (its own jobs, newest first) and `POST /api/jobs/{job_id}/actions/cancel`
+(a pending job cancelled)."""
 
 from __future__ import annotations
 
@@ -6,22 +8,30 @@ import math
 from typing import Any
 
 from aiohttp import web
+from marshmallow import ValidationError
 
 from schemas.envelope import Meta, dump_envelope
+from schemas.job_queries import CANCEL_REQUEST, dump_job_list, load_job_list_query
 from schemas.jobs import dump_job_data
-from service.api.errors import NotFound
+from schemas.validation import invalid_entries
+from service.api.errors import Conflict, Forbidden, NotFound, RequestValidationFailed
 from service.api.keys import (
     JOB_SERVICE,
     LONG_POLL,
     REQUEST_ID,
     REQUEST_URL,
+    SERVICES,
     principal_of,
 )
 from service.api.middlewares import requires_scope
-from service.api.responses import conditional_json_response, entity_tag
+from service.api.requests import read_json_object
+from service.api.responses import conditional_json_response, entity_tag, json_response
 from service.domain.eta import retry_after
-from service.domain.jobs import JobStatus
-from service.usecases.jobs import JobNotFound
+from service.domain.jobs import VALIDATION_FAILED_MESSAGE, JobStatus
+from service.domain.principal import ScopeDenied
+from service.usecases.jobs import JobAlreadyFinished, JobNotFound
+
+ALREADY_FINISHED = "The job has already finished"
 
 
 @requires_scope("job:read")
@@ -45,6 +55,52 @@ async def get_job(request: web.Request) -> web.Response:
     if job["status"] == JobStatus.PENDING:
         response.headers["Retry-After"] = str(retry_after(job["eta"]))
     return response
+
+
+@requires_scope("job:read")
+async def list_jobs(request: web.Request) -> web.Response:
+    """`GET /api/jobs`: the caller's own jobs (its token's `client_id`), newest first, with
+    the filters `status`, `type`, `since`, a `page_token` and a `limit` (`schemas.job_queries`);
+    each item as `GET /api/jobs/{id}` renders its `data`, after its `id` and `type`."""
+    client_id = principal_of(request).client_id
+    try:
+        query = load_job_list_query(
+            request.query.items(), client_id, request.app[SERVICES].registry.names
+        )
+    except ValidationError as error:
+        invalid = invalid_entries(error.messages)
+        raise RequestValidationFailed(VALIDATION_FAILED_MESSAGE, invalid=invalid) from None
+    jobs, next_after = await request.app[JOB_SERVICE].jobs_of_client(query)
+    meta = Meta(200, request[REQUEST_URL], request[REQUEST_ID])
+    return json_response(dump_job_list(jobs, next_after, query, meta))
+
+
+@requires_scope("job:read")
+async def cancel_job(request: web.Request) -> web.Response:
+    """`POST /api/jobs/{job_id}/actions/cancel`: the caller's pending job ends `failed` 499;
+    200 with the job as `GET /api/jobs/{id}` renders it. 404 as a poll answers (not the
+    caller's, or no such job); 403 unless the token also holds the scope that submitting a
+    job of its type needs; 409 once the job has finished. The body: none, or `{}`."""
+    if request.can_read_body:
+        values = await read_json_object(request)
+        try:
+            CANCEL_REQUEST.load(values)
+        except ValidationError as error:
+            invalid = invalid_entries(error.messages)
+            raise RequestValidationFailed(VALIDATION_FAILED_MESSAGE, invalid=invalid) from None
+    try:
+        job = await request.app[JOB_SERVICE].cancel(
+            request.match_info["job_id"], principal_of(request), request.app[SERVICES].registry
+        )
+    except JobNotFound:
+        raise NotFound("Job not found") from None
+    except ScopeDenied as denied:
+        raise Forbidden(str(denied)) from None
+    except JobAlreadyFinished:
+        raise Conflict(ALREADY_FINISHED) from None
+    status, data = dump_job_data(job)
+    body = dump_envelope(data, Meta(status, request[REQUEST_URL], request[REQUEST_ID]))
+    return json_response(body, status)
 
 
 MAX_WAIT_SECONDS = 30.0

@@ -1,0 +1,320 @@
+"""The `medevents webhooks` process: it consumes the webhooks queue and delivers each message
+over HTTP (`WebhookWorker`), and the HTTP adapter it sends with (`HttpSender`).
+
+Its own process (or, in `medevents run`, its own tasks and connection beside the API and the
+consumer), its own queue: a slow endpoint never delays job processing. `WEBHOOK_PREFETCH`
+deliveries run at once, each bounded by `WEBHOOK_TIMEOUT_SECONDS`, and a failed one goes to a
+delay queue instead of being held: a slow or failing endpoint delays no other endpoint's
+deliveries beyond taking some of the slots for at most the timeout.
+
+The sender connects only to addresses it checked itself: aiohttp's connector asks
+`VettingResolver` for a name's addresses, which refuses the name when any of them is not
+public (`usecases.webhooks.address_refusal`), and connects to those addresses, with the name
+as the Host header and the TLS server name; an IP address in a URL is checked before the
+request. No proxy from the environment, no redirect (a 3xx is a failure), at most
+`MAX_RESPONSE_BYTES` of the response read. `WEBHOOK_ALLOW_INSECURE` lifts the address rules
+(development and tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import ThreadedResolver
+from yarl import URL
+
+from service.bootstrap import Services
+from service.domain.clock import utcnow
+from service.messaging.broker import BrokerUnavailable
+from service.messaging.webhooks import WebhookMessage
+from service.storage.mongo import StoreUnavailable
+from service.usecases.webhooks import SendResult, WebhookDeliveries, address_refusal
+
+log = structlog.get_logger("medevents.webhooks")
+
+MAX_RESPONSE_BYTES = 4096
+OUTAGE_BACKOFF_SECONDS = 1.0
+STOP_TIMEOUT_SECONDS = 15.0
+RETENTION_EVERY_SECONDS = 3600.0
+
+
+class AddressRefused(OSError):
+    """A webhook's host names an address it may not connect to."""
+
+
+class VettingResolver(AbstractResolver):
+    """Resolves with the system's resolver, then refuses the whole name when any of its
+    addresses is not public: the connector connects only to what this returns."""
+
+    def __init__(self) -> None:
+        self._resolver = ThreadedResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        found = await self._resolver.resolve(host, port, family)
+        for result in found:
+            refusal = address_refusal(result["host"])
+            if refusal is not None:
+                raise AddressRefused(f"{host}: {refusal}")
+        return found
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+class HttpSender:
+    """POSTs a webhook; one session (connection pool) for the process."""
+
+    def __init__(self, timeout_seconds: float, *, allow_insecure: bool) -> None:
+        self._timeout = timeout_seconds
+        self._allow_insecure = allow_insecure
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                resolver=None if self._allow_insecure else VettingResolver(),
+                use_dns_cache=False,  # every new connection resolves, and checks, again
+                limit=0,  # WEBHOOK_PREFETCH bounds the requests at once
+                limit_per_host=0,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                trust_env=False,
+                auto_decompress=False,
+            )
+        return self._session
+
+    async def send(self, url: str, headers: dict[str, str], body: bytes) -> SendResult:
+        started = time.perf_counter()
+
+        def result(**outcome: Any) -> SendResult:
+            elapsed = round((time.perf_counter() - started) * 1000, 1)
+            return SendResult(duration_ms=elapsed, **outcome)
+
+        try:
+            target = URL(url)
+            if target.scheme not in ("https", "http") or not target.host:
+                return result(ok=False, error="invalid_url", permanent=True)
+            if target.scheme == "http" and not self._allow_insecure:
+                return result(ok=False, error="insecure_url", permanent=True)
+        except ValueError:
+            return result(ok=False, error="invalid_url", permanent=True)
+        if not self._allow_insecure and _is_ip(target.host):
+            if address_refusal(target.host) is not None:
+                return result(ok=False, error="address_refused", permanent=True)
+        try:
+            async with asyncio.timeout(self._timeout + 1):
+                async with self._ensure_session().post(
+                    target, data=body, headers=headers, allow_redirects=False
+                ) as response:
+                    await response.content.read(MAX_RESPONSE_BYTES)
+                    status = response.status
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, AddressRefused):
+                return result(ok=False, error="address_refused", permanent=True)
+            if isinstance(exc, aiohttp.ClientConnectorDNSError):
+                return result(ok=False, error="dns_error")
+            if isinstance(exc, aiohttp.ClientSSLError):
+                return result(ok=False, error="tls_error")
+            if isinstance(exc.os_error, ConnectionRefusedError):
+                return result(ok=False, error="connection_refused")
+            return result(ok=False, error="connection_error")
+        except TimeoutError:
+            return result(ok=False, error="timeout")
+        except aiohttp.ClientResponseError as exc:
+            return result(ok=False, status=exc.status or None, error="bad_response")
+        except (aiohttp.ClientError, OSError) as exc:
+            name = type(exc).__name__
+            return result(ok=False, error=f"connection_error:{name}"[:64])
+        if 200 <= status < 300:
+            return result(ok=True, status=status)
+        if 300 <= status < 400:
+            return result(ok=False, status=status, error="redirect")
+        return result(ok=False, status=status, error=f"http_{status}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+class WebhookWorker:
+    """Consumes the webhooks queue: each message one attempt (`WebhookDeliveries`), acked once
+    what follows it is queued; MongoDB or the broker unavailable: the message goes back to the
+    queue after a pause."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        settings = services.settings
+        self._broker = services.webhook_broker_for_delivery
+        self._sender = HttpSender(
+            settings.webhook_timeout_seconds, allow_insecure=settings.webhook_allow_insecure
+        )
+        self._deliveries = WebhookDeliveries(
+            services.webhook_store, self._broker, self._sender, settings.webhook_retry_schedule
+        )
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task] = set()
+        self._retention: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self._broker.consume(self._on_message, self._services.settings.webhook_prefetch)
+        self._retention = asyncio.create_task(self._sweep())
+        log.info(
+            "webhooks_started",
+            queue=self._broker.topology.queue,
+            prefetch=self._services.settings.webhook_prefetch,
+            schedule=list(self._services.settings.webhook_retry_schedule),
+        )
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self._handle(message))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        await asyncio.shield(task)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping.is_set():
+            await _settle(message, requeue=True)
+            return
+        webhook = WebhookMessage.of(message)
+        if webhook is None:
+            log.error("webhook_message_rejected", reason="not a webhook message")
+            await _settle(message, requeue=False)  # dead-lettered by the queue
+            return
+        try:
+            await self._deliveries.deliver(webhook)
+        except (StoreUnavailable, BrokerUnavailable) as exc:
+            log.warning("webhook_attempt_postponed", error=str(exc)[:200])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(OUTAGE_BACKOFF_SECONDS):
+                    await self._stopping.wait()
+            await _settle(message, requeue=True)
+            return
+        except Exception:
+            log.exception("webhook_attempt_failed")
+            await asyncio.sleep(OUTAGE_BACKOFF_SECONDS)
+            await _settle(message, requeue=True)  # the queue's delivery limit ends it
+            return
+        with contextlib.suppress(Exception):
+            await message.ack()
+
+    async def _sweep(self) -> None:
+        """Removes the attempts older than WEBHOOK_DELIVERIES_TTL_DAYS, every hour."""
+        keep = timedelta(days=self._services.settings.webhook_deliveries_ttl_days)
+        while not self._stopping.is_set():
+            try:
+                removed = await self._services.webhook_store.remove_deliveries_before(
+                    utcnow() - keep
+                )
+                if removed:
+                    log.info("webhook_deliveries_removed", count=removed)
+            except StoreUnavailable:
+                pass
+            except Exception:
+                log.exception("webhook_deliveries_sweep_failed")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETENTION_EVERY_SECONDS):
+                    await self._stopping.wait()
+
+    async def stop(self) -> None:
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        await self._broker.cancel()
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=STOP_TIMEOUT_SECONDS)
+        if self._retention is not None:
+            await self._retention
+        await self._sender.close()
+        await self._broker.close()
+        log.info("webhooks_stopped")
+
+
+async def _settle(message: AbstractIncomingMessage, *, requeue: bool) -> None:
+    with contextlib.suppress(Exception):  # the broker redelivers what it did not hear of
+        await message.nack(requeue=requeue)
+
+
+def build_worker(services: Services) -> WebhookWorker:
+    worker = WebhookWorker(services)
+    services.on_close(worker.stop)
+    return worker
+
+
+async def run_webhooks(services: Services) -> None:
+    """`medevents webhooks`: deliver until SIGTERM or SIGINT, then stop cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with services:
+        await services.prepare_storage()
+        worker = build_worker(services)
+        starting = asyncio.create_task(_start_when_broker_answers(worker, stop))
+        await stop.wait()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        log.info("webhooks_stopping")
+
+
+async def _start_when_broker_answers(worker: WebhookWorker, stop: asyncio.Event) -> None:
+    delay = OUTAGE_BACKOFF_SECONDS
+    while not stop.is_set():
+        try:
+            await worker.start()
+            return
+        except (TimeoutError, BrokerUnavailable, OSError, *_connection_errors()) as exc:
+            log.warning("webhooks_broker_unavailable", error=repr(exc)[:200], retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+    return tuple(CONNECTION_EXCEPTIONS)
+
+
+@contextlib.asynccontextmanager
+async def webhooks_in_background(services: Services) -> AsyncIterator[None]:
+    """For `medevents run`, beside the API and the consumer: the webhook worker on its own
+    connection, started in the background, stopped with `services`."""
+    stop = asyncio.Event()
+    worker = build_worker(services)
+    starting = asyncio.create_task(_start_when_broker_answers(worker, stop))
+
+    async def stop_starting() -> None:
+        stop.set()
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+
+    services.on_close(stop_starting)
+    yield
