@@ -9,7 +9,8 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate
 
-from schemas.envelope import MetaSchema, UtcDateTime, envelope_schema
+from schemas.entity_queries import ListMetaSchema
+from schemas.envelope import UtcDateTime, envelope_schema
 from schemas.jobs import job_data_schema
 from service.domain.jobs import JobStatus
 
@@ -55,9 +56,9 @@ class DeliveryCursor(fields.Field):
             padded = text + "=" * (-len(text) % 4)
             decoded = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
         except (ValueError, binascii.Error, UnicodeError):
-            raise ValidationError("is not a cursor this API gave") from None
+            raise ValidationError("is not a page token this API gave") from None
         if not decoded.isdigit() or len(decoded) > 20:
-            raise ValidationError("is not a cursor this API gave")
+            raise ValidationError("is not a page token this API gave")
         return int(decoded)
 
 
@@ -65,7 +66,7 @@ class DeliveriesQuerySchema(Schema):
     """`GET /api/webhooks/{id}/deliveries` query parameters."""
 
     limit = fields.Integer(validate=validate.Range(min=1, max=MAX_DELIVERIES_PAGE), load_default=20)
-    cursor = DeliveryCursor()
+    page_token = DeliveryCursor()  # named as `GET /api/jobs` names it
 
 
 class WebhookReplayRequestSchema(Schema):
@@ -94,7 +95,7 @@ class WebhookEndpointWithSecretSchema(WebhookEndpointSchema):
 
 class WebhookListSchema(Schema):
     data = fields.List(fields.Nested(WebhookEndpointSchema), required=True)
-    meta = fields.Nested(MetaSchema, required=True)
+    meta = fields.Nested(ListMetaSchema, required=True)
 
 
 class DeliverySchema(Schema):
@@ -112,13 +113,13 @@ class DeliverySchema(Schema):
 
 class DeliveriesPagingSchema(Schema):
     limit = fields.Integer(required=True)
-    next_cursor = DeliveryCursor(allow_none=True)
+    next_page_token = DeliveryCursor(allow_none=True)
 
 
 class DeliveriesPageSchema(Schema):
     data = fields.List(fields.Nested(DeliverySchema), required=True)
     paging = fields.Nested(DeliveriesPagingSchema, required=True)
-    meta = fields.Nested(MetaSchema, required=True)
+    meta = fields.Nested(ListMetaSchema, required=True)
 
 
 class WebhookDeadLettersSchema(Schema):

@@ -122,10 +122,10 @@ async def test_delivered_after_a_500_and_a_timeout_signed_and_listed(
     # Paged: two, then the last one.
     first_page = await deliveries(wh_api, endpoint["id"], "?limit=2")
     assert [a["attempt"] for a in first_page["data"]] == [3, 2]
-    cursor = first_page["paging"]["next_cursor"]
-    rest = await deliveries(wh_api, endpoint["id"], f"?limit=2&cursor={cursor}")
+    token = first_page["paging"]["next_page_token"]
+    rest = await deliveries(wh_api, endpoint["id"], f"?limit=2&page_token={token}")
     assert [a["attempt"] for a in rest["data"]] == [1]
-    assert rest["paging"]["next_cursor"] is None
+    assert rest["paging"]["next_page_token"] is None
     bad = await wh_api.get(f"/api/webhooks/{endpoint['id']}/deliveries?limit=0", headers=HOOKS)
     assert bad.status == 422
     assert "$.limit" in str(await bad.json())

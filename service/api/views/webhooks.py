@@ -120,15 +120,15 @@ async def list_deliveries(request: web.Request) -> web.Response:
     endpoint_id = _endpoint_id(request)
     asked = _load(DELIVERIES_QUERY, dict(request.query))
     try:
-        attempts, next_cursor = await _service(request).deliveries(
-            endpoint_id, principal_of(request).client_id, asked.get("cursor"), asked["limit"]
+        attempts, next_token = await _service(request).deliveries(
+            endpoint_id, principal_of(request).client_id, asked.get("page_token"), asked["limit"]
         )
     except EndpointNotFound:
         raise NotFound(NOT_FOUND) from None
     body = DELIVERIES_PAGE.dump(
         {
             "data": attempts,
-            "paging": {"limit": asked["limit"], "next_cursor": next_cursor},
+            "paging": {"limit": asked["limit"], "next_page_token": next_token},
             "meta": _meta(request),
         }
     )
