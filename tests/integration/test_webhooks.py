@@ -299,3 +299,26 @@ async def test_a_hanging_endpoint_delays_neither_jobs_nor_other_clients(
     finally:
         await hanging.stop()
         await fast.stop()
+
+
+async def test_a_cancelled_job_sends_job_failed_with_499(wh_api, wh_settings, receiver, store):
+    """The client's cancel ends the job in the API process: its webhook goes out all the same
+    (`JobService.on_job_ended`), signed, with the cancel's rendering."""
+    endpoint = await register(wh_api, receiver.url, events=["job.failed"])
+    job = new_job()
+    await store.create_pending(job)
+    cancel_headers = bearer(CLIENT_ID, ("job:read", "encounter:write"))
+    async with running(wh_settings, consumer=False):
+        response = await wh_api.post(
+            f"/api/jobs/{job.job_id}/actions/cancel", headers=cancel_headers
+        )
+        assert response.status == 200, await response.text()
+        await wait_until(lambda: receiver.requests, what="the cancelled job's webhook")
+    event = orjson.loads(receiver.requests[0]["body"])
+    assert event["type"] == "job.failed"
+    assert event["data"]["id"] == job.job_id
+    assert (event["data"]["status"], event["data"]["status_code"]) == ("failed", "499")
+    assert event["data"]["error"]["type"] == "cancelled"
+    assert verify_standard_webhook(
+        endpoint["secret"], receiver.requests[0]["headers"], receiver.requests[0]["body"]
+    )
