@@ -14,12 +14,17 @@ import time
 import orjson
 import pytest
 
+from consumers.consumer import JobConsumer
 from consumers.processors import builtin_registry
 from service.api.app import create_app
 from service.bootstrap import Services
 from service.domain.jobs import new_job_id
+from service.messaging.broker import Topology
+from service.messaging.job_queue import JobQueue
+from service.storage.entities import EntityStore
 from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, bearer, new_job
 from tests.harness import example, submission_with, wait_for_jobs
+from tests.integration.conftest import make_processor
 from tests.integration.webhook_harness import (
     Receiver,
     delete_webhook_topologies,
@@ -322,3 +327,39 @@ async def test_a_cancelled_job_sends_job_failed_with_499(wh_api, wh_settings, re
     assert verify_standard_webhook(
         endpoint["secret"], receiver.requests[0]["headers"], receiver.requests[0]["body"]
     )
+
+
+async def test_a_job_whose_webhooks_could_not_be_published_is_notified_on_redelivery(
+    settings, db, patients, raw_publisher
+):
+    """At least once: when the webhooks of an ended job cannot be published, its message is
+    not acked; the redelivery finds the job ended and publishes them, and the job is processed
+    once."""
+
+    class FailingOnce:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, int]] = []
+
+        async def job_ended(self, job: dict) -> None:
+            self.calls.append((job["_id"], job["status"]))
+            if len(self.calls) == 1:
+                raise ConnectionError("the broker did not confirm")
+
+    await EntityStore(db).ensure_indexes()
+    notifier = FailingOnce()
+    consumer = JobConsumer(
+        JobQueue(settings.amqp_url, Topology(settings.amqp_prefix), prefetch=8),
+        make_processor(db),
+        notifier=notifier,  # type: ignore[arg-type]
+    )
+    await consumer.start()
+    try:
+        job_id = new_job_id()
+        await raw_publisher.publish(example("encounter_package"), message_id=job_id)
+        await wait_until(lambda: len(notifier.calls) >= 2, what="the second notification")
+    finally:
+        await consumer.stop(drain_seconds=5)
+    assert [call[0] for call in notifier.calls] == [job_id, job_id]
+    job = await db["jobs"].find_one({"_id": job_id})
+    assert job["attempts"] == 1
+    assert (await raw_publisher.queue.declare()).message_count == 0
