@@ -197,8 +197,8 @@ class JobConsumer:
         they could not be, the message goes back to the queue after a pause: its redelivery
         finds the job ended and publishes them again (at least once; receivers deduplicate
         by `webhook-id`)."""
-        if self._notifier is None:
-            return True
+        if self._notifier is None or job.get("notified"):
+            return True  # none to publish, or published by whoever ended it (a cancel)
         try:
             await self._notifier.job_ended(job)
             return True

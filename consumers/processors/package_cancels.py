@@ -72,7 +72,9 @@ async def apply_cancel(
     )
     kind, submitted = root
     cancellation = {name: submitted[name] for name in CANCELLATION_FIELDS if name in submitted}
-    await context.entities.set_fields(kind, submitted["id"], cancellation)
+    await context.entities.set_fields(
+        kind, context.patient_id, submitted["id"], context.job_id, cancellation
+    )
     return JobOutcome.processed(
         [
             Link(kind.entity, entity_href(context.patient_id, kind.collection, entity_id))
@@ -83,8 +85,9 @@ async def apply_cancel(
 
 async def take_back_marks(context: JobContext) -> None:
     """A cancel refused (on a delivery again after a crash half-way, what held then may not
-    any more): the entities it marked get their status back."""
+    any more): the entities it marked get their status back, its root the fields it set."""
     await context.entities.unmark(context.job_id)
+    await context.entities.restore_changed_by(context.job_id)
 
 
 def differs(submitted: Any, stored: Any, path: str) -> str | None:

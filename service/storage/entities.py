@@ -28,6 +28,9 @@ from service.storage.mongo import unavailable_on_outage
 DUPLICATE_KEY = 11000
 # What a job may write: the entities, and the visit of a package.
 WRITTEN_KINDS = (*ALL_ENTITY_KINDS, VISIT, EPISODE, SERVICE_REQUEST)
+# The kinds a job changes in place (an episode's update, close or cancel; a cancelled package's
+# root): each change keeps what it replaced, for `undo`.
+CHANGED_KINDS = (*ALL_ENTITY_KINDS, EPISODE)
 
 
 class EntityStore:
@@ -44,6 +47,8 @@ class EntityStore:
             await collection.create_index([("job_id", ASCENDING)])
             if kind in ALL_ENTITY_KINDS:
                 await collection.create_index([("cancelled_by_job", ASCENDING)])
+            if kind in CHANGED_KINDS:
+                await collection.create_index([("changed_by_job", ASCENDING)])
             # `encounter_id` and `episode_id` are served by the reads' indexes, which start
             # with `patient_id` as every query of them does (`storage.entity_reads`).
 
@@ -109,17 +114,10 @@ class EntityStore:
         from_statuses: tuple[str, ...],
     ) -> bool:
         """Set `fields` on the episode if its status is one of `from_statuses` now, or if job
-        `job_id` was the last to change it (a delivery again): one conditional write, so that
-        two jobs racing on one episode cannot both change it. False: another job won."""
-        result = await self._collection(EPISODE).update_one(
-            {
-                "_id": episode_id,
-                "patient_id": patient_id,
-                "$or": [{"status": {"$in": list(from_statuses)}}, {"changed_by_job": job_id}],
-            },
-            {"$set": {**fields, "changed_by_job": job_id}, "$currentDate": {"updated_at": True}},
-        )
-        return result.matched_count == 1
+        `job_id` was the last to change it (a delivery again): a conditional write, so that
+        two jobs racing on one episode cannot both change it, and one `undo` can take back.
+        False: another job won."""
+        return await self._change(EPISODE, patient_id, episode_id, job_id, fields, from_statuses)
 
     @unavailable_on_outage
     async def standing_in_episode(self, kind: EntityKind, patient_id: str, episode_id: str) -> bool:
@@ -190,14 +188,82 @@ class EntityStore:
                 )
 
     async def undo(self, job_id: str) -> None:
-        """Leave nothing of what job `job_id` did: its entities removed, its marks taken back."""
+        """Leave nothing of what job `job_id` did: its entities removed, its marks taken back,
+        the fields it changed given back their values."""
         await self.remove_written_by(job_id)
         await self.unmark(job_id)
+        await self.restore_changed_by(job_id)
 
     @unavailable_on_outage
-    async def set_fields(self, kind: EntityKind, entity_id: str, fields: dict[str, Any]) -> None:
-        """`$set` of plain values (no datetimes: the test server stores them as strings)."""
-        if fields:
-            await self._collection(kind).update_one(
-                {"_id": entity_id}, {"$set": fields, "$currentDate": {"updated_at": True}}
+    async def restore_changed_by(self, job_id: str) -> None:
+        """Give back what job `job_id` changed in place (`_change`): the values the fields had
+        before, fields it added removed. A later job that changed the same document since has
+        made the change its own (its `changed_by_job`), and it stays."""
+        for kind in CHANGED_KINDS:
+            collection = self._collection(kind)
+            async for document in collection.find({"changed_by_job": job_id}, {"before_change": 1}):
+                before = document.get("before_change") or {}
+                unset = dict.fromkeys(before.get("absent") or [], "")
+                await collection.update_one(
+                    {"_id": document["_id"], "changed_by_job": job_id},
+                    {
+                        **({"$set": before["values"]} if before.get("values") else {}),
+                        "$unset": {**unset, "changed_by_job": "", "before_change": ""},
+                        "$currentDate": {"updated_at": True},
+                    },
+                )
+
+    async def _change(
+        self,
+        kind: EntityKind,
+        patient_id: str,
+        entity_id: str,
+        job_id: str,
+        fields: dict[str, Any],
+        from_statuses: tuple[str, ...] | None = None,
+    ) -> bool:
+        """`$set` of top-level `fields` on one document by job `job_id`, keeping what they were
+        (`before_change`) so that `restore_changed_by` can give it back. The first change reads
+        the document and writes only if it is as read (its status one of `from_statuses`, and
+        changed last by the same job as then); a delivery again of the same job (it changed
+        the document last) sets the fields again and keeps what was before the first."""
+        collection = self._collection(kind)
+        document = await collection.find_one({"_id": entity_id, "patient_id": patient_id})
+        if document is None:
+            return False
+        if document.get("changed_by_job") == job_id:
+            result = await collection.update_one(
+                {"_id": entity_id, "changed_by_job": job_id},
+                {"$set": fields, "$currentDate": {"updated_at": True}},
             )
+            return result.matched_count == 1
+        if from_statuses is not None and document.get(kind.status_field) not in from_statuses:
+            return False
+        condition: dict[str, Any] = {
+            "_id": entity_id,
+            "patient_id": patient_id,
+            "changed_by_job": document.get("changed_by_job"),
+        }
+        if from_statuses is not None:
+            condition[kind.status_field] = {"$in": list(from_statuses)}
+        before = {
+            "values": {name: document[name] for name in fields if name in document},
+            "absent": [name for name in fields if name not in document],
+        }
+        result = await collection.update_one(
+            condition,
+            {
+                "$set": {**fields, "changed_by_job": job_id, "before_change": before},
+                "$currentDate": {"updated_at": True},
+            },
+        )
+        return result.matched_count == 1
+
+    @unavailable_on_outage
+    async def set_fields(
+        self, kind: EntityKind, patient_id: str, entity_id: str, job_id: str, fields: dict[str, Any]
+    ) -> None:
+        """`$set` of plain values by job `job_id` (no datetimes: the test server stores them as
+        strings), given back by `undo`."""
+        if fields:
+            await self._change(kind, patient_id, entity_id, job_id, fields)

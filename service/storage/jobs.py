@@ -109,6 +109,14 @@ class JobStore:
         return await self._jobs.find_one({"_id": job_id})
 
     @unavailable_on_outage
+    async def mark_notified(self, job_id: str) -> None:
+        """The webhooks of the ended job are published: a delivery of its message that comes
+        later (after a cancel, a reconciliation, a replay) does not publish them again."""
+        await self._jobs.update_one(
+            {"_id": job_id, "status": {"$ne": int(JobStatus.PENDING)}}, {"$set": {"notified": True}}
+        )
+
+    @unavailable_on_outage
     async def find_pending(self, request_hash: str) -> dict[str, Any] | None:
         """A pending job of an identical submission (same hash), as eHealth's medical events
         service finds one."""

@@ -199,7 +199,9 @@ class JobService:
         if self.on_job_ended is not None:
             try:
                 await self.on_job_ended(ended)
-            except Exception:
+                # Its message, still queued, finds the job ended: it need not publish again.
+                await self.store.mark_notified(job_id)
+            except Exception:  # the consumer publishes them when it meets the job's message
                 log.exception("job_ended_hook_failed", job_id=job_id)
         return ended
 

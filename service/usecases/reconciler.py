@@ -175,6 +175,7 @@ class JobReconciler:
         for job_id, job in list(self._notify_later.items()):
             try:
                 await self._notify_ended(job)  # type: ignore[misc]
+                await self._jobs.mark_notified(job_id)  # a replayed message publishes nothing
             except Exception as exc:
                 log.warning("job_webhooks_later", job_id=job_id, error=repr(exc)[:200])
                 return

@@ -363,3 +363,36 @@ async def test_a_job_whose_webhooks_could_not_be_published_is_notified_on_redeli
     job = await db["jobs"].find_one({"_id": job_id})
     assert job["attempts"] == 1
     assert (await raw_publisher.queue.declare()).message_count == 0
+
+
+async def test_a_cancelled_job_is_notified_once_though_its_message_comes_later(
+    wh_api, wh_settings, receiver, db, patients
+):
+    """The cancel publishes `job.failed`; the job's message, still queued, reaches a consumer
+    afterwards, finds the job ended and published, and publishes nothing more."""
+    await register(wh_api, receiver.url, events=["job.failed", "job.processed"])
+    headers = bearer(CLIENT_ID, ("job:read", "encounter:write"))
+    submission = example("encounter_package")
+    response = await wh_api.post(
+        f"/api/patients/{submission['patient_id']}/encounter_package",
+        json=submission["data"],
+        headers=headers,
+    )
+    assert response.status == 202, await response.text()
+    job_id = response.headers["Location"].rsplit("/", 1)[-1]
+    async with running(wh_settings, consumer=False):
+        cancelled = await wh_api.post(f"/api/jobs/{job_id}/actions/cancel", headers=headers)
+        assert cancelled.status == 200
+        await wait_until(lambda: receiver.requests, what="the cancel's webhook")
+    assert (await db["jobs"].find_one({"_id": job_id}))["notified"]  # 1 on the test server
+    async with running(wh_settings, consumer=True) as services:  # the queued message now
+        await wait_until(
+            lambda: _queue_empty(services), what="the job's message consumed", timeout=10
+        )
+        await asyncio.sleep(1.5)  # a second webhook, had one been published, would be here
+    assert len(receiver.requests) == 1
+    assert await db["encounters"].count_documents({}) == 0
+
+
+async def _queue_empty(services) -> bool:
+    return await services.job_queue.depth() == 0
