@@ -7,10 +7,11 @@ Timeouts and retries (docs/client.md, "Timeouts and retries"):
 - A GET (`get_job`, `follow`, `list_jobs`) is sent again, up to `retries` times, after a 503
   (after its `Retry-After`, plus jitter) or when no answer came (a refused or broken
   connection, a timeout): it changes nothing on the server.
-- A POST (`submit`, `cancel`) is sent again, up to `retries` times, only when it certainly did
-  nothing: after a 503 (the service answers 503 before any job exists: the job is recorded
-  and its message published, or neither) or when the connection could not be made (nothing
-  was sent). Never after a timeout or a connection broken once the request was sent: it may
+- A POST (`submit`, `cancel`) is sent again, up to `retries` times, only when no job can be
+  waiting on it: after a 503 (the service answers 503 when MongoDB or the broker is down: no
+  job was recorded, or the one recorded was ended at once because its message was not
+  queued, or, MongoDB lost in between, it is ended by the service's reconciler) or when the
+  connection could not be made (nothing was sent). Never after a timeout or a connection broken once the request was sent: it may
   have created the job; `ConnectionFailed(sent=True)` is raised and the caller decides (an
   identical submission while the first is pending returns the same job).
 - `wait` polls with `?wait=` (the server's maximum, 30 s, or what is left), sends
