@@ -525,3 +525,19 @@ def test_every_published_example_reads_as_a_job(name):
         assert len(job.links) == 11 and job.status_code == 200 and job.terminal
     if name == "pending":
         assert job.eta is not None and job.eta.tzinfo is not None and not job.terminal
+
+
+def test_a_sync_client_never_closed_stops_its_thread_when_collected():
+    import gc
+    import threading
+
+    from medevents_client import Client
+
+    before = {thread.ident for thread in threading.enumerate()}
+    client = Client("http://127.0.0.1:9", "token")
+    started = [t for t in threading.enumerate() if t.ident not in before]
+    assert [t.name for t in started] == ["medevents-client"]
+    del client
+    gc.collect()
+    started[0].join(timeout=5)
+    assert not started[0].is_alive()

@@ -11,9 +11,10 @@ Timeouts and retries (docs/client.md, "Timeouts and retries"):
   waiting on it: after a 503 (the service answers 503 when MongoDB or the broker is down: no
   job was recorded, or the one recorded was ended at once because its message was not
   queued, or, MongoDB lost in between, it is ended by the service's reconciler) or when the
-  connection could not be made (nothing was sent). Never after a timeout or a connection broken once the request was sent: it may
-  have created the job; `ConnectionFailed(sent=True)` is raised and the caller decides (an
-  identical submission while the first is pending returns the same job).
+  connection could not be made (nothing was sent). Never after a timeout or a connection
+  broken once the request was sent: it may have created the job; `ConnectionFailed(sent=True)`
+  is raised and the caller decides (an identical submission while the first is pending
+  returns the same job).
 - `wait` polls with `?wait=` (the server's maximum, 30 s, or what is left), sends
   `If-None-Match` with the last ETag, and retries 503s and connection failures for as long as
   its timeout allows; it never gives up on them earlier.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import Future
 from datetime import datetime
@@ -48,6 +49,9 @@ class Client:
         )
         self._thread.start()
         self._closed = False
+        # A client never closed is closed when it is collected (or at exit): its session, loop
+        # and thread do not outlive it.
+        self._finalizer = weakref.finalize(self, _shut_down, self._client, self._loop, self._thread)
 
     @property
     def base_url(self) -> str:
@@ -72,12 +76,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        try:
-            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result()
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+        self._finalizer()
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -136,3 +135,17 @@ class Client:
 
     def url(self, href: str) -> str:
         return self._client.url(href)
+
+
+def _shut_down(
+    client: AsyncClient, loop: asyncio.AbstractEventLoop, thread: threading.Thread
+) -> None:
+    """Close the session on its own loop, then stop the loop and its thread."""
+    try:
+        if loop.is_running():
+            asyncio.run_coroutine_threadsafe(client.close(), loop).result(timeout=10)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
