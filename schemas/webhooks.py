@@ -43,23 +43,31 @@ class CreateWebhookSchema(Schema):
 
 
 class DeliveryCursor(fields.Field):
-    """Where a page of attempts ends, opaque to clients (the last attempt's `seq`)."""
+    """Where a page of attempts ends, opaque to clients: the last attempt's `seq` and `_id`
+    (`<seq>.<_id>`, base64url); a token of the `seq` alone (given before) still reads."""
 
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
         if value is None:
             return None
-        return base64.urlsafe_b64encode(str(value).encode()).decode().rstrip("=")
+        seq, last_id = value
+        text = f"{seq}.{last_id}"
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> tuple[int, str | None]:
         try:
             text = str(value)
             padded = text + "=" * (-len(text) % 4)
             decoded = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
         except (ValueError, binascii.Error, UnicodeError):
             raise ValidationError("is not a page token this API gave") from None
-        if not decoded.isdigit() or len(decoded) > 20:
+        seq, dot, last_id = decoded.partition(".")
+        if not seq.isdigit() or len(seq) > 20:
             raise ValidationError("is not a page token this API gave")
-        return int(decoded)
+        if dot and not (0 < len(last_id) <= 64 and last_id.isalnum()):
+            raise ValidationError("is not a page token this API gave")
+        return int(seq), (last_id if dot else None)
 
 
 class DeliveriesQuerySchema(Schema):

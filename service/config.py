@@ -75,6 +75,9 @@ class Settings:
     webhook_secret_overlap_seconds: int = 86400
     webhook_endpoint_cache_seconds: float = 5.0
     webhook_deliveries_ttl_days: int = 30
+    # Deliveries in flight at once to one endpoint, per webhook process (the others of that
+    # endpoint wait in the first delay queue, no attempt counted).
+    webhook_max_in_flight_per_endpoint: int = 4
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -156,6 +159,12 @@ class Settings:
             ),
             webhook_deliveries_ttl_days=reader.integer(
                 "WEBHOOK_DELIVERIES_TTL_DAYS", defaults.webhook_deliveries_ttl_days, 1, 3650
+            ),
+            webhook_max_in_flight_per_endpoint=reader.integer(
+                "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT",
+                defaults.webhook_max_in_flight_per_endpoint,
+                1,
+                1000,
             ),
         )
         if "AMQP_PREFIX" not in env and settings.mongodb_url is None:

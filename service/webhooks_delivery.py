@@ -3,12 +3,14 @@ over HTTP (`WebhookWorker`), and the HTTP adapter it sends with (`HttpSender`).
 
 Its own process (or, in `medevents run`, its own tasks and connection beside the API and the
 consumer), its own queue: a slow endpoint never delays job processing. `WEBHOOK_PREFETCH`
-deliveries run at once, each bounded by `WEBHOOK_TIMEOUT_SECONDS`, and a failed one goes to a
-delay queue instead of being held: a slow or failing endpoint delays no other endpoint's
-deliveries beyond taking some of the slots for at most the timeout.
+deliveries run at once, each bounded by `WEBHOOK_TIMEOUT_SECONDS`, at most
+`WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT` of them to one endpoint, and a failed one goes to a delay
+queue instead of being held: a slow or failing endpoint takes at most its cap of the slots,
+for at most the timeout, and the other endpoints keep the rest.
 
 The sender connects only to addresses it checked itself: aiohttp's connector asks
-`VettingResolver` for a name's addresses, which refuses the name when any of them is not
+`VettingResolver` for a name's addresses (resolved by `BoundedResolver`, on threads of its own
+and within `DNS_TIMEOUT_SECONDS`), which refuses the name when any of them is not
 public (`usecases.webhooks.address_refusal`), and connects to those addresses, with the name
 as the Host header and the TLS server name; an IP address in a URL is checked before the
 request. No proxy from the environment, no redirect (a 3xx is a failure), at most
@@ -24,42 +26,83 @@ import ipaddress
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 from yarl import URL
 
 from service.bootstrap import Services
 from service.domain.clock import utcnow
 from service.messaging.broker import BrokerUnavailable
+from service.messaging.job_queue import channel_closed
 from service.messaging.webhooks import WebhookMessage
 from service.storage.mongo import StoreUnavailable
-from service.usecases.webhooks import SendResult, WebhookDeliveries, address_refusal
+from service.usecases.webhooks import (
+    DnsTimeout,
+    SendResult,
+    WebhookDeliveries,
+    address_refusal,
+    getaddrinfo_bounded,
+)
 
 log = structlog.get_logger("medevents.webhooks")
 
 MAX_RESPONSE_BYTES = 4096
 OUTAGE_BACKOFF_SECONDS = 1.0
+OUTAGE_BACKOFF_MAX_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 RETENTION_EVERY_SECONDS = 3600.0
+# What `WebhookWorker._until_done` answers when the message went back to the queue.
+_SETTLED = object()
+T = TypeVar("T")
 
 
 class AddressRefused(OSError):
     """A webhook's host names an address it may not connect to."""
 
 
+class BoundedResolver(AbstractResolver):
+    """The system's resolver (getaddrinfo, /etc/hosts included) on the webhooks' own threads,
+    each lookup bounded by `DNS_TIMEOUT_SECONDS` (`usecases.webhooks.getaddrinfo_bounded`): a
+    stalled DNS server neither holds a delivery past that nor takes the event loop's shared
+    executor (aiohttp's `ThreadedResolver` used it, libuv's 4 threads under uvloop)."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        try:
+            infos = await getaddrinfo_bounded(host, port, family, socket.AI_ADDRCONFIG)
+        except DnsTimeout as exc:
+            raise OSError(f"{host}: {exc}") from None
+        return [
+            ResolveResult(
+                hostname=host,
+                host=address[0],  # a link-local IPv6 address (with a scope) is refused anyway
+                port=address[1],
+                family=info_family,
+                proto=proto,
+                flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+            for info_family, _, proto, _, address in infos
+            if info_family in (socket.AF_INET, socket.AF_INET6)
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
 class VettingResolver(AbstractResolver):
-    """Resolves with the system's resolver, then refuses the whole name when any of its
+    """Resolves with `BoundedResolver`, then refuses the whole name when any of its
     addresses is not public: the connector connects only to what this returns."""
 
     def __init__(self) -> None:
-        self._resolver = ThreadedResolver()
+        self._resolver: AbstractResolver = BoundedResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
@@ -163,8 +206,15 @@ def _is_ip(host: str) -> bool:
 
 class WebhookWorker:
     """Consumes the webhooks queue: each message one attempt (`WebhookDeliveries`), acked once
-    what follows it is queued; MongoDB or the broker unavailable: the message goes back to the
-    queue after a pause."""
+    what follows it is queued.
+
+    At most `WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT` attempts to one endpoint at once: a message
+    for an endpoint at its cap goes, unsent and as the same attempt, to the first delay queue
+    (held until a slot frees when the schedule is empty), so that one slow client cannot take
+    every one of the `WEBHOOK_PREFETCH` slots. MongoDB or the broker unavailable: the message
+    is kept and its step retried in place, with a growing pause, until they answer (a
+    requeue would count toward the queue's delivery limit and dead-letter it); only a bug
+    puts it back in the queue (counted)."""
 
     def __init__(self, services: Services) -> None:
         self._services = services
@@ -176,6 +226,9 @@ class WebhookWorker:
         self._deliveries = WebhookDeliveries(
             services.webhook_store, self._broker, self._sender, settings.webhook_retry_schedule
         )
+        self._per_endpoint = settings.webhook_max_in_flight_per_endpoint
+        self._sending: Counter[str] = Counter()  # endpoint id: attempts being sent
+        self._slot_freed = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
         self._retention: asyncio.Task | None = None
@@ -187,6 +240,7 @@ class WebhookWorker:
             "webhooks_started",
             queue=self._broker.topology.queue,
             prefetch=self._services.settings.webhook_prefetch,
+            per_endpoint=self._per_endpoint,
             schedule=list(self._services.settings.webhook_retry_schedule),
         )
 
@@ -205,22 +259,59 @@ class WebhookWorker:
             log.error("webhook_message_rejected", reason="not a webhook message")
             await _settle(message, requeue=False)  # dead-lettered by the queue
             return
+        endpoint_id = webhook.endpoint_id
+        if self._sending[endpoint_id] >= self._per_endpoint:
+            deferred = await self._until_done(message, lambda: self._deliveries.defer(webhook))
+            if deferred is _SETTLED:
+                return
+            if deferred:
+                log.info("webhook_deferred", endpoint_id=endpoint_id, webhook_id=webhook.webhook_id)
+                await _ack(message)
+                return
+        async with self._slot_freed:  # no delay queue (an empty schedule): wait for a slot
+            await self._slot_freed.wait_for(lambda: self._sending[endpoint_id] < self._per_endpoint)
+            self._sending[endpoint_id] += 1
         try:
-            await self._deliveries.deliver(webhook)
-        except (StoreUnavailable, BrokerUnavailable) as exc:
-            log.warning("webhook_attempt_postponed", error=str(exc)[:200])
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(OUTAGE_BACKOFF_SECONDS):
-                    await self._stopping.wait()
-            await _settle(message, requeue=True)
+            attempt = await self._until_done(message, lambda: self._deliveries.attempt(webhook))
+        finally:
+            async with self._slot_freed:
+                self._sending[endpoint_id] -= 1
+                if not self._sending[endpoint_id]:
+                    del self._sending[endpoint_id]
+                self._slot_freed.notify_all()
+        if attempt is _SETTLED:
             return
-        except Exception:
-            log.exception("webhook_attempt_failed")
-            await asyncio.sleep(OUTAGE_BACKOFF_SECONDS)
-            await _settle(message, requeue=True)  # the queue's delivery limit ends it
-            return
-        with contextlib.suppress(Exception):
-            await message.ack()
+        if attempt is not None:
+            concluded = await self._until_done(message, lambda: self._deliveries.conclude(attempt))
+            if concluded is _SETTLED:
+                return
+        await _ack(message)
+
+    async def _until_done(
+        self, message: AbstractIncomingMessage, step: Callable[[], Awaitable[T]]
+    ) -> T | object:
+        """`step()`, again and again while MongoDB or the broker is unavailable (a pause that
+        doubles, up to `OUTAGE_BACKOFF_MAX_SECONDS`), the message kept; `_SETTLED` when it went
+        back to the queue instead: the worker stops, its channel closed (the broker delivers
+        it again), or a bug (counted by the queue's delivery limit)."""
+        delay = OUTAGE_BACKOFF_SECONDS
+        while True:
+            try:
+                return await step()
+            except (StoreUnavailable, BrokerUnavailable) as exc:
+                if self._stopping.is_set() or channel_closed(message):
+                    await _settle(message, requeue=True)
+                    return _SETTLED
+                log.warning("webhook_step_postponed", error=str(exc)[:200], retry_in_s=delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):  # a pause that a stop cuts short
+                        await self._stopping.wait()
+                delay = min(delay * 2, OUTAGE_BACKOFF_MAX_SECONDS)
+            except Exception:
+                log.exception("webhook_attempt_failed")
+                await asyncio.sleep(OUTAGE_BACKOFF_SECONDS)
+                await _settle(message, requeue=True)  # the queue's delivery limit ends it
+                return _SETTLED
 
     async def _sweep(self) -> None:
         """Removes the attempts older than WEBHOOK_DELIVERIES_TTL_DAYS, every hour."""
@@ -252,6 +343,11 @@ class WebhookWorker:
         await self._sender.close()
         await self._broker.close()
         log.info("webhooks_stopped")
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    with contextlib.suppress(Exception):  # not heard of: delivered again (at least once)
+        await message.ack()
 
 
 async def _settle(message: AbstractIncomingMessage, *, requeue: bool) -> None:

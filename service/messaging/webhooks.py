@@ -19,6 +19,7 @@ attempt it is for (`WebhookMessage`). Every message is persistent and every publ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -296,7 +297,10 @@ class WebhookDeadLetters:
             raise BrokerUnavailable(repr(exc)) from exc
 
     async def replay(self, limit: int | None = None) -> int:
-        """Oldest first, at most the messages there when it starts (or `limit`)."""
+        """Oldest first, at most the messages there when it starts (or `limit` webhooks). A
+        message that is not a webhook's is left in the queue, for a person to look at, and
+        skipped: the replay goes on past it. `BrokerUnavailable` when a copy was not
+        confirmed (that dead letter stays; those before it were replayed)."""
         try:
             return await self._replay(limit)
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
@@ -312,20 +316,46 @@ class WebhookDeadLetters:
             waiting = dead.declaration_result.message_count or 0
             todo = waiting if limit is None else min(limit, waiting)
             replayed = 0
-            while replayed < todo:
-                message = await dead.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                webhook = WebhookMessage.of(message)
-                if webhook is None:  # not ours: left there, for a person to look at
-                    await message.nack(requeue=True)
-                    break
-                await exchange.publish(
-                    _amqp_message(webhook.first_attempt()), routing_key=DELIVER, mandatory=True
-                )
-                await message.ack()  # only once the broker confirmed the copy
-                replayed += 1
+            # Foreign messages stay unacked (so `get` moves past them) until the end, then go
+            # back to the queue; at most `waiting` messages are looked at.
+            skipped: list[AbstractIncomingMessage] = []
+            try:
+                for _ in range(waiting):
+                    if replayed >= todo:
+                        break
+                    message = await dead.get(no_ack=False, fail=False)
+                    if message is None:
+                        break
+                    webhook = WebhookMessage.of(message)
+                    if webhook is None:  # not ours: left there, for a person to look at
+                        skipped.append(message)
+                        continue
+                    try:
+                        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                            confirmation = await exchange.publish(
+                                _amqp_message(webhook.first_attempt()),
+                                routing_key=DELIVER,
+                                mandatory=True,
+                            )
+                    except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+                        await _requeue(message)
+                        raise BrokerUnavailable(repr(exc)) from exc
+                    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+                        await _requeue(message)
+                        raise BrokerUnavailable(
+                            f"the broker did not confirm the replayed copy: {confirmation!r}"
+                        )
+                    await message.ack()  # only once the broker confirmed the copy
+                    replayed += 1
+            finally:
+                for message in skipped:
+                    await _requeue(message)
             return replayed
+
+
+async def _requeue(message: AbstractIncomingMessage) -> None:
+    with contextlib.suppress(Exception):  # not heard of: it returns when the channel closes
+        await message.nack(requeue=True)
 
 
 async def delete_webhook_topology(

@@ -1,14 +1,21 @@
 """Webhook endpoints (`webhook_endpoints`) and the attempts to deliver to them
 (`webhook_deliveries`).
 
-An endpoint: `{_id, client_id, url, events, secrets: [{"key", "expires_at"}], created_at}`.
-`secrets` holds the signing secrets, newest first, stored as they sign (`whsec_...`);
+An endpoint: `{_id, client_id, url, events, secrets: [{"key", "expires_at"}], created_at,
+slot}`. `secrets` holds the signing secrets, newest first, stored as they sign (`whsec_...`);
 `expires_at` (epoch seconds, None: never) ends an old secret's overlap after a rotation.
+`slot` (0 to MAX_ENDPOINTS_PER_CLIENT - 1), unique per client (a unique index), makes the
+endpoint limit hold under concurrent registrations (`create_within_limit`).
+`secrets_version` (missing before the first rotation) counts the rotations: a rotation
+replaces `secrets` only if it is still the one it read (`rotate_secrets`), so two at once
+cannot both keep the same previous secret.
 
 An attempt: `{_id, endpoint_id, client_id, webhook_id, event_type, job_id, attempt, status,
-duration_ms, response_status, error, at, seq}`; `seq` (nanoseconds since the epoch, unique
-enough) orders an endpoint's attempts, newest first, served by `{endpoint_id, seq}`; `at`
-serves the retention (`remove_deliveries_before`).
+duration_ms, response_status, error, at, seq}`; `seq` (microseconds since the epoch and a
+per-process counter: two processes may give the same) then `_id` (unique) order an endpoint's
+attempts, newest first, served by `{endpoint_id, seq}`; a page's cursor is the last
+attempt's `(seq, _id)`, so equal `seq`s never make a page skip an attempt. `at` serves the
+retention (`remove_deliveries_before`).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from service.storage.mongo import unavailable_on_outage
 
@@ -34,7 +42,7 @@ _sequence = itertools.count()
 
 def _next_seq() -> int:
     # Nanoseconds, with a per-process counter in the last digits: attempts recorded in one
-    # process within one tick still sort apart.
+    # process within one tick still sort apart (two processes may collide: `_id` breaks ties).
     return time.time_ns() // 1000 * 1000 + next(_sequence) % 1000
 
 
@@ -49,6 +57,12 @@ class WebhookStore:
     @unavailable_on_outage
     async def _ensure_indexes(self) -> None:
         await self._endpoints.create_index([("client_id", ASCENDING)])
+        await self._endpoints.create_index(
+            [("client_id", ASCENDING), ("slot", ASCENDING)],
+            unique=True,
+            partialFilterExpression={"slot": {"$exists": True}},
+            name="client_id_slot_unique",
+        )
         await self._deliveries.create_index([("endpoint_id", ASCENDING), ("seq", DESCENDING)])
         await self._deliveries.create_index([("at", ASCENDING)])
 
@@ -58,6 +72,26 @@ class WebhookStore:
     async def create(self, endpoint: dict[str, Any]) -> dict[str, Any]:
         await self._endpoints.insert_one(endpoint)
         return endpoint
+
+    @unavailable_on_outage
+    async def create_within_limit(
+        self, endpoint: dict[str, Any], limit: int = MAX_ENDPOINTS_PER_CLIENT
+    ) -> dict[str, Any] | None:
+        """Insert `endpoint` in a free slot of its client's; None when the client has `limit`
+        endpoints. Two registrations racing for the last slot: one insert fails on the unique
+        index, and that one looks again."""
+        client_id = endpoint["client_id"]
+        while True:
+            found = await self._endpoints.find({"client_id": client_id}, {"slot": 1}).to_list()
+            if len(found) >= limit:
+                return None
+            used = {e.get("slot") for e in found}
+            slot = next(s for s in range(limit) if s not in used)
+            try:
+                await self._endpoints.insert_one({**endpoint, "slot": slot})
+            except DuplicateKeyError:
+                continue  # taken meanwhile
+            return {**endpoint, "slot": slot}
 
     @unavailable_on_outage
     async def count_for_client(self, client_id: str) -> int:
@@ -82,12 +116,20 @@ class WebhookStore:
         return deleted.deleted_count == 1
 
     @unavailable_on_outage
-    async def set_secrets(
-        self, endpoint_id: str, client_id: str, secrets: list[dict[str, Any]]
+    async def rotate_secrets(
+        self, endpoint: dict[str, Any], secrets: list[dict[str, Any]]
     ) -> dict[str, Any] | None:
+        """Replace the secrets of `endpoint` (as read) if no rotation changed them since:
+        `secrets_version` is still the one read (missing: never rotated); None otherwise (the
+        endpoint is gone, or another rotation came first)."""
+        version = endpoint.get("secrets_version")
         return await self._endpoints.find_one_and_update(
-            {"_id": endpoint_id, "client_id": client_id},
-            {"$set": {"secrets": secrets}},
+            {
+                "_id": endpoint["_id"],
+                "client_id": endpoint["client_id"],
+                "secrets_version": version,
+            },
+            {"$set": {"secrets": secrets, "secrets_version": (version or 0) + 1}},
             return_document=ReturnDocument.AFTER,
         )
 
@@ -104,14 +146,23 @@ class WebhookStore:
 
     @unavailable_on_outage
     async def deliveries(
-        self, endpoint_id: str, before_seq: int | None, limit: int
+        self, endpoint_id: str, before: tuple[int, str | None] | None, limit: int
     ) -> list[dict[str, Any]]:
-        """An endpoint's attempts, newest first, older than `before_seq`: `limit + 1` at most,
-        so that the caller knows whether more follow."""
+        """An endpoint's attempts, newest first (`seq`, then `_id`), after the cursor `before`
+        (the `(seq, _id)` of the previous page's last; `_id` None: every attempt of a lower
+        `seq`): `limit + 1` at most, so that the caller knows whether more follow."""
         query: dict[str, Any] = {"endpoint_id": endpoint_id}
-        if before_seq is not None:
-            query["seq"] = {"$lt": before_seq}
-        cursor = self._deliveries.find(query).sort("seq", DESCENDING).limit(limit + 1)
+        if before is not None:
+            seq, last_id = before
+            if last_id is None:
+                query["seq"] = {"$lt": seq}
+            else:
+                query["$or"] = [{"seq": {"$lt": seq}}, {"seq": seq, "_id": {"$lt": last_id}}]
+        cursor = (
+            self._deliveries.find(query)
+            .sort([("seq", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit + 1)
+        )
         return await cursor.to_list()
 
     @unavailable_on_outage

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -31,6 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -52,6 +54,8 @@ SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 # Jitter of each retry's delay: from 0.8 to 1.2 times its step.
 JITTER = 0.2
+# Rotations of one endpoint's secret that may come in between before one gives up (503).
+ROTATION_TRIES = 5
 
 
 # --- the address rules ---
@@ -59,6 +63,16 @@ JITTER = 0.2
 
 class UrlRefused(Exception):
     """A URL an endpoint may not have; the message says why (for a 422 on `$.url`)."""
+
+
+# Ranges refused besides what `ipaddress` calls non-global (it calls these global): the
+# deprecated site-local fec0::/10, 6to4 2002::/16 (it embeds an IPv4 address, 2002:7f00:1::1
+# is 127.0.0.1 behind a relay) and the IETF protocol assignments 192.0.0.0/24.
+REFUSED_NETWORKS = (
+    (ipaddress.ip_network("fec0::/10"), "site-local"),
+    (ipaddress.ip_network("2002::/16"), "6to4"),
+    (ipaddress.ip_network("192.0.0.0/24"), "reserved (IETF protocol assignments)"),
+)
 
 
 def address_refusal(address: str) -> str | None:
@@ -69,6 +83,9 @@ def address_refusal(address: str) -> str | None:
         return "is not an IP address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    for network, what in REFUSED_NETWORKS:
+        if ip.version == network.version and ip in network:
+            return f"{address} is a {what} address"
     for refused, what in (
         (ip.is_unspecified, "unspecified"),
         (ip.is_loopback, "loopback"),
@@ -83,14 +100,49 @@ def address_refusal(address: str) -> str | None:
     return None
 
 
+class DnsTimeout(OSError):
+    """A name did not resolve within `DNS_TIMEOUT_SECONDS`."""
+
+
+# Name resolution for webhooks (registration and delivery): the system's resolver
+# (getaddrinfo, /etc/hosts included) on a pool of `DNS_THREADS` threads of its own, each lookup
+# waited for at most `DNS_TIMEOUT_SECONDS`. A stalled DNS server holds at most these threads
+# (a thread cannot be interrupted: it stays until getaddrinfo returns), never the event loop's
+# shared executor (nor, under uvloop, libuv's pool), so it delays no other part of the process;
+# a lookup queued behind stalled ones times out like them.
+DNS_TIMEOUT_SECONDS = 5.0
+DNS_THREADS = 8
+_dns_pool: ThreadPoolExecutor | None = None
+
+
+def _dns_executor() -> ThreadPoolExecutor:
+    global _dns_pool
+    if _dns_pool is None:
+        _dns_pool = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
+    return _dns_pool
+
+
+async def getaddrinfo_bounded(
+    host: str, port: int, family: int = socket.AF_UNSPEC, flags: int = 0
+) -> list[tuple[Any, ...]]:
+    """`socket.getaddrinfo` (TCP) on the webhooks' own threads, within `DNS_TIMEOUT_SECONDS`
+    (`DnsTimeout` past it)."""
+    call = functools.partial(
+        socket.getaddrinfo, host, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP, flags
+    )
+    try:
+        async with asyncio.timeout(DNS_TIMEOUT_SECONDS):
+            return await asyncio.get_running_loop().run_in_executor(_dns_executor(), call)
+    except TimeoutError:
+        raise DnsTimeout(f"{host} did not resolve within {DNS_TIMEOUT_SECONDS:g} s") from None
+
+
 Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 
 async def resolve_host(host: str, port: int) -> list[str]:
-    """The addresses a name resolves to (the system's resolver, off the event loop)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
-    )
+    """The addresses a name resolves to (bounded: `getaddrinfo_bounded`)."""
+    infos = await getaddrinfo_bounded(host, port)
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
@@ -121,7 +173,12 @@ async def check_url(url: str, *, allow_insecure: bool, resolve: Resolve = resolv
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
         try:
-            addresses = await resolve(host, port or 443)
+            async with asyncio.timeout(DNS_TIMEOUT_SECONDS + 0.5):  # whatever `resolve` is
+                addresses = await resolve(host, port or 443)
+        except (DnsTimeout, TimeoutError):
+            raise UrlRefused(
+                f"{host} did not resolve within {DNS_TIMEOUT_SECONDS:g} s (try again later)"
+            ) from None
         except (OSError, UnicodeError):
             raise UrlRefused(f"{host} cannot be resolved") from None
     if not addresses:
@@ -221,10 +278,8 @@ class WebhookService:
     async def create(self, client_id: str, url: str, events: list[str]) -> dict[str, Any]:
         """The endpoint, with its secret (`UrlRefused`, `TooManyEndpoints`)."""
         await check_url(url, allow_insecure=self.allow_insecure, resolve=self.resolve)
-        if await self.store.count_for_client(client_id) >= MAX_ENDPOINTS_PER_CLIENT:
-            raise TooManyEndpoints(f"a client may register {MAX_ENDPOINTS_PER_CLIENT} endpoints")
         secret = new_secret()
-        endpoint = await self.store.create(
+        endpoint = await self.store.create_within_limit(
             {
                 "_id": str(uuid.uuid4()),
                 "client_id": client_id,
@@ -232,8 +287,11 @@ class WebhookService:
                 "events": list(dict.fromkeys(events)),
                 "secrets": [{"key": secret, "expires_at": None}],
                 "created_at": utcnow(),
-            }
+            },
+            MAX_ENDPOINTS_PER_CLIENT,
         )
+        if endpoint is None:
+            raise TooManyEndpoints(f"a client may register {MAX_ENDPOINTS_PER_CLIENT} endpoints")
         log.info("webhook_endpoint_created", endpoint_id=endpoint["_id"], events=endpoint["events"])
         return presented(endpoint, secret)
 
@@ -254,31 +312,41 @@ class WebhookService:
     async def rotate_secret(self, endpoint_id: str, client_id: str) -> dict[str, Any]:
         """A new secret, shown once; the one that signed until now keeps signing (beside it)
         for `WEBHOOK_SECRET_OVERLAP_SECONDS`; an older one stops at once."""
-        endpoint = await self.store.get_for_client(endpoint_id, client_id)
-        if endpoint is None:
-            raise EndpointNotFound(endpoint_id)
-        now = time.time()
-        current = endpoint["secrets"][0]["key"]
-        secret = new_secret()
-        kept = [{"key": secret, "expires_at": None}]
-        if self.secret_overlap_seconds > 0:
-            kept.append({"key": current, "expires_at": now + self.secret_overlap_seconds})
-        updated = await self.store.set_secrets(endpoint_id, client_id, kept)
-        if updated is None:
-            raise EndpointNotFound(endpoint_id)
+        for _ in range(ROTATION_TRIES):
+            endpoint = await self.store.get_for_client(endpoint_id, client_id)
+            if endpoint is None:
+                raise EndpointNotFound(endpoint_id)
+            now = time.time()
+            current = endpoint["secrets"][0]["key"]
+            secret = new_secret()
+            kept = [{"key": secret, "expires_at": None}]
+            if self.secret_overlap_seconds > 0:
+                kept.append({"key": current, "expires_at": now + self.secret_overlap_seconds})
+            # Only if no rotation came in between: two rotations at once are two in a row,
+            # each caller's secret signing (the first one's for the overlap).
+            updated = await self.store.rotate_secrets(endpoint, kept)
+            if updated is not None:
+                break
+        else:
+            raise StoreUnavailable("the secret kept changing under the rotation: try again")
         log.info("webhook_secret_rotated", endpoint_id=endpoint_id)
         return presented(updated, secret)
 
     async def deliveries(
-        self, endpoint_id: str, client_id: str, before_seq: int | None, limit: int
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """A page of the endpoint's attempts, newest first, and the cursor of the next."""
+        self,
+        endpoint_id: str,
+        client_id: str,
+        before: tuple[int, str | None] | None,
+        limit: int,
+    ) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
+        """A page of the endpoint's attempts, newest first, and the cursor of the next (the
+        last attempt's `(seq, _id)`)."""
         if await self.store.get_for_client(endpoint_id, client_id) is None:
             raise EndpointNotFound(endpoint_id)
-        found = await self.store.deliveries(endpoint_id, before_seq, limit)
+        found = await self.store.deliveries(endpoint_id, before, limit)
         more = len(found) > limit
         page = found[:limit]
-        return page, (page[-1]["seq"] if more and page else None)
+        return page, ((page[-1]["seq"], page[-1]["_id"]) if more and page else None)
 
 
 # --- notifying ---
@@ -394,10 +462,18 @@ class WebhookDeliveries:
         """Attempt it; the attempt's status (`delivered`, `retrying`, `failed`, `dead`), or
         `dropped` when its endpoint is gone. `StoreUnavailable`: nothing was sent, try
         later; `BrokerUnavailable`: sent, but its retry could not be queued."""
+        attempt = await self.attempt(message)
+        if attempt is None:
+            return "dropped"
+        return await self.conclude(attempt)
+
+    async def attempt(self, message: WebhookMessage) -> Attempt | None:
+        """Send it once; None when its endpoint is gone. `StoreUnavailable`: nothing was sent.
+        What follows (its retry or dead letter, its record) is `conclude`'s."""
         endpoint = await self._store.get(message.endpoint_id)
         if endpoint is None or endpoint.get("client_id") != message.client_id:
             log.info("webhook_dropped", reason="endpoint deleted", endpoint_id=message.endpoint_id)
-            return "dropped"
+            return None
         now = time.time()
         timestamp = int(now)
         headers = {
@@ -414,15 +490,22 @@ class WebhookDeliveries:
             status = "delivered"
         elif result.permanent:
             status = "failed"
-            await self._broker.set_aside(message)
         elif message.attempt <= len(self._schedule):
-            step = self._schedule[message.attempt - 1]
-            wait_ms = round(step * 1000 * random.uniform(1 - JITTER, 1 + JITTER))
-            await self._broker.retry_later(message.next_attempt(), step, wait_ms)
             status = "retrying"
         else:
             status = "dead"
+        return Attempt(message, result, status)
+
+    async def conclude(self, attempt: Attempt) -> str:
+        """Queue what follows an attempt (its retry, or its dead letter), then record it;
+        `BrokerUnavailable` when that could not be queued (call again: it is queued once
+        confirmed, never sent again)."""
+        message, result, status = attempt.message, attempt.result, attempt.status
+        if status in ("failed", "dead"):
             await self._broker.set_aside(message)
+        elif status == "retrying":
+            step = self._schedule[message.attempt - 1]
+            await self._broker.retry_later(message.next_attempt(), step, _jittered_ms(step))
         log.info(
             "webhook_attempt",
             endpoint_id=message.endpoint_id,
@@ -453,6 +536,29 @@ class WebhookDeliveries:
         except StoreUnavailable as exc:  # the attempt happened; only its record is lost
             log.warning("webhook_attempt_unrecorded", error=str(exc)[:200])
         return status
+
+    async def defer(self, message: WebhookMessage) -> bool:
+        """Not sent now (its endpoint has as many deliveries in flight as it may): the same
+        attempt into the first step's delay queue, with its jitter. False when the schedule
+        has no step (the caller holds it instead)."""
+        if not self._schedule:
+            return False
+        step = self._schedule[0]
+        await self._broker.retry_later(message, step, _jittered_ms(step))
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One sent attempt and its status, before what follows it is queued."""
+
+    message: WebhookMessage
+    result: SendResult
+    status: str
+
+
+def _jittered_ms(step: float) -> int:
+    return round(step * 1000 * random.uniform(1 - JITTER, 1 + JITTER))
 
 
 def retry_period_seconds(schedule: tuple[float, ...]) -> tuple[float, float]:

@@ -101,7 +101,7 @@ class PrivateResolver:
 async def test_delivery_refuses_a_name_resolving_to_a_private_address(
     aiohttp_client, settings, db, monkeypatch
 ):
-    monkeypatch.setattr("service.webhooks_delivery.ThreadedResolver", PrivateResolver)
+    monkeypatch.setattr("service.webhooks_delivery.BoundedResolver", PrivateResolver)
     safe = webhook_settings(settings, webhook_allow_insecure=False)
     api = await aiohttp_client(create_app(Services(safe, builtin_registry())))
     async with running(safe, consumer=False) as services:

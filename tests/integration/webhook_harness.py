@@ -73,6 +73,7 @@ class Receiver:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(60):
                     await self._released.wait()
+            return web.Response(status=504, text="released")
         if self.delay:
             await asyncio.sleep(self.delay)
         return web.Response(status=int(behaviour), text="ok")
