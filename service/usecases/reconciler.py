@@ -46,7 +46,6 @@ ends a job once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -59,6 +58,7 @@ from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeRecorder
+from service.usecases.periodic import Periodic
 
 log = structlog.get_logger("medevents.reconciler")
 
@@ -95,7 +95,6 @@ class JobReconciler:
         self._jobs = jobs
         self._entities = entities
         self._queue_depth = queue_depth
-        self._interval = interval_seconds
         self._grace = timedelta(seconds=grace_seconds)
         self._max_pending = timedelta(seconds=max_pending_seconds) if max_pending_seconds else None
         self._on_ended = on_ended
@@ -107,8 +106,7 @@ class JobReconciler:
         self._quiet_since: datetime | None = None
         # Jobs it ended whose writes could not be removed yet (MongoDB lost in between).
         self._undo_later: set[str] = set()
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic(self._run_step, interval_seconds, "reconcile")
 
     async def run_once(self) -> list[str]:
         """One run: the ids of the jobs it ended."""
@@ -194,24 +192,11 @@ class JobReconciler:
             self._undo_later.discard(job_id)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        """Stops between runs, never inside one (a task cancelled inside a driver call can
-        leave the driver's locks held)."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
+        await self._periodic.stop()
 
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self._notify_left_over()
-                await self.run_once()
-            except StoreUnavailable as exc:
-                log.warning("reconcile_skipped", error=str(exc)[:200])
-            except Exception:
-                log.exception("reconcile_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._stop.wait()
+    async def _run_step(self) -> None:
+        await self._notify_left_over()
+        await self.run_once()

@@ -9,8 +9,6 @@ consumers sweeping at once only delete the same documents twice.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from datetime import datetime, timedelta
 
 import structlog
@@ -18,8 +16,8 @@ import structlog
 from service.domain.clock import utcnow
 from service.domain.outcome_counts import KEPT_FOR as OUTCOME_MINUTES_KEPT_FOR
 from service.storage.jobs import JobStore
-from service.storage.mongo import StoreUnavailable
 from service.storage.outcome_stats import OutcomeStats
+from service.usecases.periodic import Periodic
 
 log = structlog.get_logger("medevents.retention")
 
@@ -37,9 +35,7 @@ class RetentionSweeper:
         self._jobs = jobs
         self._outcome_stats = outcome_stats
         self._ttl = timedelta(days=ttl_days)
-        self._interval = interval_seconds
-        self._stop = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._periodic = Periodic(self.sweep_once, interval_seconds, "retention_sweep")
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         now = now or utcnow()
@@ -51,23 +47,7 @@ class RetentionSweeper:
         return removed
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._periodic.start()
 
     async def stop(self) -> None:
-        """Stops between sweeps, never inside one: a task cancelled inside a driver call can
-        leave the driver's locks held."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.sweep_once()
-            except StoreUnavailable as exc:
-                log.warning("retention_sweep_skipped", error=str(exc)[:200])
-            except Exception:
-                log.exception("retention_sweep_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._stop.wait()
+        await self._periodic.stop()
