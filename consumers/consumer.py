@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import structlog
@@ -24,12 +23,13 @@ from aio_pika.abc import AbstractIncomingMessage
 from service.domain.jobs import job_href, job_id_of_message
 from service.messaging.broker import DELIVERY_LIMIT
 from service.messaging.headers import data_root_in, delivery_count, request_id_in
-from service.messaging.job_queue import JobQueue, channel_closed
+from service.messaging.job_queue import JobQueue, channel_closed, handle_shielded
 from service.observability.metrics import DEAD_LETTERED, REDELIVERIES
 from service.storage.mongo import StoreUnavailable
 from service.usecases.load_reports import LoadReporter
 from service.usecases.processing import Delivery, JobIdTaken, SubmissionProcessor
 from service.usecases.reconciler import JobReconciler
+from service.usecases.running import pause
 from service.usecases.submissions import ParsedBody, parse_body_off_loop
 from service.usecases.webhooks import WebhookNotifier
 
@@ -104,13 +104,7 @@ class JobConsumer:
         return await self._queue.depth()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        """aio-pika's task for a delivery. The work runs in a task of our own, shielded:
-        aiormq cancels its delivery tasks when the channel closes, and a cancellation that
-        lands inside a driver call can leave the driver's locks held for good."""
-        task = asyncio.create_task(self._handle(message))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        await asyncio.shield(task)
+        await handle_shielded(self._in_flight, self._handle(message))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
@@ -204,9 +198,7 @@ class JobConsumer:
             return True
         except Exception as exc:
             log.warning("job_webhooks_not_published", error=repr(exc)[:200])
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(OUTAGE_BACKOFF_START):
-                await self._stopping.wait()
+        await pause(self._stopping, OUTAGE_BACKOFF_START)
         await self._settle(message, "nack")
         return False
 
@@ -229,7 +221,5 @@ class JobConsumer:
                     await self._settle(message, "nack")
                     return None
                 log.warning("mongodb_unavailable", error=str(exc)[:200], retry_in_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):  # a pause that a stop cuts short
-                        await self._stopping.wait()
+                await pause(self._stopping, delay)
                 delay = min(delay * 2, OUTAGE_BACKOFF_MAX)

@@ -16,6 +16,7 @@ from consumers.consumer import JobConsumer
 from service.bootstrap import Services
 from service.config import Settings
 from service.observability.metrics import QUEUE_DEPTH
+from service.usecases.running import pause, stop_on_signals
 
 log = structlog.get_logger("medevents.worker")
 # `medevents run` says that its consumer could not start as the app's own line.
@@ -41,10 +42,7 @@ def build_consumer(services: Services) -> JobConsumer:
 async def run_consumer(services: Services) -> None:
     """`medevents consumer`: consume until SIGTERM or SIGINT, then stop cleanly (messages in
     flight finish or go back to the queue) and close what the bootstrap opened."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with services:
         # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
         await services.prepare_storage()
@@ -113,6 +111,4 @@ async def _track_queue_depth(consumer: JobConsumer, stop: asyncio.Event) -> None
         depth = await consumer.queue_depth()
         if depth is not None:
             QUEUE_DEPTH.set(depth)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(QUEUE_DEPTH_EVERY_SECONDS):
-                await stop.wait()
+        await pause(stop, QUEUE_DEPTH_EVERY_SECONDS)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from marshmallow import Schema, ValidationError, fields, post_load
 from marshmallow.schema import SCHEMA
@@ -70,6 +70,7 @@ MAX_PAGE_SIZE = 300
 REPEATED = Rule("unique", "the property is given more than once")
 
 _INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+T = TypeVar("T")
 
 
 class QueryInteger(Integer):
@@ -258,11 +259,13 @@ EPISODE_LIST_QUERIES = {
 }
 
 
-def load_query(
-    kind: EntityKind, parameters: Iterable[tuple[str, str]], *, in_episode: bool = False
-) -> ListQuery:
-    """The query of a list from its query string's (name, value) pairs; a `ValidationError`
-    with every error at once (its `messages` for `schemas.validation.invalid_entries`)."""
+def load_query_string(
+    parameters: Iterable[tuple[str, str]], load: Callable[[dict[str, str]], T]
+) -> T:
+    """What `load` makes of a query string's (name, value) pairs, each name taken once; a
+    `ValidationError` with every error at once (its `messages` for
+    `schemas.validation.invalid_entries`): those `load` raises, and `REPEATED` on each name
+    given more than once."""
     values: dict[str, str] = {}
     repeated: list[str] = []
     for name, value in parameters:
@@ -270,20 +273,28 @@ def load_query(
             repeated.append(name)
         else:
             values[name] = value
-    schema = (EPISODE_LIST_QUERIES if in_episode else LIST_QUERIES)[kind.collection]
     try:
-        query = schema.load(values)
+        loaded = load(values)
     except ValidationError as error:
         messages = error.messages if isinstance(error.messages, dict) else {SCHEMA: error.messages}
     else:
         if not repeated:
-            return query
+            return loaded
         messages = {}
     for name in dict.fromkeys(repeated):
         rules = messages.setdefault(name, [])
         if isinstance(rules, list) and REPEATED not in rules:
             rules.append(REPEATED)
     raise ValidationError(messages)
+
+
+def load_query(
+    kind: EntityKind, parameters: Iterable[tuple[str, str]], *, in_episode: bool = False
+) -> ListQuery:
+    """The query of a list from its query string's (name, value) pairs; a `ValidationError`
+    with every error at once (its `messages` for `schemas.validation.invalid_entries`)."""
+    schema = (EPISODE_LIST_QUERIES if in_episode else LIST_QUERIES)[kind.collection]
+    return load_query_string(parameters, schema.load)
 
 
 # --- The page ------------------------------------------------------------------------------------

@@ -37,9 +37,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load
-from marshmallow.schema import SCHEMA
 
-from schemas.entity_queries import REPEATED, ListMetaSchema, QueryInteger
+from schemas.entity_queries import ListMetaSchema, QueryInteger, load_query_string
 from schemas.envelope import Meta
 from schemas.jobs import job_data_schema
 from schemas.rules import (
@@ -185,27 +184,15 @@ def load_job_list_query(
     """The client's query from its query string's (name, value) pairs, `client_id` set and
     `after` taken from the page token; a `ValidationError` with every error at once (its
     `messages` for `schemas.validation.invalid_entries`)."""
-    values: dict[str, str] = {}
-    repeated: list[str] = []
-    for name, value in parameters:
-        if name in values:
-            repeated.append(name)
-        else:
-            values[name] = value
-    messages: dict[str, Any] = {}
-    try:
-        query, token = job_list_query_schema(tuple(type_names)).load(values)
-    except ValidationError as error:
-        messages = error.messages if isinstance(error.messages, dict) else {SCHEMA: error.messages}
-    else:
+    schema = job_list_query_schema(tuple(type_names))
+
+    def load(values: dict[str, str]) -> tuple[JobQuery, PageToken | None]:
+        query, token = schema.load(values)
         if token is not None and token.binding != _binding(client_id, query):
-            messages = {"page_token": [NOT_OUR_TOKEN]}
-    for name in dict.fromkeys(repeated):
-        rules = messages.setdefault(name, [])
-        if isinstance(rules, list) and REPEATED not in rules:
-            rules.append(REPEATED)
-    if messages:
-        raise ValidationError(messages)
+            raise ValidationError({"page_token": [NOT_OUR_TOKEN]})
+        return query, token
+
+    query, token = load_query_string(parameters, load)
     return replace(query, client_id=client_id, after=token.after if token else None)
 
 

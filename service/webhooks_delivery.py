@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import signal
 import socket
 import time
 from collections import Counter
@@ -40,9 +39,10 @@ from yarl import URL
 from service.bootstrap import Services
 from service.domain.clock import utcnow
 from service.messaging.broker import BrokerUnavailable
-from service.messaging.job_queue import channel_closed
+from service.messaging.job_queue import channel_closed, handle_shielded
 from service.messaging.webhooks import WebhookMessage
 from service.storage.mongo import StoreUnavailable
+from service.usecases.running import pause, stop_on_signals
 from service.usecases.webhooks import (
     DnsTimeout,
     SendResult,
@@ -245,10 +245,7 @@ class WebhookWorker:
         )
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._handle(message))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        await asyncio.shield(task)
+        await handle_shielded(self._in_flight, self._handle(message))
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         if self._stopping.is_set():
@@ -303,9 +300,7 @@ class WebhookWorker:
                     await _settle(message, requeue=True)
                     return _SETTLED
                 log.warning("webhook_step_postponed", error=str(exc)[:200], retry_in_s=delay)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):  # a pause that a stop cuts short
-                        await self._stopping.wait()
+                await pause(self._stopping, delay)
                 delay = min(delay * 2, OUTAGE_BACKOFF_MAX_SECONDS)
             except Exception:
                 log.exception("webhook_attempt_failed")
@@ -327,9 +322,7 @@ class WebhookWorker:
                 pass
             except Exception:
                 log.exception("webhook_deliveries_sweep_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETENTION_EVERY_SECONDS):
-                    await self._stopping.wait()
+            await pause(self._stopping, RETENTION_EVERY_SECONDS)
 
     async def stop(self) -> None:
         if self._stopping.is_set():
@@ -363,10 +356,7 @@ def build_worker(services: Services) -> WebhookWorker:
 
 async def run_webhooks(services: Services) -> None:
     """`medevents webhooks`: deliver until SIGTERM or SIGINT, then stop cleanly."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     async with services:
         await services.prepare_storage()
         worker = build_worker(services)

@@ -60,6 +60,42 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref("ErrorEnvelope"), described[s]) for s in statuses}
 
 
+def _operation(
+    spec: APISpec,
+    path: str,
+    method: str,
+    summary: str,
+    *,
+    responses: dict[str, Any],
+    errors: tuple[int, ...] = (),
+    then: dict[str, Any] | None = None,
+    description: str | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    body_required: bool | None = None,
+    secured: bool = True,
+) -> None:
+    """Declare one operation of `path`: its summary, its description, the bearer token
+    (unless not `secured`), its parameters, its request body (the schema `body` names), and
+    its `responses`, then the error envelope's for `errors`, then `then`."""
+    operation: dict[str, Any] = {"summary": summary}
+    if description is not None:
+        operation["description"] = description
+    if secured:
+        operation["security"] = [{"bearer": []}]
+    if parameters is not None:
+        operation["parameters"] = parameters
+    if body is not None:
+        content = {JSON: {"schema": _ref(body)}}
+        operation["requestBody"] = (
+            {"content": content}
+            if body_required is None
+            else {"required": body_required, "content": content}
+        )
+    operation["responses"] = {**responses, **_errors(*errors), **(then or {})}
+    spec.path(path=path, operations={method: operation})
+
+
 def body_name(job_type: JobType) -> str:
     """The name of a submission's body in the document: its schema's (`EncounterPackage`)."""
     return type(job_type.schema).__name__.removesuffix("Schema")
@@ -133,7 +169,6 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
     for name, schema in envelopes.items():
         spec.components.schema(name, schema=schema)
 
-    secured = [{"bearer": []}]
     job_id = {
         "name": "job_id",
         "in": "path",
@@ -149,148 +184,129 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
     }
     retry_after = {"Retry-After": {"schema": {"type": "integer", "minimum": 1, "maximum": 30}}}
     etag = {"ETag": {"schema": {"type": "string"}}}
-    spec.path(
-        path="/api/jobs/{job_id}",
-        operations={
-            "get": {
-                "summary": "The processing status of an async job (scope job:read)",
-                "security": secured,
-                "parameters": [
-                    job_id,
-                    {
-                        "name": "wait",
-                        "in": "query",
-                        "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
-                        "description": "Long poll: answer when the job leaves pending, or"
-                        " after this many seconds",
-                    },
-                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "Pending, failed or failed_with_error",
-                        "headers": {**etag, **retry_after},
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "oneOf": [
-                                        _ref("PendingJobEnvelope"),
-                                        _ref("FailedWithMessageJobEnvelope"),
-                                        _ref("FailedWithTypedErrorJobEnvelope"),
-                                        _ref("FailedValidationJobEnvelope"),
-                                    ]
-                                }
-                            }
-                        },
-                    },
-                    "303": {
-                        "description": "Processed: links to what was created (no Location)",
-                        "headers": etag,
-                        "content": {JSON: {"schema": _ref("ProcessedJobEnvelope")}},
-                    },
-                    "304": {"description": "Unchanged since the ETag given", "headers": etag},
-                    **_errors(401, 403, 404, 503, 500),
+    _operation(
+        spec,
+        "/api/jobs/{job_id}",
+        "get",
+        "The processing status of an async job (scope job:read)",
+        parameters=[
+            job_id,
+            {
+                "name": "wait",
+                "in": "query",
+                "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS},
+                "description": "Long poll: answer when the job leaves pending, or"
+                " after this many seconds",
+            },
+            {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+        ],
+        responses={
+            "200": {
+                "description": "Pending, failed or failed_with_error",
+                "headers": {**etag, **retry_after},
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "oneOf": [
+                                _ref("PendingJobEnvelope"),
+                                _ref("FailedWithMessageJobEnvelope"),
+                                _ref("FailedWithTypedErrorJobEnvelope"),
+                                _ref("FailedValidationJobEnvelope"),
+                            ]
+                        }
+                    }
                 },
-            }
+            },
+            "303": {
+                "description": "Processed: links to what was created (no Location)",
+                "headers": etag,
+                "content": {JSON: {"schema": _ref("ProcessedJobEnvelope")}},
+            },
+            "304": {"description": "Unchanged since the ETag given", "headers": etag},
         },
+        errors=(401, 403, 404, 503, 500),
     )
     for job_type in registry.submitted_over_http:
         assert job_type.http is not None
-        spec.path(
-            path=job_type.http.path,
-            operations={
-                job_type.http.method.lower(): {
-                    "summary": f"{job_type.http.summary} (scope {job_type.required_scope})",
-                    "description": _signed_content_description(job_type),
-                    "security": secured,
-                    "parameters": [patient_id, *_other_path_parameters(job_type.http.path)],
-                    "requestBody": {
-                        "required": True,
-                        "content": {JSON: {"schema": _ref(body_name(job_type))}},
-                    },
-                    "responses": {
-                        "202": {
-                            "description": "Accepted: the pending job",
-                            "headers": {
-                                "Location": {"schema": {"type": "string"}},
-                                **retry_after,
-                            },
-                            "content": {JSON: {"schema": _ref("PendingJobEnvelope")}},
-                        },
-                        **_errors(401, 403, 404, 408, 409, 413, 422, 503, 500),
-                    },
-                }
-            },
-        )
-    spec.path(
-        path="/api/patients/{patient_id}/{collection}/{entity_id}",
-        operations={
-            "get": {
-                "summary": "An entity a processed job created (scope <entity>:read)",
-                "security": secured,
-                "parameters": [
-                    patient_id,
-                    {
-                        "name": "collection",
-                        "in": "path",
-                        "required": True,
-                        "schema": {
-                            "type": "string",
-                            "enum": [kind.collection for kind in READABLE_KINDS],
-                        },
-                    },
-                    {
-                        "name": "entity_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The entity",
-                        "headers": etag,
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "oneOf": [_ref(envelope_name(kind)) for kind in READABLE_KINDS]
-                                }
-                            }
-                        },
-                    },
-                    "304": {"description": "Unchanged since the ETag given", "headers": etag},
-                    **_errors(401, 403, 404, 503, 500),
+        _operation(
+            spec,
+            job_type.http.path,
+            job_type.http.method.lower(),
+            f"{job_type.http.summary} (scope {job_type.required_scope})",
+            description=_signed_content_description(job_type),
+            parameters=[patient_id, *_other_path_parameters(job_type.http.path)],
+            body=body_name(job_type),
+            body_required=True,
+            responses={
+                "202": {
+                    "description": "Accepted: the pending job",
+                    "headers": {"Location": {"schema": {"type": "string"}}, **retry_after},
+                    "content": {JSON: {"schema": _ref("PendingJobEnvelope")}},
                 },
-            }
+            },
+            errors=(401, 403, 404, 408, 409, 413, 422, 503, 500),
+        )
+    _operation(
+        spec,
+        "/api/patients/{patient_id}/{collection}/{entity_id}",
+        "get",
+        "An entity a processed job created (scope <entity>:read)",
+        parameters=[
+            patient_id,
+            {
+                "name": "collection",
+                "in": "path",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "enum": [kind.collection for kind in READABLE_KINDS],
+                },
+            },
+            {
+                "name": "entity_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+            {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+        ],
+        responses={
+            "200": {
+                "description": "The entity",
+                "headers": etag,
+                "content": {
+                    JSON: {
+                        "schema": {"oneOf": [_ref(envelope_name(kind)) for kind in READABLE_KINDS]}
+                    }
+                },
+            },
+            "304": {"description": "Unchanged since the ETag given", "headers": etag},
         },
+        errors=(401, 403, 404, 503, 500),
     )
-    _entity_list_paths(spec, secured, patient_id, etag)
+    _entity_list_paths(spec, patient_id, etag)
     for path, summary in (
         ("/health/live", "The process serves requests"),
         ("/health/ready", "MongoDB and the broker answer"),
     ):
-        spec.path(
-            path=path,
-            operations={
-                "get": {
-                    "summary": summary,
-                    "responses": {
-                        "200": _json(_ref("HealthEnvelope"), "Ready"),
-                        "503": _json(_ref("HealthEnvelope"), "Not ready"),
-                    },
-                }
+        _operation(
+            spec,
+            path,
+            "get",
+            summary,
+            secured=False,
+            responses={
+                "200": _json(_ref("HealthEnvelope"), "Ready"),
+                "503": _json(_ref("HealthEnvelope"), "Not ready"),
             },
         )
-    _admin_paths(spec, secured, job_id)
-    _client_job_paths(spec, plugin, secured, job_id, registry)
-    _webhook_paths(spec, secured)
+    _admin_paths(spec, job_id)
+    _client_job_paths(spec, plugin, job_id, registry)
+    _webhook_paths(spec)
     return spec.to_dict()
 
 
-def _entity_list_paths(
-    spec: APISpec, secured: list[dict], patient_id: dict[str, Any], etag: dict[str, Any]
-) -> None:
+def _entity_list_paths(spec: APISpec, patient_id: dict[str, Any], etag: dict[str, Any]) -> None:
     """A patient's lists, one path per kind with its filters, and the reads in an episode's
     context (scope `<entity>:read` of the kind)."""
     episode_id = {
@@ -306,94 +322,86 @@ def _entity_list_paths(
         _ref("ErrorEnvelope"), "A query parameter unknown or malformed (`invalid` says which)"
     )
 
-    def page_of(kind: EntityKind, query: Any, context: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "get": {
-                "summary": f"The patient's {kind.collection.replace('_', ' ')}, newest first,"
-                f" a page at a time (scope {kind.entity}:read)",
-                "security": secured,
-                "parameters": [
-                    patient_id,
-                    *context,
-                    {"in": "query", "schema": query},
-                    if_none_match,
-                ],
-                "responses": {
-                    "200": {
-                        "description": "A page",
-                        "headers": etag,
-                        "content": {JSON: {"schema": _ref(page_envelope_name(kind))}},
-                    },
-                    "304": not_modified,
-                    **_errors(401, 403, 404, 503, 500),
-                    "422": bad_query,
+    def page_of(path: str, kind: EntityKind, query: Any, context: list[dict[str, Any]]) -> None:
+        _operation(
+            spec,
+            path,
+            "get",
+            f"The patient's {kind.collection.replace('_', ' ')}, newest first,"
+            f" a page at a time (scope {kind.entity}:read)",
+            parameters=[patient_id, *context, {"in": "query", "schema": query}, if_none_match],
+            responses={
+                "200": {
+                    "description": "A page",
+                    "headers": etag,
+                    "content": {JSON: {"schema": _ref(page_envelope_name(kind))}},
                 },
-            }
-        }
+                "304": not_modified,
+            },
+            errors=(401, 403, 404, 503, 500),
+            then={"422": bad_query},
+        )
 
     for kind in READABLE_KINDS:
-        spec.path(
-            path=f"/api/patients/{{patient_id}}/{kind.collection}",
-            operations=page_of(kind, LIST_QUERIES[kind.collection], []),
+        page_of(
+            f"/api/patients/{{patient_id}}/{kind.collection}",
+            kind,
+            LIST_QUERIES[kind.collection],
+            [],
         )
     for kind in ALL_ENTITY_KINDS:
-        spec.path(
-            path=f"/api/patients/{{patient_id}}/episodes/{{episode_id}}/{kind.collection}",
-            operations=page_of(kind, EPISODE_LIST_QUERIES[kind.collection], [episode_id]),
+        page_of(
+            f"/api/patients/{{patient_id}}/episodes/{{episode_id}}/{kind.collection}",
+            kind,
+            EPISODE_LIST_QUERIES[kind.collection],
+            [episode_id],
         )
-    spec.path(
-        path="/api/patients/{patient_id}/episodes/{episode_id}/{collection}/{entity_id}",
-        operations={
-            "get": {
-                "summary": "An entity recorded in one of the patient's episodes"
-                " (scope <entity>:read)",
-                "security": secured,
-                "parameters": [
-                    patient_id,
-                    episode_id,
-                    {
-                        "name": "collection",
-                        "in": "path",
-                        "required": True,
-                        "schema": {
-                            "type": "string",
-                            "enum": [kind.collection for kind in ALL_ENTITY_KINDS],
-                        },
-                    },
-                    {
-                        "name": "entity_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                    if_none_match,
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The entity",
-                        "headers": etag,
-                        "content": {
-                            JSON: {
-                                "schema": {
-                                    "oneOf": [
-                                        _ref(envelope_name(kind)) for kind in ALL_ENTITY_KINDS
-                                    ]
-                                }
-                            }
-                        },
-                    },
-                    "304": not_modified,
-                    **_errors(401, 403, 404, 503, 500),
+    _operation(
+        spec,
+        "/api/patients/{patient_id}/episodes/{episode_id}/{collection}/{entity_id}",
+        "get",
+        "An entity recorded in one of the patient's episodes (scope <entity>:read)",
+        parameters=[
+            patient_id,
+            episode_id,
+            {
+                "name": "collection",
+                "in": "path",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "enum": [kind.collection for kind in ALL_ENTITY_KINDS],
                 },
-            }
+            },
+            {
+                "name": "entity_id",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+            },
+            if_none_match,
+        ],
+        responses={
+            "200": {
+                "description": "The entity",
+                "headers": etag,
+                "content": {
+                    JSON: {
+                        "schema": {
+                            "oneOf": [_ref(envelope_name(kind)) for kind in ALL_ENTITY_KINDS]
+                        }
+                    }
+                },
+            },
+            "304": not_modified,
         },
+        errors=(401, 403, 404, 503, 500),
     )
 
 
 def _client_job_paths(
     spec: APISpec,
     plugin: MarshmallowPlugin,
-    secured: list[dict],
     job_id: dict[str, Any],
     registry: JobTypeRegistry,
 ) -> None:
@@ -425,55 +433,49 @@ def _client_job_paths(
     spec.components.schema("JobListPage", schema=job_query_schemas.JOB_LIST_PAGE)
     spec.components.schema("CancelRequest", schema=job_query_schemas.CANCEL_REQUEST)
     query = job_query_schemas.job_list_query_schema(tuple(registry.names))
-    spec.path(
-        path="/api/jobs",
-        operations={
-            "get": {
-                "summary": "The caller's own jobs, newest first, a page at a time (scope job:read)",
-                "description": "Each item as GET /api/jobs/{job_id} renders its `data`, after"
-                " its `id` and `type`. `paging.next_page_token` (null on the last page) is"
-                " given back as `page_token` with the same filters for the next page.",
-                "security": secured,
-                "parameters": [{"in": "query", "schema": query}],
-                "responses": {
-                    "200": _json(_ref("JobListPage"), "A page of the caller's jobs"),
-                    **_errors(401, 403, 503, 500),
-                    "422": _json(
-                        _ref("ErrorEnvelope"),
-                        "A query parameter unknown, malformed, given twice, or a page token"
-                        " not of this list (`invalid` says which)",
-                    ),
-                },
-            }
+    _operation(
+        spec,
+        "/api/jobs",
+        "get",
+        "The caller's own jobs, newest first, a page at a time (scope job:read)",
+        description="Each item as GET /api/jobs/{job_id} renders its `data`, after its `id`"
+        " and `type`. `paging.next_page_token` (null on the last page) is given back as"
+        " `page_token` with the same filters for the next page.",
+        parameters=[{"in": "query", "schema": query}],
+        responses={"200": _json(_ref("JobListPage"), "A page of the caller's jobs")},
+        errors=(401, 403, 503, 500),
+        then={
+            "422": _json(
+                _ref("ErrorEnvelope"),
+                "A query parameter unknown, malformed, given twice, or a page token"
+                " not of this list (`invalid` says which)",
+            ),
         },
     )
-    spec.path(
-        path="/api/jobs/{job_id}/actions/cancel",
-        operations={
-            "post": {
-                "summary": "Cancel the caller's pending job: it ends failed, status_code 499"
-                " (scope job:read and the scope submitting its type needs)",
-                "security": secured,
-                "parameters": [job_id],
-                "requestBody": {
-                    "required": False,
-                    "content": {JSON: {"schema": _ref("CancelRequest")}},
-                },
-                "responses": {
-                    "200": _json(
-                        _ref("FailedWithTypedErrorJobEnvelope"),
-                        "Cancelled: the job as GET /api/jobs/{job_id} renders it now",
-                    ),
-                    **_errors(401, 403, 404, 408, 413, 503, 500),
-                    "409": _json(_ref("ErrorEnvelope"), "The job has already finished"),
-                    "422": _json(_ref("ErrorEnvelope"), "A body that is not `{}`"),
-                },
-            }
+    _operation(
+        spec,
+        "/api/jobs/{job_id}/actions/cancel",
+        "post",
+        "Cancel the caller's pending job: it ends failed, status_code 499"
+        " (scope job:read and the scope submitting its type needs)",
+        parameters=[job_id],
+        body="CancelRequest",
+        body_required=False,
+        responses={
+            "200": _json(
+                _ref("FailedWithTypedErrorJobEnvelope"),
+                "Cancelled: the job as GET /api/jobs/{job_id} renders it now",
+            ),
+        },
+        errors=(401, 403, 404, 408, 413, 503, 500),
+        then={
+            "409": _json(_ref("ErrorEnvelope"), "The job has already finished"),
+            "422": _json(_ref("ErrorEnvelope"), "A body that is not `{}`"),
         },
     )
 
 
-def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> None:
+def _admin_paths(spec: APISpec, job_id: dict[str, Any]) -> None:
     """The operators' endpoints (scope jobs:admin)."""
     for name, schema in {
         "AdminJobPage": admin_schemas.ADMIN_JOB_PAGE,
@@ -483,64 +485,45 @@ def _admin_paths(spec: APISpec, secured: list[dict], job_id: dict[str, Any]) -> 
         "ReplayRequest": admin_schemas.REPLAY_REQUEST,
     }.items():
         spec.components.schema(name, schema=schema)
-    errors = _errors(401, 403, 422, 503, 500)
-    spec.path(
-        path="/api/admin/jobs",
-        operations={
-            "get": {
-                "summary": "Jobs of every client, newest first, a page at a time (jobs:admin)",
-                "security": secured,
-                "parameters": [{"in": "query", "schema": admin_schemas.AdminJobsQuerySchema}],
-                "responses": {"200": _json(_ref("AdminJobPage"), "A page of jobs"), **errors},
-            }
-        },
+    _operation(
+        spec,
+        "/api/admin/jobs",
+        "get",
+        "Jobs of every client, newest first, a page at a time (jobs:admin)",
+        parameters=[{"in": "query", "schema": admin_schemas.AdminJobsQuerySchema}],
+        responses={"200": _json(_ref("AdminJobPage"), "A page of jobs")},
+        errors=(401, 403, 422, 503, 500),
     )
-    spec.path(
-        path="/api/admin/jobs/{job_id}",
-        operations={
-            "get": {
-                "summary": "Any client's job (jobs:admin)",
-                "security": secured,
-                "parameters": [job_id],
-                "responses": {
-                    "200": _json(_ref("AdminJobEnvelope"), "The job"),
-                    **_errors(401, 403, 404, 503, 500),
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/admin/jobs/{job_id}",
+        "get",
+        "Any client's job (jobs:admin)",
+        parameters=[job_id],
+        responses={"200": _json(_ref("AdminJobEnvelope"), "The job")},
+        errors=(401, 403, 404, 503, 500),
     )
-    spec.path(
-        path="/api/admin/stats",
-        operations={
-            "get": {
-                "summary": "Pending jobs, finished jobs by outcome, processing time, queues"
-                " (jobs:admin)",
-                "security": secured,
-                "responses": {
-                    "200": _json(_ref("StatsEnvelope"), "The counts"),
-                    **_errors(401, 403, 503, 500),
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/admin/stats",
+        "get",
+        "Pending jobs, finished jobs by outcome, processing time, queues (jobs:admin)",
+        responses={"200": _json(_ref("StatsEnvelope"), "The counts")},
+        errors=(401, 403, 503, 500),
     )
-    spec.path(
-        path="/api/admin/dead-letters/replay",
-        operations={
-            "post": {
-                "summary": "Move dead-lettered messages back to the work queue: all, by job id,"
-                " or the oldest N (jobs:admin)",
-                "security": secured,
-                "requestBody": {"content": {JSON: {"schema": _ref("ReplayRequest")}}},
-                "responses": {
-                    "200": _json(_ref("ReplayedEnvelope"), "How many were replayed"),
-                    **errors,
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/admin/dead-letters/replay",
+        "post",
+        "Move dead-lettered messages back to the work queue: all, by job id,"
+        " or the oldest N (jobs:admin)",
+        body="ReplayRequest",
+        responses={"200": _json(_ref("ReplayedEnvelope"), "How many were replayed")},
+        errors=(401, 403, 422, 503, 500),
     )
 
 
-def _webhook_paths(spec: APISpec, secured: list[dict]) -> None:
+def _webhook_paths(spec: APISpec) -> None:
     """A client's webhook endpoints (scope webhook:write) and the operators' webhook dead
     letters (jobs:admin); docs/webhooks.md."""
     for name, schema in {
@@ -562,117 +545,86 @@ def _webhook_paths(spec: APISpec, secured: list[dict]) -> None:
         "description": "The endpoint's UUID",
     }
     scope = " (scope webhook:write)"
-    spec.path(
-        path="/api/webhooks",
-        operations={
-            "post": {
-                "summary": "Register a webhook endpoint" + scope,
-                "description": "https only, a public address (unless WEBHOOK_ALLOW_INSECURE);"
-                " events job.processed, job.failed. A URL refused answers 422 on $.url.",
-                "security": secured,
-                "requestBody": {
-                    "required": True,
-                    "content": {JSON: {"schema": _ref("CreateWebhook")}},
-                },
-                "responses": {
-                    "201": {
-                        "description": "Created: the endpoint and its secret (shown only here)",
-                        "headers": {"Location": {"schema": {"type": "string"}}},
-                        "content": {JSON: {"schema": _ref("WebhookEndpointWithSecretEnvelope")}},
-                    },
-                    **_errors(401, 403, 408, 409, 413, 422, 503, 500),
-                },
-            },
-            "get": {
-                "summary": "The caller's webhook endpoints, without their secrets" + scope,
-                "security": secured,
-                "responses": {
-                    "200": _json(_ref("WebhookList"), "The endpoints"),
-                    **_errors(401, 403, 503, 500),
-                },
+    _operation(
+        spec,
+        "/api/webhooks",
+        "post",
+        "Register a webhook endpoint" + scope,
+        description="https only, a public address (unless WEBHOOK_ALLOW_INSECURE);"
+        " events job.processed, job.failed. A URL refused answers 422 on $.url.",
+        body="CreateWebhook",
+        body_required=True,
+        responses={
+            "201": {
+                "description": "Created: the endpoint and its secret (shown only here)",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": {JSON: {"schema": _ref("WebhookEndpointWithSecretEnvelope")}},
             },
         },
+        errors=(401, 403, 408, 409, 413, 422, 503, 500),
     )
-    spec.path(
-        path="/api/webhooks/{endpoint_id}",
-        operations={
-            "get": {
-                "summary": "One of the caller's webhook endpoints" + scope,
-                "security": secured,
-                "parameters": [endpoint_id],
-                "responses": {
-                    "200": _json(_ref("WebhookEndpointEnvelope"), "The endpoint"),
-                    **_errors(401, 403, 404, 503, 500),
-                },
-            },
-            "delete": {
-                "summary": "Delete one of the caller's webhook endpoints" + scope,
-                "security": secured,
-                "parameters": [endpoint_id],
-                "responses": {
-                    "204": {"description": "Deleted"},
-                    **_errors(401, 403, 404, 503, 500),
-                },
-            },
-        },
+    _operation(
+        spec,
+        "/api/webhooks",
+        "get",
+        "The caller's webhook endpoints, without their secrets" + scope,
+        responses={"200": _json(_ref("WebhookList"), "The endpoints")},
+        errors=(401, 403, 503, 500),
     )
-    spec.path(
-        path="/api/webhooks/{endpoint_id}/actions/rotate-secret",
-        operations={
-            "post": {
-                "summary": "A new signing secret, shown once; the previous one signs beside it"
-                " for WEBHOOK_SECRET_OVERLAP_SECONDS" + scope,
-                "security": secured,
-                "parameters": [endpoint_id],
-                "responses": {
-                    "200": _json(_ref("WebhookEndpointWithSecretEnvelope"), "The new secret"),
-                    **_errors(401, 403, 404, 503, 500),
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/webhooks/{endpoint_id}",
+        "get",
+        "One of the caller's webhook endpoints" + scope,
+        parameters=[endpoint_id],
+        responses={"200": _json(_ref("WebhookEndpointEnvelope"), "The endpoint")},
+        errors=(401, 403, 404, 503, 500),
     )
-    spec.path(
-        path="/api/webhooks/{endpoint_id}/deliveries",
-        operations={
-            "get": {
-                "summary": "The endpoint's delivery attempts, newest first, a page at a time"
-                + scope,
-                "security": secured,
-                "parameters": [endpoint_id, {"in": "query", "schema": hooks.DeliveriesQuerySchema}],
-                "responses": {
-                    "200": _json(_ref("WebhookDeliveriesPage"), "A page of attempts"),
-                    **_errors(401, 403, 404, 422, 503, 500),
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/webhooks/{endpoint_id}",
+        "delete",
+        "Delete one of the caller's webhook endpoints" + scope,
+        parameters=[endpoint_id],
+        responses={"204": {"description": "Deleted"}},
+        errors=(401, 403, 404, 503, 500),
     )
-    spec.path(
-        path="/api/admin/webhooks/dead-letters",
-        operations={
-            "get": {
-                "summary": "How many webhooks wait in their dead-letter queue (jobs:admin)",
-                "security": secured,
-                "responses": {
-                    "200": _json(_ref("WebhookDeadLettersEnvelope"), "The count"),
-                    **_errors(401, 403, 500),
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/webhooks/{endpoint_id}/actions/rotate-secret",
+        "post",
+        "A new signing secret, shown once; the previous one signs beside it"
+        " for WEBHOOK_SECRET_OVERLAP_SECONDS" + scope,
+        parameters=[endpoint_id],
+        responses={"200": _json(_ref("WebhookEndpointWithSecretEnvelope"), "The new secret")},
+        errors=(401, 403, 404, 503, 500),
     )
-    spec.path(
-        path="/api/admin/webhooks/dead-letters/replay",
-        operations={
-            "post": {
-                "summary": "Deliver the webhooks' dead letters again, from the schedule's"
-                " start: all, or the oldest N (jobs:admin)",
-                "security": secured,
-                "requestBody": {"content": {JSON: {"schema": _ref("WebhookReplayRequest")}}},
-                "responses": {
-                    "200": _json(_ref("WebhookReplayedEnvelope"), "How many were replayed"),
-                    **_errors(401, 403, 422, 503, 500),
-                },
-            }
-        },
+    _operation(
+        spec,
+        "/api/webhooks/{endpoint_id}/deliveries",
+        "get",
+        "The endpoint's delivery attempts, newest first, a page at a time" + scope,
+        parameters=[endpoint_id, {"in": "query", "schema": hooks.DeliveriesQuerySchema}],
+        responses={"200": _json(_ref("WebhookDeliveriesPage"), "A page of attempts")},
+        errors=(401, 403, 404, 422, 503, 500),
+    )
+    _operation(
+        spec,
+        "/api/admin/webhooks/dead-letters",
+        "get",
+        "How many webhooks wait in their dead-letter queue (jobs:admin)",
+        responses={"200": _json(_ref("WebhookDeadLettersEnvelope"), "The count")},
+        errors=(401, 403, 500),
+    )
+    _operation(
+        spec,
+        "/api/admin/webhooks/dead-letters/replay",
+        "post",
+        "Deliver the webhooks' dead letters again, from the schedule's start: all, or the"
+        " oldest N (jobs:admin)",
+        body="WebhookReplayRequest",
+        responses={"200": _json(_ref("WebhookReplayedEnvelope"), "How many were replayed")},
+        errors=(401, 403, 422, 503, 500),
     )
 
 

@@ -32,36 +32,47 @@ class BrokerUnavailable(Exception):
     """The broker could not be reached, or did not confirm a message."""
 
 
+# Every name the service gives an exchange or a queue contains this, whatever the prefix.
+SERVICE_NAME_ROOT = "medical_events"
+
+
 @dataclass(frozen=True, slots=True)
-class Topology:
-    """Names of the exchanges and queues; `prefix` keeps test runs apart on one broker."""
+class ServiceNames:
+    """The rule of every exchange's and queue's name: `prefix` (which keeps test runs apart on
+    one broker), `SERVICE_NAME_ROOT`, then what it names, dotted."""
 
     prefix: str = ""
 
+    def name(self, *parts: str) -> str:
+        return ".".join((f"{self.prefix}{SERVICE_NAME_ROOT}", *parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Topology(ServiceNames):
+    """Names of the exchanges and queues of jobs."""
+
     @property
     def exchange(self) -> str:
-        return f"{self.prefix}medical_events"
+        return self.name()
 
     @property
     def queue(self) -> str:
-        return f"{self.prefix}medical_events.jobs"
+        return self.name("jobs")
 
     @property
     def dead_exchange(self) -> str:
-        return f"{self.prefix}medical_events.dead"
+        return self.name("dead")
 
     @property
     def dead_queue(self) -> str:
-        return f"{self.prefix}medical_events.dead"
+        return self.name("dead")
 
     @property
     def events_exchange(self) -> str:
         """Fanout of job-finished events, for long polls (see `messaging.job_events`)."""
-        return f"{self.prefix}medical_events.finished"
+        return self.name("finished")
 
 
-# Every name the service gives an exchange or a queue contains this, whatever the prefix.
-SERVICE_NAME_ROOT = "medical_events"
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
@@ -86,24 +97,38 @@ async def declare_topology(
     dead_exchange = await channel.declare_exchange(
         topology.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
-    dead_queue = await channel.declare_queue(
-        topology.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dead_queue = await declare_dead_letter_queue(channel, topology.dead_queue)
     await dead_queue.bind(dead_exchange)
     exchange = await channel.declare_exchange(
         topology.exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    queue = await channel.declare_queue(
-        topology.queue,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": topology.dead_exchange,
-        },
-    )
+    queue = await declare_work_queue(channel, topology.queue, topology.dead_exchange)
     await queue.bind(exchange, routing_key="#")
     return exchange, queue
+
+
+async def declare_work_queue(
+    channel: AbstractChannel,
+    name: str,
+    dead_letter_exchange: str,
+    dead_letter_routing_key: str | None = None,
+) -> AbstractQueue:
+    """A queue consumed with acks (durable, quorum): a message redelivered past
+    `DELIVERY_LIMIT` is dead-lettered to `dead_letter_exchange` (with its own routing key, or
+    `dead_letter_routing_key`)."""
+    arguments: dict[str, str | int] = {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
+        "x-dead-letter-exchange": dead_letter_exchange,
+    }
+    if dead_letter_routing_key is not None:
+        arguments["x-dead-letter-routing-key"] = dead_letter_routing_key
+    return await channel.declare_queue(name, durable=True, arguments=arguments)
+
+
+async def declare_dead_letter_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+    """Where dead letters stay until an operator replays them (durable, quorum)."""
+    return await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
 
 
 async def ready_messages(queue: AbstractQueue | None) -> int | None:

@@ -8,7 +8,8 @@ only talks to RabbitMQ.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import aio_pika
 import orjson
@@ -37,6 +38,19 @@ CONNECT_BACKOFF_MAX = 30.0
 CANCEL_TIMEOUT_SECONDS = 5.0
 
 OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+async def handle_shielded(
+    in_flight: set[asyncio.Task], handling: Coroutine[Any, Any, None]
+) -> None:
+    """aio-pika's task for a delivery: `handling` runs in a task of our own, kept in
+    `in_flight` while it runs (a stop waits for them), shielded: aiormq cancels its delivery
+    tasks when the channel closes, and a cancellation that lands inside a driver call can
+    leave the driver's locks held for good."""
+    task = asyncio.create_task(handling)
+    in_flight.add(task)
+    task.add_done_callback(in_flight.discard)
+    await asyncio.shield(task)
 
 
 def channel_closed(message: AbstractIncomingMessage) -> bool:

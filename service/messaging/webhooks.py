@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
@@ -37,10 +37,12 @@ from aio_pika.abc import (
 from service.messaging.broker import (
     CONNECT_TIMEOUT_SECONDS,
     CONNECTION_EXCEPTIONS,
-    DELIVERY_LIMIT,
     PUBLISH_TIMEOUT_SECONDS,
     BrokerUnavailable,
+    ServiceNames,
     connect,
+    declare_dead_letter_queue,
+    declare_work_queue,
 )
 
 DELIVER = "deliver"
@@ -48,25 +50,23 @@ DEAD = "dead"
 
 
 @dataclass(frozen=True, slots=True)
-class WebhookTopology:
-    """Names of the webhooks' exchange and queues; `prefix` as `broker.Topology`'s."""
-
-    prefix: str = ""
+class WebhookTopology(ServiceNames):
+    """Names of the webhooks' exchange and queues, by the rule of `broker.Topology`'s."""
 
     @property
     def exchange(self) -> str:
-        return f"{self.prefix}medical_events.webhooks"
+        return self.name("webhooks")
 
     @property
     def queue(self) -> str:
-        return f"{self.prefix}medical_events.webhooks"
+        return self.name("webhooks")
 
     @property
     def dead_queue(self) -> str:
-        return f"{self.prefix}medical_events.webhooks.dead"
+        return self.name("webhooks", DEAD)
 
     def delay_queue(self, delay_ms: int) -> str:
-        return f"{self.prefix}medical_events.webhooks.retry.{delay_ms}ms"
+        return self.name("webhooks", delay_key(delay_ms))
 
 
 def delay_key(delay_ms: int) -> str:
@@ -113,26 +113,10 @@ class WebhookMessage:
             return None
 
     def next_attempt(self) -> WebhookMessage:
-        return WebhookMessage(
-            self.webhook_id,
-            self.endpoint_id,
-            self.client_id,
-            self.job_id,
-            self.event_type,
-            self.attempt + 1,
-            self.body,
-        )
+        return replace(self, attempt=self.attempt + 1)
 
     def first_attempt(self) -> WebhookMessage:
-        return WebhookMessage(
-            self.webhook_id,
-            self.endpoint_id,
-            self.client_id,
-            self.job_id,
-            self.event_type,
-            1,
-            self.body,
-        )
+        return replace(self, attempt=1)
 
 
 def _amqp_message(webhook: WebhookMessage, expiration_ms: int | None = None) -> aio_pika.Message:
@@ -158,20 +142,9 @@ async def declare_webhook_topology(
     exchange = await channel.declare_exchange(
         topology.exchange, aio_pika.ExchangeType.DIRECT, durable=True
     )
-    queue = await channel.declare_queue(
-        topology.queue,
-        durable=True,
-        arguments={
-            "x-queue-type": "quorum",
-            "x-delivery-limit": DELIVERY_LIMIT,
-            "x-dead-letter-exchange": topology.exchange,
-            "x-dead-letter-routing-key": DEAD,
-        },
-    )
+    queue = await declare_work_queue(channel, topology.queue, topology.exchange, DEAD)
     await queue.bind(exchange, routing_key=DELIVER)
-    dead = await channel.declare_queue(
-        topology.dead_queue, durable=True, arguments={"x-queue-type": "quorum"}
-    )
+    dead = await declare_dead_letter_queue(channel, topology.dead_queue)
     await dead.bind(exchange, routing_key=DEAD)
     for delay in delays_ms(schedule):
         waiting = await channel.declare_queue(

@@ -4,12 +4,12 @@ reconciler (one way to start, pace and stop them)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from service.storage.mongo import StoreUnavailable
+from service.usecases.running import pause
 
 
 class Periodic:
@@ -44,6 +44,4 @@ class Periodic:
                 self._log.warning(f"{self._name}_skipped", error=str(exc)[:200])
             except Exception:
                 self._log.exception(f"{self._name}_failed")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval):
-                    await self._stop.wait()
+            await pause(self._stop, self._interval)
