@@ -29,7 +29,6 @@ from service.config import Settings
 from service.messaging.broker import Topology, delete_topology
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
-from service.messaging.webhooks import WebhookTopology, delete_webhook_topology
 from service.signatures import Base64JsonDecoder
 from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
@@ -40,7 +39,7 @@ from service.usecases.job_types import JobTypeRegistry
 from service.usecases.processing import SubmissionProcessor
 from tests.conftest import TEST_SECRET
 from tests.harness import RawPublisher
-from tests.integration.webhook_harness import SCHEDULES
+from tests.integration.webhook_harness import delete_test_topologies
 from tests.rabbitmq_node import RabbitMQNode, RabbitMQUnavailable
 from tests.rabbitmq_node import rabbitmq_node as start_node
 
@@ -74,15 +73,10 @@ def settings(mongodb_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture(autouse=True)
 async def _delete_test_topology(settings: Settings) -> AsyncIterator[None]:
-    """The test's exchanges and queues go from the shared broker: the jobs', and the webhooks'
-    (declared by every app and consumer, with this test's retry schedule or the harness's)."""
+    """The test's exchanges and queues go from the shared broker (the jobs' and the
+    webhooks', declared by every app and consumer)."""
     yield
-    topology = Topology(settings.amqp_prefix)
-    with contextlib.suppress(OSError):  # no broker: nothing was declared
-        await delete_topology(settings.amqp_url, topology)
-        webhooks = WebhookTopology(settings.amqp_prefix)
-        for schedule in {settings.webhook_retry_schedule, *SCHEDULES}:
-            await delete_webhook_topology(settings.amqp_url, webhooks, schedule)
+    await delete_test_topologies(settings.amqp_url, settings.amqp_prefix)
 
 
 @pytest.fixture

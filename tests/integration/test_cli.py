@@ -21,9 +21,10 @@ from service.cli.demo import DEMO_CLIENT, DEMO_USER
 from service.cli.publish import with_new_ids
 from service.config import Settings
 from service.domain.entities import ALL_ENTITY_KINDS
-from service.messaging.broker import Topology, delete_topology
+from service.messaging.broker import Topology
 from service.storage.embedded import free_port
 from tests.harness import EXAMPLES
+from tests.integration.webhook_harness import delete_test_topologies
 
 
 def _send(url: str, token: str, body: bytes) -> tuple[int, dict, dict]:
@@ -140,7 +141,7 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
-        asyncio.run(delete_topology(env.get("AMQP_URL") or Settings().amqp_url, Topology(prefix)))
+        asyncio.run(delete_test_topologies(env.get("AMQP_URL") or Settings().amqp_url, prefix))
     assert server.returncode == 0, output
     events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
     assert "embedded_mongo_started" in events and "embedded_mongo_stopped" in events
@@ -184,7 +185,7 @@ def test_run_stops_when_its_consumer_cannot_start(tmp_path) -> None:
             timeout=60,
         )
     finally:
-        asyncio.run(delete_topology(amqp_url, Topology(prefix)))
+        asyncio.run(delete_test_topologies(amqp_url, prefix))
     events = [
         json.loads(line)["event"] for line in finished.stderr.splitlines() if line.startswith("{")
     ]

@@ -27,7 +27,6 @@ from tests.harness import example, submission_with, wait_for_jobs
 from tests.integration.conftest import make_processor
 from tests.integration.webhook_harness import (
     Receiver,
-    delete_webhook_topologies,
     running,
     verify_standard_webhook,
     wait_until,
@@ -42,12 +41,6 @@ ADMIN = bearer("ops", ("jobs:admin",))
 @pytest.fixture
 def wh_settings(settings):
     return webhook_settings(settings)
-
-
-@pytest.fixture(autouse=True)
-async def _delete_webhook_topology(settings):
-    yield
-    await delete_webhook_topologies(settings)
 
 
 @pytest.fixture

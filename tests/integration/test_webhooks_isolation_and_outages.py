@@ -40,19 +40,12 @@ from service.webhooks_delivery import HttpSender
 from tests.conftest import CLIENT_ID, OTHER_CLIENT_ID, bearer
 from tests.integration.webhook_harness import (
     Receiver,
-    delete_webhook_topologies,
     running,
     wait_until,
     webhook_settings,
 )
 
 HOOKS = bearer(CLIENT_ID, ("webhook:write",))
-
-
-@pytest.fixture(autouse=True)
-async def _delete_webhook_topology(settings):
-    yield
-    await delete_webhook_topologies(settings)
 
 
 @pytest.fixture

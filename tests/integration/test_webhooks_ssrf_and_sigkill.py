@@ -22,7 +22,6 @@ from tests.conftest import CLIENT_ID, bearer
 from tests.harness import start_medevents
 from tests.integration.webhook_harness import (
     Receiver,
-    delete_webhook_topologies,
     running,
     wait_until,
     webhook_settings,
@@ -30,12 +29,6 @@ from tests.integration.webhook_harness import (
 
 HOOKS = bearer(CLIENT_ID, ("webhook:write",))
 ADMIN = bearer("ops", ("jobs:admin",))
-
-
-@pytest.fixture(autouse=True)
-async def _delete_webhook_topology(settings):
-    yield
-    await delete_webhook_topologies(settings)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from service.bootstrap import Services
 from service.config import Settings
+from service.messaging.broker import Topology, delete_topology
 from service.messaging.webhooks import WebhookTopology, delete_webhook_topology
 
 # The schedules the tests use (their delay queues are deleted after each test).
@@ -126,12 +127,13 @@ def webhook_settings(settings: Settings, **changes: Any) -> Settings:
     return settings.with_changes(**values)
 
 
-async def delete_webhook_topologies(settings: Settings) -> None:
-    with contextlib.suppress(OSError):
-        for schedule in SCHEDULES:
-            await delete_webhook_topology(
-                settings.amqp_url, WebhookTopology(settings.amqp_prefix), schedule
-            )
+async def delete_test_topologies(amqp_url: str, prefix: str) -> None:
+    """Everything a test's service declared on the shared broker under `prefix`: the jobs'
+    exchanges and queues, and the webhooks' (with the default retry schedule or a test's)."""
+    with contextlib.suppress(OSError):  # no broker: nothing was declared
+        await delete_topology(amqp_url, Topology(prefix))
+        for schedule in {Settings().webhook_retry_schedule, *SCHEDULES}:
+            await delete_webhook_topology(amqp_url, WebhookTopology(prefix), schedule)
 
 
 @contextlib.asynccontextmanager
