@@ -4,17 +4,52 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-unit lint format services test-tools bench compose-up compose-down clean
+.PHONY: install lock lock-upgrade lock-check lowest image run test test-unit lint format services test-tools bench compose-up compose-down clean
 
 install: $(VENV)/.installed
 
-# Reinstalled when the dependencies change. The client (client/) and the service in one pip
-# command, so that the service's `medevents-client` requirement resolves to the local one.
-$(VENV)/.installed: setup.cfg pyproject.toml client/pyproject.toml
+# Everything from the hashed lock (requirements/dev.txt: the service's dependencies, the embedded
+# MongoDB stand-in, the test and development tools, setuptools), then the service and the client
+# (client/) themselves, editable and without dependencies: `pip check` proves the lock holds all
+# they need. Reinstalled when the lock or the metadata changes.
+$(VENV)/.installed: pyproject.toml client/pyproject.toml requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ./client -e '.[test,dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e ./client -e .
+	$(BIN)/python -m pip check
 	touch $@
+
+# The lock files, recomputed from pyproject.toml and requirements/*.in, keeping every pin that
+# still satisfies them (`make lock-upgrade`: the newest versions allowed). The image's lock takes
+# the development lock's versions, so the image runs what the tests ran.
+LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
+	--no-emit-package medevents --no-emit-package medevents-client
+# uv alone, where no virtualenv is yet (the lock is what the virtualenv is made from).
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv
+
+lock: $(BIN)/uv
+	$(LOCK) $(UPGRADE) requirements/dev.in -o requirements/dev.txt
+	$(LOCK) requirements/service.in --constraint requirements/dev.txt -o requirements/service.txt
+	$(LOCK) requirements/build.in --constraint requirements/dev.txt -o requirements/build.txt
+
+lock-upgrade:
+	$(MAKE) lock UPGRADE=--upgrade
+
+# Fails when a lock no longer matches pyproject.toml or requirements/*.in (run `make lock`).
+lock-check: $(BIN)/uv
+	scripts/check-lock
+
+# Once, the lowest versions pyproject.toml allows for each direct dependency (transitive ones
+# the newest), in a virtualenv of their own: the unit tests prove the floors (CI runs it).
+lowest: install
+	rm -rf .venv-lowest
+	$(BIN)/uv venv --quiet --python $(PYTHON) .venv-lowest
+	$(BIN)/uv pip install --quiet --python .venv-lowest/bin/python --resolution lowest-direct \
+		-e ./client -e '.[test]'
+	.venv-lowest/bin/python -m pytest tests/unit -q $(PYTEST_ARGS); \
+	status=$$?; if [ $$status -eq 5 ]; then echo "make lowest: no tests" >&2; exit 1; fi; exit $$status
 
 # The service with its embedded defaults: RabbitMQ started (or installed) when AMQP_URL names
 # no other broker, the embedded MongoDB when MONGODB_URL is unset, demo patients written.
@@ -29,6 +64,12 @@ services:
 # OS packages only the tests use (Debian's docker-compose, for the compose file's checks).
 test-tools:
 	scripts/ensure-test-tools
+	scripts/ensure-image-tools
+
+# The container image (Dockerfile) with buildah, no Docker engine needed. BASE_IMAGE (the
+# official Python image by default) and IMAGE (medevents:VERSION) may be set.
+image:
+	scripts/build-image
 
 # Processing and polling against bare baselines measured in the same run, cost per call, 60 s
 # of load, the dashboard with 1,000 and 100,000 jobs, then memory over a million polls (about
@@ -65,15 +106,22 @@ compose-down:
 	if docker compose version >/dev/null 2>&1; then docker compose --project-name medevents down; \
 	else docker-compose --project-name medevents down; fi
 
-# ruff, then the import rules of setup.cfg's [importlinter] (README, "Architecture").
+# ruff; the import rules (pyproject.toml's [tool.importlinter], docs/architecture.md); mypy;
+# deptry (every import declared in pyproject.toml, nothing declared unused); hadolint on the
+# Dockerfile; the lock files up to date with pyproject.toml.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
+	$(BIN)/deptry .
+	cd client && ../$(BIN)/deptry src
+	$(BIN)/hadolint Dockerfile
+	scripts/check-lock
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .data .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .venv-lowest .data .pytest_cache .ruff_cache .mypy_cache *.egg-info

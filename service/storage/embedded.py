@@ -13,6 +13,7 @@ process that started it stops it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shlex
 import signal
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import structlog
+
+from service.config import ConfigError
 
 log = structlog.get_logger("medevents.embedded_mongo")
 
@@ -49,6 +52,12 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+NOT_INSTALLED = (
+    "MONGODB_URL is not set and the embedded MongoDB stand-in is not installed: "
+    "set MONGODB_URL to a MongoDB server, or install it with pip install 'medevents[local]'"
+)
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -88,6 +97,9 @@ class EmbeddedMongo:
 
     def start(self, timeout: float = 30.0) -> str:
         """Make sure a server runs for this data directory; returns its URL."""
+        if importlib.util.find_spec("nx_27017") is None:
+            # The stand-in is the `local` extra, not in the image: production names a server.
+            raise ConfigError(NOT_INSTALLED)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         running = self._running_server()
         if running is not None:

@@ -145,7 +145,7 @@ def run_pytest(
     for plugin in plugins:
         arguments += ["-p", plugin]
     return subprocess.run(
-        [*arguments, "--rootdir", str(ROOT), "-c", str(ROOT / "setup.cfg"), str(directory)],
+        [*arguments, "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"), str(directory)],
         env=environment,
         cwd=directory,
         capture_output=True,

@@ -1,6 +1,6 @@
-"""The import rules of `make lint` (setup.cfg's `[importlinter]`) hold on the code, and break on
-a module cycle made by lazy imports and on an import a layer may not make: each checked on a
-copy of the packages, with `lint-imports` as `make lint` runs it."""
+"""The import rules of `make lint` (pyproject.toml's `[tool.importlinter]`) hold on the code, and
+break on a module cycle made by lazy imports and on an import a layer may not make: each checked
+on a copy of the packages, with `lint-imports` as `make lint` runs it."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    """The three root packages and setup.cfg, copied: a change here touches no real file."""
+    """The three root packages and pyproject.toml, copied: a change here touches no real file."""
     for package in ("service", "consumers", "schemas"):
         shutil.copytree(
             ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__")
         )
-    shutil.copy(ROOT / "setup.cfg", tmp_path / "setup.cfg")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
 
