@@ -47,7 +47,7 @@ lowest: install
 	rm -rf .venv-lowest
 	$(BIN)/uv venv --quiet --python $(PYTHON) .venv-lowest
 	$(BIN)/uv pip install --quiet --python .venv-lowest/bin/python --resolution lowest-direct \
-		-e ./client -e '.[test]'
+		-e ./client -e '.[test,dev]'
 	.venv-lowest/bin/python -m pytest tests/unit -q $(PYTEST_ARGS); \
 	status=$$?; if [ $$status -eq 5 ]; then echo "make lowest: no tests" >&2; exit 1; fi; exit $$status
 

@@ -7,11 +7,12 @@ lists them all. `Settings.from_env` is the only place that reads `os.environ`.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 AUTH_MODES = ("jwt", "gateway")
 LOG_FORMATS = ("auto", "json", "console")
@@ -78,6 +79,12 @@ class Settings:
     # Deliveries in flight at once to one endpoint, per webhook process (the others of that
     # endpoint wait in the first delay queue, no attempt counted).
     webhook_max_in_flight_per_endpoint: int = 4
+    # The reverse proxies whose X-Forwarded-Proto and X-Forwarded-Host the API believes when
+    # one is the direct peer (service.api.middlewares.forwarded): addresses and networks.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    # `/health/live` on METRICS_PORT (service.observability.liveness) answers 503 once the
+    # event loop has not run its heartbeat for this long, in seconds.
+    liveness_stall_seconds: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
@@ -166,6 +173,10 @@ class Settings:
                 1,
                 1000,
             ),
+            trusted_proxies=_trusted_proxies(reader.text("TRUSTED_PROXIES")),
+            liveness_stall_seconds=reader.integer(
+                "LIVENESS_STALL_SECONDS", defaults.liveness_stall_seconds, 1, 3600
+            ),
         )
         if "AMQP_PREFIX" not in env and settings.mongodb_url is None:
             # Local use (the embedded MongoDB of DATA_DIR): exchanges and queues of this data
@@ -197,7 +208,7 @@ class Settings:
         _check_scheme("AMQP_URL", settings.amqp_url, ("amqp://", "amqps://"))
         return settings
 
-    def with_changes(self, **changes: object) -> Self:
+    def with_changes(self, **changes: Any) -> Self:
         return replace(self, **changes)
 
 
@@ -205,6 +216,244 @@ MIN_JWT_SECRET_LENGTH = 32
 
 # A submission is wrapped in a message the consumer reads up to 4 MiB (schemas.submission).
 MAX_REQUEST_BYTES_LIMIT = 3 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One variable `Settings.from_env` reads: its name, the `Settings` field it sets (whose
+    default is the variable's), its meaning in one line, the `medevents` commands that use
+    it (their `--help` lists it, with its default), and whether its value is a secret (its
+    default is never printed)."""
+
+    name: str
+    setting: str
+    meaning: str
+    commands: frozenset[str]
+    secret: bool = False
+
+    @property
+    def default(self) -> object:
+        return getattr(Settings(), self.setting)
+
+
+# Which commands use a variable: `run` is the API, the consumer and the webhooks in one
+# process; `patient` and `registry` write to MongoDB; `publish` and `dead-letters` use the
+# broker, under the local prefix of DATA_DIR while MONGODB_URL is unset.
+_API = frozenset({"api", "run"})
+_CONSUMER = frozenset({"consumer", "run"})
+_WEBHOOKS = frozenset({"webhooks", "run"})
+_MONGODB = _API | _CONSUMER | _WEBHOOKS | {"patient", "registry"}
+_BROKER = _API | _CONSUMER | _WEBHOOKS | {"publish", "dead-letters"}
+_EVERY = _MONGODB | _BROKER | {"token"}
+
+# Every variable `Settings.from_env` reads, in the README's order; it reads no other
+# (`_Reader`). `medevents <command> --help` prints the table's rows of that command.
+ENVIRONMENT = (
+    Variable(
+        "MONGODB_URL",
+        "mongodb_url",
+        "a MongoDB connection string (mongodb:// or mongodb+srv://); unset: an embedded"
+        " server under DATA_DIR",
+        _MONGODB | _BROKER,
+    ),
+    Variable("MONGODB_DB", "mongodb_db", "the database", _MONGODB),
+    Variable(
+        "MONGODB_TIMEOUT_MS",
+        "mongodb_timeout_ms",
+        "how long to look for a server before answering 503; an operation: 5 times as long",
+        _MONGODB,
+    ),
+    Variable("AMQP_URL", "amqp_url", "the RabbitMQ broker (amqp:// or amqps://)", _BROKER),
+    Variable(
+        "AMQP_PREFIX",
+        "amqp_prefix",
+        "a prefix for every exchange and queue; unset while MONGODB_URL is unset:"
+        " local.<hash of DATA_DIR>.",
+        _BROKER,
+    ),
+    Variable(
+        "HTTP_HOST",
+        "http_host",
+        "the address the API listens on; consumer and webhooks: their /metrics",
+        _API | {"consumer", "webhooks"},
+    ),
+    Variable(
+        "HTTP_PORT",
+        "http_port",
+        "the port the API listens on (publish --wait polls it there unless --api)",
+        _API | {"publish"},
+    ),
+    Variable(
+        "TRUSTED_PROXIES",
+        "trusted_proxies",
+        "IPs or CIDRs, comma separated, of the proxies whose X-Forwarded-Proto and"
+        " X-Forwarded-Host the API believes",
+        _API,
+    ),
+    Variable(
+        "AUTH_MODE",
+        "auth_mode",
+        "jwt (Bearer tokens) or gateway (the API gateway's x-consumer-* headers)",
+        _API,
+    ),
+    Variable(
+        "JWT_SECRET",
+        "jwt_secret",
+        "the HS256 secret, at least 32 characters; unset: one generated once in"
+        " DATA_DIR/jwt_secret",
+        _API | {"token", "publish"},
+        secret=True,
+    ),
+    Variable(
+        "JWT_PUBLIC_KEY",
+        "jwt_public_key",
+        "a PEM public key file (RSA: RS256, P-256: ES256), instead of JWT_SECRET",
+        _API | {"token"},
+    ),
+    Variable("JWT_AUDIENCE", "jwt_audience", "the aud claim tokens must carry", _API),
+    Variable("JWT_ISSUER", "jwt_issuer", "the iss claim tokens must carry", _API),
+    Variable(
+        "LOG_FORMAT",
+        "log_format",
+        "json, console, or auto: console on a terminal, JSON otherwise",
+        _EVERY,
+    ),
+    Variable("LOG_LEVEL", "log_level", "debug, info, warning or error", _EVERY),
+    Variable("JOB_TTL_DAYS", "job_ttl_days", "days a finished job is kept", _CONSUMER),
+    Variable(
+        "CONSUMER_PREFETCH",
+        "consumer_prefetch",
+        "messages the consumer works on at once",
+        _CONSUMER,
+    ),
+    Variable(
+        "RECONCILE_INTERVAL_SECONDS",
+        "reconcile_interval_seconds",
+        "how often pending jobs that nothing will finish are looked for (<= grace / 2)",
+        _CONSUMER,
+    ),
+    Variable(
+        "JOB_DEADLINE_GRACE_SECONDS",
+        "job_deadline_grace_seconds",
+        "a pending job this long past its ETA, its message out of the queue, is ended",
+        _CONSUMER,
+    ),
+    Variable(
+        "JOB_MAX_PENDING_SECONDS",
+        "job_max_pending_seconds",
+        "a pending job this old is ended whatever the queue holds (0: never)",
+        _CONSUMER,
+    ),
+    Variable(
+        "WEBHOOK_RETRY_SCHEDULE",
+        "webhook_retry_schedule",
+        "seconds between a webhook's attempts, comma separated, then its dead letter",
+        _API | _CONSUMER | _WEBHOOKS,
+    ),
+    Variable(
+        "WEBHOOK_ALLOW_INSECURE",
+        "webhook_allow_insecure",
+        "1: webhook endpoints may be http and private addresses (development, tests)",
+        _API | _WEBHOOKS,
+    ),
+    Variable(
+        "WEBHOOK_TIMEOUT_SECONDS",
+        "webhook_timeout_seconds",
+        "one webhook attempt's whole time (connect, send, answer)",
+        _WEBHOOKS,
+    ),
+    Variable(
+        "WEBHOOK_PREFETCH",
+        "webhook_prefetch",
+        "webhook deliveries in progress at once per process",
+        _WEBHOOKS,
+    ),
+    Variable(
+        "WEBHOOK_SECRET_OVERLAP_SECONDS",
+        "webhook_secret_overlap_seconds",
+        "how long the previous secret still signs after a rotation",
+        _API,
+    ),
+    Variable(
+        "WEBHOOK_ENDPOINT_CACHE_SECONDS",
+        "webhook_endpoint_cache_seconds",
+        "a new webhook endpoint receives events within this",
+        _API | _CONSUMER,
+    ),
+    Variable(
+        "WEBHOOK_DELIVERIES_TTL_DAYS",
+        "webhook_deliveries_ttl_days",
+        "how long webhook delivery attempts are kept and listed",
+        _WEBHOOKS,
+    ),
+    Variable(
+        "WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT",
+        "webhook_max_in_flight_per_endpoint",
+        "webhook attempts to one endpoint at once per process; the others wait",
+        _WEBHOOKS,
+    ),
+    Variable(
+        "METRICS_PORT",
+        "metrics_port",
+        "where consumer and webhooks serve /metrics and /health/live (0: nowhere)",
+        frozenset({"consumer", "webhooks"}),
+    ),
+    Variable(
+        "LIVENESS_STALL_SECONDS",
+        "liveness_stall_seconds",
+        "/health/live on METRICS_PORT answers 503 once the event loop stalled this long",
+        frozenset({"consumer", "webhooks"}),
+    ),
+    Variable(
+        "MAX_REQUEST_BYTES",
+        "max_request_bytes",
+        "larger request bodies get 413 (at most 3 MiB)",
+        _API,
+    ),
+    Variable(
+        "HTTP_HEADER_TIMEOUT_SECONDS",
+        "http_header_timeout_seconds",
+        "a request's head must arrive whole within this of its first byte",
+        _API,
+    ),
+    Variable(
+        "HTTP_BODY_TIMEOUT_SECONDS",
+        "http_body_timeout_seconds",
+        "the longest a request's body may go without a byte (then 408)",
+        _API,
+    ),
+    Variable(
+        "HTTP_KEEPALIVE_TIMEOUT_SECONDS",
+        "http_keepalive_timeout_seconds",
+        "an idle kept-alive connection is closed after this",
+        _API,
+    ),
+    Variable(
+        "FINISHED_JOB_CACHE_BYTES",
+        "finished_job_cache_bytes",
+        "the finished jobs' responses an API process keeps, in bytes (0: none)",
+        _API,
+    ),
+    Variable(
+        "DATA_DIR",
+        "data_dir",
+        "local state: the embedded MongoDB's files, the development JWT secret",
+        _EVERY,
+    ),
+    Variable(
+        "SIGNATURE_MODE",
+        "signature_mode",
+        "cms: verify signed_data against SIGNATURE_CA_FILE; decode: base64 JSON (development)",
+        _CONSUMER,
+    ),
+    Variable(
+        "SIGNATURE_CA_FILE",
+        "signature_ca_file",
+        "PEM CA certificates a signer must chain to (cms needs it)",
+        _CONSUMER,
+    ),
+)
+ENVIRONMENT_NAMES = frozenset(variable.name for variable in ENVIRONMENT)
 
 
 def local_amqp_prefix(data_dir: Path) -> str:
@@ -269,6 +518,27 @@ def _retry_schedule(raw: str | None, default: tuple[float, ...]) -> tuple[float,
     return steps
 
 
+def _trusted_proxies(
+    raw: str | None,
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """TRUSTED_PROXIES: IP addresses and CIDR networks separated by commas
+    (`10.0.0.0/8,192.168.1.7,fd00::/8`); empty: none."""
+    if raw is None:
+        return ()
+    networks = []
+    for part in (item.strip() for item in raw.split(",")):
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part))
+        except ValueError as exc:
+            raise ConfigError(
+                "TRUSTED_PROXIES must be IP addresses or CIDR networks separated by commas, "
+                f"got {part!r} ({exc})"
+            ) from None
+    return tuple(networks)
+
+
 def _flag(raw: str | None, name: str) -> bool:
     if raw is None:
         return False
@@ -284,6 +554,8 @@ class _Reader:
         self._env = env
 
     def text(self, name: str) -> str | None:
+        if name not in ENVIRONMENT_NAMES:  # a variable read is a variable described
+            raise LookupError(f"{name} is not in service.config.ENVIRONMENT")
         value = self._env.get(name, "").strip()
         return value or None
 

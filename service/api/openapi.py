@@ -28,6 +28,7 @@ from schemas.entity_queries import (
 )
 from schemas.envelope import ERROR_ENVELOPE, UtcDateTime
 from schemas.health import HEALTH
+from service import __version__
 from service.api.views.jobs import MAX_WAIT_SECONDS
 from service.domain.entities import ALL_ENTITY_KINDS, READABLE_KINDS, EntityKind
 from service.usecases.job_types import JobType, JobTypeRegistry
@@ -134,7 +135,7 @@ def build_openapi(registry: JobTypeRegistry) -> dict[str, Any]:
     plugin = MarshmallowPlugin()
     spec = APISpec(
         title="medevents: asynchronous jobs for medical-event submissions",
-        version="1",
+        version=__version__,
         openapi_version="3.0.3",
         plugins=[plugin],
         info={"description": "Submissions are processed asynchronously; poll the job."},
@@ -408,9 +409,11 @@ def _client_job_paths(
     """A client's own jobs (`GET /api/jobs`, scope job:read) and the cancel of a pending one
     (`POST /api/jobs/{job_id}/actions/cancel`). An item of the list is one of the variants'
     `data` with the job's `id` and `type` first: `JobListItem<Variant>`, one per variant."""
+    converter = plugin.converter
+    assert converter is not None  # set once the plugin is registered with the spec
     items = []
     for variant, (_, _, data_schema) in job_schemas.VARIANTS.items():
-        rendered = plugin.converter.schema2jsonschema(data_schema)
+        rendered = converter.schema2jsonschema(data_schema)
         name = "JobListItem" + "".join(part.capitalize() for part in variant.split("_"))
         item = {
             "type": "object",
@@ -429,7 +432,7 @@ def _client_job_paths(
         # Several variants may fit one item (a processed job fits the pending one): anyOf.
         return {"anyOf": items} if isinstance(field, job_query_schemas.JobListItem) else {}
 
-    plugin.converter.add_attribute_function(job_list_item)
+    converter.add_attribute_function(job_list_item)
     spec.components.schema("JobListPage", schema=job_query_schemas.JOB_LIST_PAGE)
     spec.components.schema("CancelRequest", schema=job_query_schemas.CANCEL_REQUEST)
     query = job_query_schemas.job_list_query_schema(tuple(registry.names))

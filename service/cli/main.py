@@ -6,13 +6,15 @@
     medevents run              the API, the consumer and the webhooks in one process, for
                                local use (`make run`)
     medevents publish FILE     publish a submission to RabbitMQ (`--wait`: poll it to the end)
-    medevents token            a development JWT for the given client and scopes
+    medevents token            a development JWT for the given client and scopes (`--demo`:
+                               the demo MIS's, with every scope)
     medevents patient add ID   add or update a patient (local use)
     medevents registry add NAME FILE   add registry records: employees, divisions,
                                legal_entities, dictionaries, episodes (local use)
     medevents dead-letters count|replay [--limit N]   the dead-letter queue
 
-Configuration comes from the environment (README, "Configuration").
+Configuration comes from the environment: `medevents COMMAND --help` lists the variables
+COMMAND reads, with their defaults (docs/configuration.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import os
 import socket
 import sys
 import uuid
@@ -34,6 +37,7 @@ from uvloop import new_event_loop
 
 from consumers.processors import builtin_registry
 from consumers.worker import consumer_in_background, run_consumer
+from service import __version__
 from service.api.app import create_app, serve
 from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
@@ -45,7 +49,9 @@ from service.cli.demo import (
     DEMO_USER,
     write_demo_records,
 )
-from service.cli.publish import publish_submission, read_submission
+from service.cli.environment import environment_epilog
+from service.cli.publish import EXIT_CODES, EXIT_USAGE, publish_submission, read_submission
+from service.cli.scopes import known_scopes
 from service.config import ConfigError, Settings
 from service.messaging.broker import BrokerUnavailable, Topology
 from service.observability.logs import configure_logging
@@ -121,7 +127,7 @@ def run_webhooks_only(settings: Settings, _: argparse.Namespace) -> int:
 def publish(settings: Settings, args: argparse.Namespace) -> int:
     submission = read_submission(args.file)
     if submission is None:
-        return 2
+        return EXIT_USAGE
     return asyncio.run(
         publish_submission(
             bootstrap(settings),
@@ -196,16 +202,38 @@ async def _put_records(settings: Settings, name: str, records: list[dict]) -> No
                 await services.registries.put(name, record)
 
 
+# The examples are files of the source tree, not of the wheel: an editable install (`make run`)
+# finds them beside the packages; an installed wheel says where to get them.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES_ELSEWHERE = (
+    "the examples are not installed with the package: they are in the examples/ directory "
+    "of the source repository (medevents publish FILE --wait)"
+)
+
+
+def examples_hint(examples: Path = EXAMPLES) -> str:
+    """The banner's line that submits the first example, or says where the examples are."""
+    example = examples / "encounter_package.json"
+    if not example.is_file():
+        return EXAMPLES_ELSEWHERE
+    command = Path(sys.executable).parent / "medevents"  # this virtualenv's: .venv/bin/...
+    return f"{_shown(command)} publish {_shown(example)} --wait"
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when inside it, else absolute."""
+    return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def banner(settings: Settings) -> str:
     api = f"http://{settings.http_host}:{settings.http_port}"
     return f"""
-medevents: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
+medevents {__version__}: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
   queue:   {Topology(settings.amqp_prefix).queue} (AMQP_PREFIX={settings.amqp_prefix})
-  submit:  .venv/bin/medevents publish examples/encounter_package.json --wait
-  token:   TOKEN=$(.venv/bin/medevents token --client-id {DEMO_CLIENT} \\
-             --user-id {DEMO_USER} --scope "job:read encounter:write")
+  submit:  {examples_hint()}
+  token:   TOKEN=$(.venv/bin/medevents token --demo)   # the demo MIS, every scope
   poll:    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/jobs/JOB_ID?wait=30"
-  operate: {api}/dashboard with .venv/bin/medevents token --client-id ops --scope jobs:admin
+  operate: {api}/dashboard with that token (it holds jobs:admin)
   demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}
   demo MIS: legal entity {DEMO_CLIENT}, doctor {DEMO_DOCTOR}, episode {DEMO_EPISODE}
 """
@@ -273,8 +301,12 @@ def _serve(app: web.Application, settings: Settings, sockets: list[socket.socket
 
 def print_token(settings: Settings, args: argparse.Namespace) -> int:
     scopes = [scope for value in args.scope for scope in value.split()]
+    client_id, user_id = args.client_id, args.user_id
+    if args.demo:
+        client_id, user_id = DEMO_CLIENT, user_id or DEMO_USER
+        scopes = list(dict.fromkeys([*known_scopes(builtin_registry()), *scopes]))
     if args.private_key:
-        key: object = args.private_key.read_bytes()
+        key: str | bytes = args.private_key.read_bytes()
         algorithm = args.algorithm
     else:
         if settings.jwt_public_key:
@@ -283,62 +315,113 @@ def print_token(settings: Settings, args: argparse.Namespace) -> int:
             )
             return 2
         key, algorithm = signing_secret(settings), "HS256"
-    token = mint_token(key, args.client_id, scopes, args.user_id, args.expires_in, algorithm)
+    user_id = user_id or str(uuid.uuid4())
+    token = mint_token(key, client_id, scopes, user_id, args.expires_in, algorithm)
     print(token)
     return 0
 
 
+PUBLISH_DESCRIPTION = """\
+Publish a submission straight to RabbitMQ, as a producer does, with a new job id;
+print the id and the job's URL. --wait polls the job until it ends (long polls,
+with a token for the submission's client) and prints the final response."""
+
+
+def _exit_codes() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code}  {said}" for code, said in EXIT_CODES.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medevents", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="medevents",
+        description=__doc__.split("\n\n")[0],
+        epilog="Configuration comes from the environment: `medevents COMMAND --help` lists the\n"
+        "variables COMMAND reads, with their defaults.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"medevents {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    api = commands.add_parser("api", help="serve the HTTP API")
-    api.set_defaults(func=serve_api)
-    consumer = commands.add_parser("consumer", help="run the RabbitMQ consumer")
-    consumer.set_defaults(func=run_consumer_only)
-    webhooks = commands.add_parser("webhooks", help="deliver the clients' webhooks")
-    webhooks.set_defaults(func=run_webhooks_only)
-    run = commands.add_parser("run", help="the API and the consumer in one process (local use)")
-    run.set_defaults(func=serve_all)
+    def command(
+        name: str, summary: str, description: str = "", epilog: str = ""
+    ) -> argparse.ArgumentParser:
+        """A subcommand whose help ends with the environment variables it reads."""
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=description or summary[0].upper() + summary[1:] + ".",
+            epilog="\n\n".join(filter(None, [epilog, environment_epilog(name)])),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
-    producer = commands.add_parser("publish", help="publish a submission to RabbitMQ")
+    command("api", "serve the HTTP API").set_defaults(func=serve_api)
+    command("consumer", "run the RabbitMQ consumer").set_defaults(func=run_consumer_only)
+    command("webhooks", "deliver the clients' webhooks").set_defaults(func=run_webhooks_only)
+    command(
+        "run",
+        "the API, the consumer and the webhooks in one process (local use)",
+        "The API, the consumer and the webhooks in one process, for local use\n"
+        "(`make run`). With MONGODB_URL unset: an embedded MongoDB under DATA_DIR, the\n"
+        "demo records written, and a banner that says how to submit and poll.",
+    ).set_defaults(func=serve_all)
+
+    producer = command(
+        "publish", "publish a submission to RabbitMQ", PUBLISH_DESCRIPTION, _exit_codes()
+    )
     producer.add_argument("file", type=Path, help="a JSON submission (see examples/)")
     producer.add_argument("--wait", action="store_true", help="poll the job until it ends")
     producer.add_argument(
         "--new-ids", action="store_true", help="give every entity a new UUID first"
     )
     producer.add_argument("--api", help="the API to poll (default: http://127.0.0.1:HTTP_PORT)")
-    producer.add_argument("--timeout", type=float, default=60.0, help="seconds to wait")
+    producer.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait (default: 60)"
+    )
     producer.set_defaults(func=publish)
 
-    dead = commands.add_parser("dead-letters", help="count or replay the dead-letter queue")
+    dead = command("dead-letters", "count or replay the dead-letter queue")
     dead.add_argument("action", choices=["count", "replay"])
     dead.add_argument("--limit", type=int, help="replay at most this many (oldest first)")
     dead.set_defaults(func=dead_letters)
 
-    patient = commands.add_parser("patient", help="patients (local use)")
+    patient = command("patient", "patients (local use)")
     patient_commands = patient.add_subparsers(dest="patient_command", required=True)
     patient_add = patient_commands.add_parser("add", help="add or update a patient")
     patient_add.add_argument("patient_id", type=uuid.UUID)
     patient_add.add_argument("--status", choices=["active", "inactive"], default="active")
     patient_add.set_defaults(func=add_patient)
 
-    registry = commands.add_parser("registry", help="records of other registries (local use)")
+    registry = command("registry", "records of other registries (local use)")
     registry_commands = registry.add_subparsers(dest="registry_command", required=True)
     registry_add = registry_commands.add_parser("add", help="add or replace records")
     registry_add.add_argument("name", choices=REGISTRY_NAMES)
     registry_add.add_argument("file", type=Path, help="a JSON object or a list of them")
     registry_add.set_defaults(func=add_records)
 
-    token = commands.add_parser("token", help="print a development JWT")
-    token.add_argument("--client-id", required=True, help="the client (MIS) the token is for")
+    token = command(
+        "token",
+        "print a development JWT",
+        "Print a JWT signed with JWT_SECRET (or the local secret under DATA_DIR), or\n"
+        "with --private-key. --demo: the demo MIS's token (its client id, the user\n"
+        "demo-doctor) with every scope the service checks: enough for the README's\n"
+        "walkthrough and for the dashboard.",
+    )
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--client-id", help="the client (MIS) the token is for")
+    who.add_argument(
+        "--demo",
+        action="store_true",
+        help=f"client {DEMO_CLIENT}, user {DEMO_USER}, every scope the service checks",
+    )
     token.add_argument(
         "--scope",
         action="append",
         default=[],
         help='scopes, space separated or repeated: --scope "job:read encounter:write"',
     )
-    token.add_argument("--user-id", default=str(uuid.uuid4()), help="the `sub` claim")
+    token.add_argument(
+        "--user-id", help=f"the `sub` claim (default: a new UUID; with --demo: {DEMO_USER})"
+    )
     token.add_argument("--expires-in", type=int, default=3600, help="seconds (default 3600)")
     token.add_argument("--private-key", type=Path, help="PEM private key for RS256/ES256")
     token.add_argument("--algorithm", choices=["RS256", "ES256"], default="RS256")
@@ -352,13 +435,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"medevents: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     configure_logging(settings.log_format, settings.log_level)
     try:
         return args.func(settings, args)
     except ConfigError as exc:
         print(f"medevents: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

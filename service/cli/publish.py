@@ -1,4 +1,5 @@
-"""`medevents publish FILE`: a producer that publishes a submission straight to RabbitMQ."""
+"""`medevents publish FILE`: a producer that publishes a submission straight to RabbitMQ, and
+with `--wait` polls the job to its end; its exit code says how it ended (`EXIT_CODES`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from medevents_client import (
     AsyncClient,
     ConnectionFailed,
     Forbidden,
+    Job,
+    JobStatus,
     MedeventsError,
     NotFound,
     ServerError,
@@ -28,6 +31,20 @@ from service.config import Settings
 from service.domain.jobs import job_href, new_job_id
 from service.messaging.broker import BrokerUnavailable
 from service.signatures import SignatureRejected, decode_unsigned, encode_unsigned
+
+# `medevents publish`'s exit codes (its --help lists them).
+EXIT_PROCESSED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMED_OUT = 3
+EXIT_UNAVAILABLE = 4
+EXIT_CODES = {
+    EXIT_PROCESSED: "published; with --wait: the job was processed",
+    EXIT_FAILED: "the job ended failed or failed_with_error (a cancelled job: failed, 499)",
+    EXIT_USAGE: "usage or configuration: bad arguments or variables, an unreadable file",
+    EXIT_TIMED_OUT: "--wait: the job had not ended (or no consumer had taken it) by --timeout",
+    EXIT_UNAVAILABLE: "the broker or the API could not be used (unreachable, or a poll refused)",
+}
 
 UUID_TEXT = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 
@@ -137,11 +154,11 @@ async def publish_submission(
             await services.publisher.publish(submission, job_id, request_id)
         except BrokerUnavailable as exc:
             print(f"medevents publish: the broker is unavailable: {exc}", file=sys.stderr)
-            return 1
-    print(f"job {job_id}")
-    print(f"{api_url.rstrip('/')}{job_href(job_id)}")
+            return EXIT_UNAVAILABLE
+    print(f"job {job_id}", flush=True)
+    print(f"{api_url.rstrip('/')}{job_href(job_id)}", flush=True)
     if not wait:
-        return 0
+        return EXIT_PROCESSED
     return await _wait_for(services.settings, submission, job_id, api_url, wait_seconds)
 
 
@@ -166,22 +183,45 @@ async def _wait_for(
                     f"{orjson.dumps(exc.body).decode()}",
                     file=sys.stderr,
                 )
-                return 1
+                return EXIT_UNAVAILABLE
             except ConnectionFailed as exc:
                 print(f"medevents publish: cannot reach the API at {url}: {exc}", file=sys.stderr)
-                return 1
+                return EXIT_UNAVAILABLE
             except (NotFound, ServerError) as exc:
                 # Published straight to the broker, the job exists once a consumer has taken
                 # its message: until then it is not found.
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     print(orjson.dumps(exc.body, option=orjson.OPT_INDENT_2).decode())
-                    return 1
+                    if isinstance(exc, NotFound):
+                        print(
+                            f"medevents publish: no consumer took the job in {wait_seconds:g} s",
+                            file=sys.stderr,
+                        )
+                        return EXIT_TIMED_OUT
+                    print(f"medevents publish: the API failed ({exc.status})", file=sys.stderr)
+                    return EXIT_UNAVAILABLE
                 await asyncio.sleep(min(pause, remaining))
                 pause = min(pause * 2, 2.0)
                 continue
-            except MedeventsError as exc:
+            except MedeventsError as exc:  # a 503 past the timeout, or an answer unforeseen
                 print(orjson.dumps(exc.body, option=orjson.OPT_INDENT_2).decode())
-                return 1
+                print(f"medevents publish: the API answered {exc.status}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
             print(orjson.dumps(job.body, option=orjson.OPT_INDENT_2).decode())
-            return 0 if job.terminal else 1
+            return exit_code(job, wait_seconds)
+
+
+def exit_code(job: Job, wait_seconds: float) -> int:
+    """What the job's end means for the exit code (`EXIT_CODES`), said on standard error
+    unless processed."""
+    if job.status is JobStatus.PROCESSED:
+        return EXIT_PROCESSED
+    if job.status is JobStatus.PENDING:
+        print(f"medevents publish: still pending after {wait_seconds:g} s", file=sys.stderr)
+        return EXIT_TIMED_OUT
+    print(
+        f"medevents publish: the job ended {job.status.value} ({job.status_code})",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED

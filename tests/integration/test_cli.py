@@ -1,5 +1,6 @@
-"""`medevents`: the new user's first session (`medevents run` with the embedded MongoDB, a
-minted token, a poll of an unknown job), and a `run` whose consumer cannot start."""
+"""`medevents`: the new user's first session (`medevents run` with the embedded MongoDB, the
+demo token, a poll of an unknown job, the README's submissions), `medevents publish --wait`'s
+exit codes, and a `run` whose consumer cannot start."""
 
 from __future__ import annotations
 
@@ -15,12 +16,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import jwt
 import pytest
 
 from service.cli.demo import DEMO_CLIENT, DEMO_USER
 from service.cli.publish import with_new_ids
 from service.config import Settings
-from service.domain.entities import ALL_ENTITY_KINDS
 from service.messaging.broker import Topology
 from service.storage.embedded import free_port
 from tests.harness import EXAMPLES
@@ -40,7 +41,7 @@ def _get(url: str, token: str, body: bytes | None = None) -> tuple[int, dict, di
         return error.code, dict(error.headers), json.loads(error.read())
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
     port = free_port()
     env = {
@@ -66,28 +67,24 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         text=True,
     )
 
-    def mint(*scopes: str) -> str:
-        """A token from `medevents token`, as the README has a new user make one."""
+    def medevents_run(*args: str, **changes: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [
-                *medevents,
-                "token",
-                "--client-id",
-                DEMO_CLIENT,
-                "--user-id",
-                DEMO_USER,
-                "--scope",
-                " ".join(scopes),
-            ],
+            [*medevents, *args],
             cwd=tmp_path,
-            env=env,
-            check=True,
+            env={**env, **changes},
             capture_output=True,
             text=True,
-        ).stdout.strip()
+            timeout=60,
+        )
 
+    other_prefix = f"test.{uuid.uuid4().hex[:12]}."  # no consumer there
     try:
-        token = mint("job:read")
+        # The one token the README has a new user make: the demo MIS's, every scope.
+        minted = medevents_run("token", "--demo")
+        assert minted.returncode == 0, minted.stderr
+        token = minted.stdout.strip()
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert (claims["client_id"], claims["sub"]) == (DEMO_CLIENT, DEMO_USER)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -101,15 +98,8 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         assert body["error"]["type"] == "not_found"
         assert body["meta"]["request_id"] == headers["x-request-id"]
 
-        # The README's first submission: the example package, published and polled.
-        published = subprocess.run(
-            [*medevents, "publish", str(EXAMPLES / "encounter_package.json"), "--wait"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        # The README's first submission: the example package, published and polled: exit 0.
+        published = medevents_run("publish", str(EXAMPLES / "encounter_package.json"), "--wait")
         assert published.returncode == 0, published.stderr
         job_line, url_line, *final = published.stdout.splitlines()
         assert url_line == f"http://127.0.0.1:{port}/api/jobs/{job_line.split()[1]}"
@@ -118,9 +108,44 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         assert final_body["meta"]["code"] == 303
         assert len(final_body["data"]["links"]) == 11
 
-        # Over HTTP, as the README shows: submit, long-poll once, follow every link.
-        scopes = ["job:read", "encounter:write", *(f"{k.entity}:read" for k in ALL_ENTITY_KINDS)]
-        reader = mint(*scopes)
+        # A job that ends failed (404: no such patient): exit 1, the final response printed.
+        failed = medevents_run(
+            "publish", str(EXAMPLES / "failed_404_unknown_patient.json"), "--wait"
+        )
+        assert failed.returncode == 1, failed.stderr
+        failed_body = json.loads("\n".join(failed.stdout.splitlines()[2:]))
+        assert failed_body["data"]["status"] == "failed"
+        assert failed_body["data"]["status_code"] == "404"
+        assert "the job ended failed (404)" in failed.stderr
+
+        # No consumer on the broker's names it publishes to: the wait times out, exit 3.
+        untaken = medevents_run(
+            "publish",
+            str(EXAMPLES / "failed_404_unknown_patient.json"),
+            "--wait",
+            "--timeout",
+            "2",
+            AMQP_PREFIX=other_prefix,
+        )
+        assert untaken.returncode == 3, untaken.stderr
+        assert "no consumer took the job in 2 s" in untaken.stderr
+
+        # An API that cannot be reached: exit 4 (the job itself is processed meanwhile).
+        unreachable = medevents_run(
+            "publish",
+            str(EXAMPLES / "failed_404_unknown_patient.json"),
+            "--wait",
+            "--timeout",
+            "1",
+            "--api",
+            f"http://127.0.0.1:{free_port()}",
+        )
+        assert unreachable.returncode == 4, unreachable.stderr
+        assert "cannot reach the API" in unreachable.stderr
+
+        # Over HTTP, as the README shows, with the demo token alone: submit, long-poll once,
+        # follow every link; list the client's webhooks; read the operators' figures.
+        reader = token
         base = f"http://127.0.0.1:{port}"
         package = with_new_ids(json.loads((EXAMPLES / "encounter_package.json").read_text()))
         status, headers, accepted = _send(
@@ -135,13 +160,19 @@ def test_new_user_session_with_the_embedded_mongodb(tmp_path) -> None:
         for link in polled["data"]["links"]:
             status, _, entity = _get(f"{base}{link['href']}", reader)
             assert status == 200 and entity["data"]["id"] == link["href"].rsplit("/", 1)[-1]
+        assert len(polled["data"]["links"]) == 11
+        assert _get(f"{base}/api/webhooks", reader)[0] == 200
+        assert _get(f"{base}/api/admin/stats", reader)[0] == 200
 
         mongo_dir = tmp_path / ".data" / "mongo"
         nx_pid = int((mongo_dir / "nx-27017.pid").read_text())
     finally:
         server.send_signal(signal.SIGTERM)
         output, _ = server.communicate(timeout=30)
-        asyncio.run(delete_test_topologies(env.get("AMQP_URL") or Settings().amqp_url, prefix))
+        for declared in (prefix, other_prefix):
+            asyncio.run(
+                delete_test_topologies(env.get("AMQP_URL") or Settings().amqp_url, declared)
+            )
     assert server.returncode == 0, output
     events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
     assert "embedded_mongo_started" in events and "embedded_mongo_stopped" in events
