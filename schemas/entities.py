@@ -15,7 +15,11 @@ from schemas.service_requests import ServiceRequestSchema
 from service.domain.entities import EPISODE, READABLE_KINDS, SERVICE_REQUEST, EntityKind
 
 # How each kind renders: a package's entities by their package schema, episodes by theirs.
-READ_SCHEMAS = {**ENTITY_SCHEMAS, EPISODE: EpisodeSchema, SERVICE_REQUEST: ServiceRequestSchema}
+READ_SCHEMAS: dict[EntityKind, type[Schema]] = {
+    **ENTITY_SCHEMAS,
+    EPISODE: EpisodeSchema,
+    SERVICE_REQUEST: ServiceRequestSchema,
+}
 
 
 def envelope_name(kind: EntityKind) -> str:

@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import date
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from marshmallow import Schema, ValidationError, fields, post_load
 from marshmallow.schema import SCHEMA
@@ -89,7 +89,8 @@ class QueryInteger(Integer):
 class QueryDate(Date):
     """`format: date` (rule `date`), loaded as the day it names."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> date:
+    # A String loading what its text names (see `rules.DateTime`: the OpenAPI document).
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> date:  # type: ignore[override]
         return date.fromisoformat(super()._deserialize(value, attr, data, **kw))
 
 
@@ -249,7 +250,9 @@ def _query_schema(kind: EntityKind, *, in_episode: bool = False) -> ListQuerySch
         del filters[EPISODE_PARAMETERS[kind]]
     stem = "".join(part.capitalize() for part in kind.entity.split("_"))
     name = f"{stem}{'EpisodeContext' if in_episode else ''}ListQuery"
-    return ListQuerySchema.from_dict(filters, name=name)()
+    # `from_dict` makes a subclass of the class it is called on; marshmallow types it as
+    # `type[Schema]`.
+    return cast("type[ListQuerySchema]", ListQuerySchema.from_dict(filters, name=name))()
 
 
 # Instances, by collection: a patient's lists, and the lists in an episode's context.

@@ -34,7 +34,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import Schema, ValidationError, fields, post_load
 
@@ -95,7 +95,8 @@ class PageToken:
 class PageTokenField(String):
     """The opaque `page_token`: what it decodes to is checked by `load_job_list_query`."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> PageToken:
+    # A String loading what its text names (see `rules.DateTime`: the OpenAPI document).
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> PageToken:  # type: ignore[override]
         text = super()._deserialize(value, attr, data, **kw)
         if not _TOKEN_TEXT.fullmatch(text):
             raise violation(NOT_OUR_TOKEN)
@@ -116,7 +117,8 @@ class OffsetDateTime(DateTime):
     """`format: date-time` with its offset (`Z` or `+02:00`): an instant, unambiguous. A space
     in place of the offset's `+` (a query string that was not percent-encoded) is read as `+`."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> datetime:
+    # A String loading what its text names (see `rules.DateTime`: the OpenAPI document).
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> datetime:  # type: ignore[override]
         if isinstance(value, str):
             value = _PLUS_AS_SPACE.sub(r"\1+\2", value)
         moment = super()._deserialize(value, attr, data, **kw)
@@ -174,7 +176,12 @@ def job_list_query_schema(type_names: tuple[str, ...]) -> JobListQuerySchema:
     field = String(
         validate=one_of(names), metadata={"enum": names, "description": "Jobs of this type"}
     )
-    schema = JobListQuerySchema.from_dict({"type": field}, name="JobListQuery")
+    # `from_dict` makes a subclass of the class it is called on; marshmallow types it as
+    # `type[Schema]`.
+    schema = cast(
+        "type[JobListQuerySchema]",
+        JobListQuerySchema.from_dict({"type": field}, name="JobListQuery"),
+    )
     return schema()
 
 

@@ -70,10 +70,12 @@ class _JobSchema(Schema):
     eta = UtcDateTime(required=True)
 
 
-class JobLinks(fields.Field):
+class JobLinks(fields.Field[str]):
     """A pending job's one link, to itself, made from its id."""
 
     def _serialize(self, value: str | None, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        if value is None:  # as marshmallow's fields serialize None (a stored job has an id)
+            return None
         return LINKS.dump([{"entity": "job", "href": job_href(value)}])
 
 

@@ -97,7 +97,9 @@ class FirstItemArray(List):
     def _serialize(self, value: Any, attr: str | None, obj: Any, **kw: Any) -> Any:
         if not isinstance(value, list) or len(value) < 2:
             return super()._serialize(value, attr, obj, **kw)
-        return [*super()._serialize(value[:1], attr, obj, **kw), *value[1:]]
+        first = super()._serialize(value[:1], attr, obj, **kw)
+        assert first is not None  # marshmallow's List serializes a list to a list
+        return [*first, *value[1:]]
 
 
 def _validators(

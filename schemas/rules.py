@@ -37,6 +37,7 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validates_schema
 from marshmallow.schema import SCHEMA
+from marshmallow.types import ErrorMessages, StrSequenceOrSet
 
 Validator = Callable[[Any], None]
 
@@ -129,16 +130,18 @@ class StrictSchema(Schema):
             raise ValidationError({key: [rule] for key in unknown})
 
 
-class _Typed:
-    """A field of one JSON type: `null` and other types are a `cast` to `json_type`."""
+class _Typed(fields.Field[Any]):
+    """A field of one JSON type: `null` and other types are a `cast` to `json_type`. Mixed in
+    before a marshmallow field (`class String(_Typed, fields.String)`), which comes next in
+    the MRO."""
 
     json_type = "string"
-    default_error_messages = {"required": REQUIRED}  # noqa: RUF012
+    default_error_messages: ErrorMessages = {"required": [REQUIRED]}  # noqa: RUF012
 
     def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kw: Any) -> Any:
         if value is None and not getattr(self, "allow_none", False):
             raise violation(cast_rule(self.json_type, None))
-        return super().deserialize(value, attr, data, **kw)  # type: ignore[misc]
+        return super().deserialize(value, attr, data, **kw)
 
     def _accepts(self, value: Any) -> bool:
         raise NotImplementedError
@@ -146,7 +149,7 @@ class _Typed:
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> Any:
         if not self._accepts(value):
             raise violation(cast_rule(self.json_type, value))
-        return super()._deserialize(value, attr, data, **kw)  # type: ignore[misc]
+        return super()._deserialize(value, attr, data, **kw)
 
 
 class String(_Typed, fields.String):
@@ -245,7 +248,10 @@ class DateTime(String):
     """`format: date-time`: ISO 8601; one without an offset is taken as UTC. Kept as an aware
     datetime, so that MongoDB stores a date and reads can compare it."""
 
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> datetime:
+    # marshmallow types what a String loads as `str`; this one loads the datetime its text
+    # names. It stays a String: apispec documents a field by the first class of its MRO that
+    # it maps (here "type": "string"), so another base would change the OpenAPI document.
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kw: Any) -> datetime:  # type: ignore[override]
         text = super()._deserialize(value, attr, data, **kw)
         if not _DATE_TIME.match(text):
             raise violation(
@@ -301,6 +307,17 @@ class Nested(_Typed, fields.Nested):
 
     def _accepts(self, value: Any) -> bool:
         return isinstance(value, dict)
+
+    def _deserialize(
+        self,
+        value: Any,
+        attr: str | None,
+        data: Any,
+        partial: bool | StrSequenceOrSet | None = None,
+        **kw: Any,
+    ) -> Any:
+        # marshmallow's Nested takes `partial` positionally as well; passed on by name.
+        return super()._deserialize(value, attr, data, partial=partial, **kw)
 
 
 class List(_Typed, fields.List):
@@ -568,5 +585,7 @@ def dictionary(name: str, instead_of: Sequence[Any] | None = None) -> Validator:
         elif value not in allowed:
             raise violation(Rule("inclusion", NOT_IN_ENUM, sorted(allowed)))
 
+    # The dictionary it checks against, on the validator for whoever inspects a field. A
+    # function takes attributes, but a `def` cannot declare one to mypy.
     check.dictionary = name  # type: ignore[attr-defined]
     return check

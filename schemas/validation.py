@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -34,7 +35,7 @@ class InvalidEntrySchema(Schema):
     rules = fields.List(fields.Nested(ValidationRuleSchema), required=True)
 
 
-def json_path(parts: list[str | int], *, schema_style: bool = False) -> str:
+def json_path(parts: Sequence[str | int], *, schema_style: bool = False) -> str:
     """`$.a[0].b`, or with `schema_style` `$.a.[0].b`."""
     path = "$"
     for part in parts:
@@ -55,7 +56,7 @@ def _as_rule(message: Any) -> Rule:
     return Rule("invalid", str(message))
 
 
-def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[dict[str, Any]]:
+def invalid_entries(errors: Any, prefix: Sequence[str | int] | None = None) -> list[dict[str, Any]]:
     """Flatten marshmallow's `ValidationError.messages` of a schema into `invalid` entries, in
     order."""
     entries: dict[str, list[dict[str, Any]]] = {}
@@ -82,12 +83,12 @@ def invalid_entries(errors: Any, prefix: list[str | int] | None = None) -> list[
     ]
 
 
-def single_entry(parts: list[str | int], rule: Rule) -> list[dict[str, Any]]:
+def single_entry(parts: Sequence[str | int], rule: Rule) -> list[dict[str, Any]]:
     """An `invalid` list with one entry, for checks made outside a schema."""
     return [invalid_entry(parts, rule)]
 
 
-def invalid_entry(parts: list[str | int], *rules: Rule) -> dict[str, Any]:
+def invalid_entry(parts: Sequence[str | int], *rules: Rule) -> dict[str, Any]:
     """One entry of a business rule's 422 (the original's `Core.ValidationError`)."""
     return {
         "entry_type": ENTRY_TYPE,
@@ -169,7 +170,13 @@ def duplicated_keys(body: bytes) -> list[list[str | int]]:
         if len(found) != len(pairs):
             seen_any = True
             seen: set[str] = set()
-            found.duplicated = tuple(key for key, _ in pairs if key in seen or seen.add(key))
+            again: list[str] = []
+            for key, _ in pairs:
+                if key in seen:
+                    again.append(key)
+                else:
+                    seen.add(key)
+            found.duplicated = tuple(again)
         return found
 
     try:

@@ -145,7 +145,8 @@ class WebhookReplayedSchema(Schema):
 class JobEventDataField(fields.Field):
     """The job's `id` and `type`, then the `data` of `GET /api/jobs/{id}` for it."""
 
-    def _serialize(self, job: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        job = value
         return {"id": job["_id"], "type": job.get("type"), **job_data_schema(job).dump(job)}
 
 

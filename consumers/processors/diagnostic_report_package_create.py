@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumers.processors.package_checks import (
+    Path,
     RuleReport,
     check_diagnostic_report,
     check_source_employee,
@@ -98,7 +99,8 @@ async def gather_facts(context: JobContext, content: dict[str, Any]) -> PackageF
         legal_entity = await context.registries.legal_entity(organization)
         if legal_entity is not None:
             facts.legal_entities[organization] = legal_entity
-    requests = {ref(report.get("based_on"))} - {None}
+    based_on = ref(report.get("based_on"))
+    requests = {based_on} if based_on is not None else set()
     facts.service_requests = await context.entities.found(
         "service_requests", requests, context.patient_id
     )
@@ -141,7 +143,7 @@ def check_diagnostic_report_package(
         _check_observation(report, observation, ["observations", index], diagnostic_report["id"])
         performer = ref(observation.get("performer"))
         if performer:
-            path = ["observations", index, "performer", *_VALUE]
+            path: Path = ["observations", index, "performer", *_VALUE]
             check_source_employee(report, path, performer, facts, client_id)
         if observation["issued"] > now:
             report.add(["observations", index, "issued"], "Issued must be in past")

@@ -14,6 +14,7 @@ cost a query per kind on every package.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +40,7 @@ from service.signatures import Signer
 # How old an encounter's date may be (the original's ENCOUNTER_MAX_DAYS_PASSED).
 ENCOUNTER_MAX_DAYS_PASSED = 7
 
-Path = list[str | int]
+Path = Sequence[str | int]
 
 
 # The date each kind must have in the past, with the original's message.
@@ -217,7 +218,8 @@ def _check_service_request(
 def _codes(concept: Any) -> set[str]:
     if not isinstance(concept, dict):
         return set()
-    return {c.get("code") for c in concept.get("coding") or [] if isinstance(c, dict)}
+    codings = [c for c in concept.get("coding") or [] if isinstance(c, dict)]
+    return {code for c in codings if isinstance(code := c.get("code"), str)}
 
 
 def _check_entities(

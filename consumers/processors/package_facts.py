@@ -16,7 +16,7 @@ from service.usecases.job_types import JobContext
 
 
 def _employee_refs(content: dict[str, Any]) -> set[str]:
-    found = {ref(content["encounter"].get("performer"))}
+    found: set[str | None] = {ref(content["encounter"].get("performer"))}
     for key, name in SOURCE_EMPLOYEE.items():
         found.update(ref(entity.get(name)) for entity in content.get(key) or [])
     for report in content.get("diagnostic_reports") or []:
@@ -29,7 +29,7 @@ def _employee_refs(content: dict[str, Any]) -> set[str]:
 def _referenced(content: dict[str, Any]) -> dict[str, set[str]]:
     """The stored entities of the patient a package may refer to, per collection: what it
     refers to and does not hold itself."""
-    wanted: dict[str, set[str]] = {
+    wanted: dict[str, set[str | None]] = {
         "conditions": set(),
         "observations": set(),
         "diagnostic_reports": set(),
@@ -54,7 +54,7 @@ def _referenced(content: dict[str, Any]) -> dict[str, set[str]]:
 
 
 def _service_request_refs(content: dict[str, Any]) -> set[str]:
-    found = {ref(content["encounter"].get("incoming_referral"))}
+    found: set[str | None] = {ref(content["encounter"].get("incoming_referral"))}
     for observation in content.get("observations") or []:
         found.update(ref(item) for item in observation.get("based_on") or [])
     for report in content.get("diagnostic_reports") or []:
@@ -76,10 +76,11 @@ async def gather_facts(
             episode_id
         )
     organizations = {
-        ref(report.get("managing_organization"))
+        organization
         for report in content.get("diagnostic_reports") or []
+        if (organization := ref(report.get("managing_organization"))) is not None
     }
-    for organization in organizations - {None}:
+    for organization in organizations:
         if (legal_entity := await registries.legal_entity(organization)) is not None:
             facts.legal_entities[organization] = legal_entity
     visit_ref = ref(encounter.get("visit"))

@@ -114,7 +114,7 @@ def _references(content: dict[str, Any]) -> list[tuple[list[str | int], dict[str
 async def gather_facts(context: JobContext, content: dict[str, Any]) -> PackageFacts:
     """The requester, the context encounter and what the references name, a query a kind."""
     facts = PackageFacts()
-    facts.employees = await context.registries.employees({ref(content["requester_employee"])})
+    facts.employees = await context.registries.employees({ref(content["requester_employee"]) or ""})
     wanted: dict[str, set[str]] = {ENCOUNTER.collection: {ref(content["context"]) or ""}}
     for _, item in _references(content):
         kind = _KINDS.get(ref_type(item) or "")

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import jwt
 import orjson
 import structlog
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from multidict import CIMultiDictProxy
 
@@ -70,10 +70,16 @@ class Authenticator(Protocol):
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal: ...
 
 
+# What a token is signed with (`mint_token`) and verified with (`JwtAuthenticator`): the
+# HS256 secret, a PEM key, or a loaded RSA or EC key.
+SigningKey = str | bytes | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+VerificationKey = str | bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
 class JwtAuthenticator:
     def __init__(
         self,
-        key: object,
+        key: VerificationKey,
         algorithms: list[str],
         audience: str | None = None,
         issuer: str | None = None,
@@ -258,13 +264,16 @@ def build_authenticator(settings: Settings) -> Authenticator:
     checks = {"audience": settings.jwt_audience, "issuer": settings.jwt_issuer}
     if settings.jwt_public_key is not None:  # checked by Settings: RSA, or EC on P-256
         key = load_pem_public_key(settings.jwt_public_key.read_bytes())
-        algorithm = "RS256" if isinstance(key, rsa.RSAPublicKey) else "ES256"
-        return JwtAuthenticator(key, [algorithm], **checks)
+        if isinstance(key, rsa.RSAPublicKey):
+            return JwtAuthenticator(key, ["RS256"], **checks)
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return JwtAuthenticator(key, ["ES256"], **checks)
+        raise ValueError("JWT_PUBLIC_KEY is neither an RSA nor an EC public key")
     return JwtAuthenticator(signing_secret(settings), ["HS256"], **checks)
 
 
 def mint_token(
-    secret_or_key: object,
+    secret_or_key: SigningKey,
     client_id: str,
     scopes: list[str],
     user_id: str,

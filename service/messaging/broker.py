@@ -21,6 +21,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+from aiormq.abc import ArgumentsType
 
 # Redeliveries (crashes, restarts with messages in flight) before a message is dead-lettered.
 DELIVERY_LIMIT = 20
@@ -116,7 +117,7 @@ async def declare_work_queue(
     """A queue consumed with acks (durable, quorum): a message redelivered past
     `DELIVERY_LIMIT` is dead-lettered to `dead_letter_exchange` (with its own routing key, or
     `dead_letter_routing_key`)."""
-    arguments: dict[str, str | int] = {
+    arguments: ArgumentsType = {
         "x-queue-type": "quorum",
         "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": dead_letter_exchange,

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
 import aio_pika
@@ -99,6 +100,9 @@ class WebhookMessage:
     def of(cls, message: AbstractIncomingMessage) -> WebhookMessage | None:
         """The message's webhook; None when its headers are not ours."""
         headers = message.headers or {}
+        attempt = headers.get("x-attempt", 1)
+        if not isinstance(attempt, int | float | str | bytes | bytearray | Decimal):
+            return None  # what `int` refuses (None, a date, an array, a table)
         try:
             return cls(
                 webhook_id=str(headers["x-webhook-id"]),
@@ -106,7 +110,7 @@ class WebhookMessage:
                 client_id=str(headers["x-client-id"]),
                 job_id=str(headers["x-job-id"]),
                 event_type=str(headers["x-event-type"]),
-                attempt=max(1, int(headers.get("x-attempt", 1))),
+                attempt=max(1, int(attempt)),
                 body=message.body,
             )
         except (KeyError, TypeError, ValueError):

@@ -48,7 +48,9 @@ class EventLogger:
     debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
-def _drop_below_level(_: object, method_name: str, event_dict: dict) -> dict:
+def _drop_below_level(
+    _: structlog.typing.WrappedLogger, method_name: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
     if _LEVELS.get(method_name, logging.INFO) < _Output.level:
         raise structlog.DropEvent
     return event_dict

@@ -8,8 +8,8 @@ decide what an outage means for them without knowing the driver.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
-from typing import ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar
 
 from pymongo import AsyncMongoClient
 from pymongo.errors import ConnectionFailure, PyMongoError
@@ -37,7 +37,9 @@ def open_mongo_client(settings: Settings, url: str) -> AsyncMongoClient:
     )
 
 
-def unavailable_on_outage(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def unavailable_on_outage(
+    method: Callable[P, Awaitable[T]],
+) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:

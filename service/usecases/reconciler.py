@@ -170,9 +170,12 @@ class JobReconciler:
     async def _notify_left_over(self) -> None:
         """Publish the webhooks of the jobs it ended that are not published yet; never raises
         (the next run tries again)."""
+        notify = self._notify_ended
+        if notify is None:  # nothing is left over without it (`_notify_later` stays empty)
+            return
         for job_id, job in list(self._notify_later.items()):
             try:
-                await self._notify_ended(job)  # type: ignore[misc]
+                await notify(job)
                 await self._jobs.mark_notified(job_id)  # a replayed message publishes nothing
             except Exception as exc:
                 log.warning("job_webhooks_later", job_id=job_id, error=repr(exc)[:200])

@@ -22,6 +22,7 @@ from service.domain.clock import utcnow
 from service.domain.jobs import NewJob, pending_eta
 from service.domain.principal import Principal
 from service.storage.jobs import JobStore
+from service.storage.mongo import StoreUnavailable
 from service.usecases.cpu_bound import sized_work
 
 # The type a job is recorded with when its body names none that can be stored.
@@ -29,6 +30,9 @@ UNKNOWN_TYPE = "unknown"
 # The original's words, on its POST (404, 409) and in its jobs.
 PATIENT_NOT_FOUND = "Patient not found"
 PATIENT_NOT_ACTIVE = "Person is not active"
+# How many times a pending job is inserted when the job met under its id vanishes before it
+# can be read (`PendingJobs.create`).
+CREATE_TRIES = 3
 
 
 def submission_body(
@@ -78,6 +82,7 @@ def parse_body(body: bytes) -> ParsedBody:
     raw, invalid = json_object(body, MAX_JSON_DEPTH + 1)
     if invalid is not None:
         return ParsedBody(raw, None, invalid, size)
+    assert raw is not None  # `json_object` gives the object whenever it finds it usable
     try:
         return ParsedBody(raw, SUBMISSION.load(raw), None, size)
     except ValidationError as exc:
@@ -136,4 +141,10 @@ class PendingJobs:
             eta=eta or await self.eta(),
             patient_id=patient_id,
         )
-        return await self.store.create_pending(job)
+        # The job stored under the id can be removed between the insert that met it and the
+        # read of it (the retention sweep): inserted again then, as a moment later it would be.
+        for _ in range(CREATE_TRIES):
+            created, new = await self.store.create_pending(job)
+            if created is not None:
+                return created, new
+        raise StoreUnavailable(f"the job {job_id} kept vanishing as it was created: try again")

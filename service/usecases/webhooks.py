@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import functools
 import hashlib
 import hmac
@@ -319,7 +320,7 @@ class WebhookService:
             now = time.time()
             current = endpoint["secrets"][0]["key"]
             secret = new_secret()
-            kept = [{"key": secret, "expires_at": None}]
+            kept: list[dict[str, Any]] = [{"key": secret, "expires_at": None}]
             if self.secret_overlap_seconds > 0:
                 kept.append({"key": current, "expires_at": now + self.secret_overlap_seconds})
             # Only if no rotation came in between: two rotations at once are two in a row,
@@ -338,7 +339,7 @@ class WebhookService:
         client_id: str,
         before: tuple[int, str | None] | None,
         limit: int,
-    ) -> tuple[list[dict[str, Any]], tuple[int, str] | None]:
+    ) -> tuple[builtins.list[dict[str, Any]], tuple[int, str] | None]:
         """A page of the endpoint's attempts, newest first, and the cursor of the next (the
         last attempt's `(seq, _id)`)."""
         if await self.store.get_for_client(endpoint_id, client_id) is None:

@@ -105,8 +105,9 @@ def error_for(
 ) -> MedeventsError:
     """The exception for an error response: its class by status, its fields by the envelope
     (what a proxy answers without one still gives an exception of the right class)."""
-    error = body.get("error") if isinstance(body.get("error"), dict) else {}
-    meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
+    raw_error, raw_meta = body.get("error"), body.get("meta")
+    error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
     message = str(error.get("message") or reason or f"HTTP {status}")
     kwargs: dict[str, Any] = {
         "status": status,
