@@ -53,7 +53,7 @@ lowest: install
 
 # The service with its embedded defaults: RabbitMQ started (or installed) when AMQP_URL names
 # no other broker, the embedded MongoDB when MONGODB_URL is unset, demo patients written.
-# Unsigned packages (SIGNATURE_MODE=decode) unless told otherwise: see README, "Signatures".
+# Unsigned packages (SIGNATURE_MODE=decode) unless told otherwise: see docs/operations.md, "Signatures".
 run: install services
 	SIGNATURE_MODE=$${SIGNATURE_MODE:-decode} $(BIN)/medevents run
 

@@ -39,7 +39,7 @@ INVALID_SIGNATURE = "Invalid signed content"
 NOT_BASE64 = "Not a base64 string"
 NOT_JSON = "Malformed encoded content. Probably, you have encoded corrupted JSON."
 # DSTU 4145 (the Ukrainian standard) and its hash, GOST 34.311: no Python library verifies
-# them; a deployment that takes them verifies in front of this service (README, "Signatures").
+# them; a deployment that takes them verifies in front of this service (docs/operations.md, "Signatures").
 DSTU_4145_OID_PREFIX = "1.2.804.2.1.1.1.1.3.1"
 
 # What a hostile or broken SignedData can make the parsers raise, besides a refusal.
@@ -274,7 +274,7 @@ class CmsSignatureVerifier:
 def _check_signing_certificate(certificate: x509.Certificate) -> None:
     """A certificate for signatures: not a CA's, and where it says what its key is for,
     signing (digitalSignature or nonRepudiation). The chain's policy checks the CAs; this is
-    the leaf's. Revocation is not checked: see README, "Signatures"."""
+    the leaf's. Revocation is not checked: see docs/operations.md, "Signatures"."""
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
         if constraints.value.ca:

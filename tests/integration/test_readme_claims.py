@@ -1,4 +1,4 @@
-"""Claims of the README that no other test would catch if they were false, one test each (each
+"""Claims of the docs (api.md, operations.md, job-types.md) that no other test would catch if they were false, one test each (each
 was checked by breaking the code it covers and watching it fail):
 
 - a submission the broker does not take is a 503, and its job ends at once (500, submit it
