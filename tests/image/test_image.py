@@ -263,6 +263,17 @@ def _check_the_images(
         "pip": False,
     }
 
+    # Without the stand-in (the `local` extra) and without MONGODB_URL: one line, exit 2.
+    alone = made[0].run("env", "-u", "MONGODB_URL", "DATA_DIR=/tmp/medevents", "medevents", "api")
+    assert alone.returncode == 2, alone
+    # (buildah adds lines of its own about the exit status.)
+    said = [line for line in alone.stderr.splitlines() if line.startswith("medevents")]
+    assert said == [
+        "medevents: configuration error: MONGODB_URL is not set and the embedded MongoDB "
+        "stand-in is not installed: set MONGODB_URL to a MongoDB server, or install it with "
+        "pip install 'medevents[local]'"
+    ]
+
     size = image_size(images.api)
     assert size.endswith("MB") and float(size.split()[0]) < 300, size
     measured.append(
