@@ -1,5 +1,6 @@
-"""The consumer's process: `medevents consumer` (the consumer alone, until SIGTERM or SIGINT)
-and the consumer beside the API in `medevents run`. Both take what the bootstrap built."""
+"""The consumer's process: `medevents consumer` (the consumer alone, until SIGTERM or SIGINT,
+with `/metrics` and `/health/live` on METRICS_PORT) and the consumer beside the API in
+`medevents run`. Both take what the bootstrap built."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import signal
 from collections.abc import AsyncIterator
 
 import structlog
-from prometheus_client import start_http_server
 
 from consumers.consumer import JobConsumer
 from service.bootstrap import Services
 from service.config import Settings
+from service.observability.liveness import serve_probes
 from service.observability.metrics import QUEUE_DEPTH
 from service.usecases.running import pause, stop_on_signals
 
@@ -39,17 +40,18 @@ def build_consumer(services: Services) -> JobConsumer:
     return consumer
 
 
-async def run_consumer(services: Services) -> None:
-    """`medevents consumer`: consume until SIGTERM or SIGINT, then stop cleanly (messages in
-    flight finish or go back to the queue) and close what the bootstrap opened."""
-    stop = stop_on_signals()
+async def run_consumer(services: Services, stop: asyncio.Event | None = None) -> None:
+    """`medevents consumer`: consume until SIGTERM or SIGINT (or until `stop` is set, when
+    given), then stop cleanly (messages in flight finish or go back to the queue) and close
+    what the bootstrap opened."""
+    stop = stop if stop is not None else stop_on_signals()
     async with services:
+        await serve_metrics(services)  # first: alive while MongoDB or the broker is not
         # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
         await services.prepare_storage()
         services.start_retention()  # stopped after the consumer: closers run in reverse
         consumer = build_consumer(services)
         services.start_reconciler()  # stopped before the consumer: it sends on its connection
-        serve_metrics(services.settings)
         depth = asyncio.create_task(_track_queue_depth(consumer, stop))
         starting = asyncio.create_task(consumer.start())
         stopping = asyncio.create_task(stop.wait())
@@ -94,16 +96,16 @@ def _stop_process_if_failed(task: asyncio.Task) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def serve_metrics(settings: Settings) -> None:
-    """`/metrics` of a consumer running alone, on `METRICS_PORT` (0: none)."""
-    if not settings.metrics_port:
-        return
-    try:
-        start_http_server(settings.metrics_port, addr=settings.http_host)
-    except OSError as exc:  # another consumer on this host has the port: run without
-        log.warning("metrics_port_unavailable", port=settings.metrics_port, error=str(exc))
-        return
-    log.info("metrics_serving", url=f"http://{settings.http_host}:{settings.metrics_port}/metrics")
+async def serve_metrics(services: Services) -> None:
+    """`/metrics` and `/health/live` of a consumer running alone, on `METRICS_PORT` (0: none;
+    taken by another process of the host: none, with a warning), stopped when `services`
+    close (last: they answer while the rest stops). `medevents webhooks` serves the same."""
+    settings: Settings = services.settings
+    probes = await serve_probes(
+        settings.http_host, settings.metrics_port, settings.liveness_stall_seconds
+    )
+    if probes is not None:
+        services.on_close(probes.aclose)
 
 
 async def _track_queue_depth(consumer: JobConsumer, stop: asyncio.Event) -> None:

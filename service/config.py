@@ -1,6 +1,6 @@
 """Configuration, read once from the environment.
 
-Every variable has a default that works for local use; the README's configuration table
+Every variable has a default that works for local use; docs/configuration.md
 lists them all. `Settings.from_env` is the only place that reads `os.environ`.
 """
 
@@ -246,7 +246,7 @@ _MONGODB = _API | _CONSUMER | _WEBHOOKS | {"patient", "registry"}
 _BROKER = _API | _CONSUMER | _WEBHOOKS | {"publish", "dead-letters"}
 _EVERY = _MONGODB | _BROKER | {"token"}
 
-# Every variable `Settings.from_env` reads, in the README's order; it reads no other
+# Every variable `Settings.from_env` reads, in docs/configuration.md's order; it reads no other
 # (`_Reader`). `medevents <command> --help` prints the table's rows of that command.
 ENVIRONMENT = (
     Variable(

@@ -41,6 +41,7 @@ from service.domain.clock import utcnow
 from service.messaging.broker import BrokerUnavailable
 from service.messaging.job_queue import channel_closed, handle_shielded
 from service.messaging.webhooks import WebhookMessage
+from service.observability.liveness import serve_probes
 from service.storage.mongo import StoreUnavailable
 from service.usecases.running import pause, stop_on_signals
 from service.usecases.webhooks import (
@@ -354,10 +355,18 @@ def build_worker(services: Services) -> WebhookWorker:
     return worker
 
 
-async def run_webhooks(services: Services) -> None:
-    """`medevents webhooks`: deliver until SIGTERM or SIGINT, then stop cleanly."""
-    stop = stop_on_signals()
+async def run_webhooks(services: Services, stop: asyncio.Event | None = None) -> None:
+    """`medevents webhooks`: deliver until SIGTERM or SIGINT (or until `stop` is set, when
+    given), then stop cleanly. `/metrics` and `/health/live` on METRICS_PORT, as for
+    `medevents consumer` (service.observability.liveness)."""
+    stop = stop if stop is not None else stop_on_signals()
     async with services:
+        settings = services.settings
+        probes = await serve_probes(
+            settings.http_host, settings.metrics_port, settings.liveness_stall_seconds
+        )
+        if probes is not None:
+            services.on_close(probes.aclose)  # closed last: it answers while the rest stops
         await services.prepare_storage()
         worker = build_worker(services)
         starting = asyncio.create_task(_start_when_broker_answers(worker, stop))

@@ -1,7 +1,8 @@
 """Cross-cutting work for every request, outermost first:
 
-1. `request_context`: the request id (bound into every log line, echoed in `x-request-id`)
-   and one `request_finished` event per request.
+1. `request_context`: the request id (bound into every log line, echoed in `x-request-id`),
+   `meta.url` (`request_url`, with the scheme and host a trusted reverse proxy gives) and
+   one `request_finished` event per request.
 2. `error_envelope`: every error, raised by us or by aiohttp, becomes the error envelope;
    an unexpected exception is logged with its traceback and answered 500 without it.
 3. `body_limit`: a declared body over `MAX_REQUEST_BYTES` is refused before anything reads it.
@@ -11,6 +12,9 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -72,22 +76,118 @@ def request_id_from(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def request_url(request: web.Request) -> str:
-    """`meta.url` as the original renders it: scheme, host, the port unless it is 80, and the
-    path, without the query string. A malformed `Host` header leaves the path alone."""
+    """`meta.url` as the original renders it: scheme, host, the port unless it is the scheme's
+    default (80, 443), and the path, without the query string; the scheme and the host the
+    client used when a trusted proxy says so (`forwarded_origin`). A malformed `Host` header
+    leaves the path alone.
+
+    The one absolute URL the API writes: links and `Location` headers are paths."""
     try:
-        url = request.url
-        host, port = url.raw_host, url.port
+        proto, forwarded_host = forwarded_origin(request)
+        host: str | None
+        if forwarded_host:
+            host, port = _split_host(forwarded_host)
+            scheme, path = proto or request.scheme, request.rel_url.raw_path
+        else:
+            url = request.url
+            host, port, path = url.raw_host, url.explicit_port, url.raw_path
+            scheme = proto or url.scheme
         if not host:
             raise ValueError("no host")
         host = f"[{host}]" if ":" in host else host  # an IPv6 address
-        netloc = host if port in (80, None) else f"{host}:{port}"
-        return f"{url.scheme}://{netloc}{url.raw_path}"
+        netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+        return f"{scheme}://{netloc}{path}"
     except (ValueError, UnicodeError):
         try:
             return request.rel_url.raw_path
         except (ValueError, UnicodeError):
             return ""
+
+
+# X-Forwarded-Host: a DNS name (RFC 1123 labels), an IPv4 address or a bracketed IPv6
+# address, then an optional port.
+_FORWARDED_HOST = re.compile(
+    r"(?:(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+    r"|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?"
+)
+_NOTHING_FORWARDED = ("", "")
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def forwarded_origin(request: web.Request) -> tuple[str, str]:
+    """The scheme and the host (`host[:port]`) the client used, as the reverse proxy in front
+    says in `X-Forwarded-Proto` (`http` or `https`) and `X-Forwarded-Host`, when the direct
+    peer is one of `TRUSTED_PROXIES`; "" for each that is not given, not believed, or not a
+    scheme or a host (the connection's own then counts).
+
+    A header with several values (a list, or several lines) counts by its last one: the value
+    the trusted peer itself appended or set. Only the direct peer is trusted (one hop): the
+    values before it came from further away, where anyone may have written them.
+
+    Nothing is cloned or parsed for a request without these headers, nor at all while
+    TRUSTED_PROXIES is empty (the default); the peer's address is parsed once per address."""
+    networks = request.app[SETTINGS].trusted_proxies
+    if not networks:
+        return _NOTHING_FORWARDED
+    headers = request.headers
+    proto_header = headers.getall("X-Forwarded-Proto", None)
+    host_header = headers.getall("X-Forwarded-Host", None)
+    if proto_header is None and host_header is None:
+        return _NOTHING_FORWARDED
+    remote = request.remote
+    if remote is None or not peer_is_trusted(remote, networks):
+        return _NOTHING_FORWARDED
+    proto = _last_value(proto_header).lower()
+    host = _last_value(host_header).lower()
+    return (
+        proto if proto in _DEFAULT_PORTS else "",
+        host if _valid_forwarded_host(host) else "",
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def peer_is_trusted(remote: str, networks: tuple[IPNetwork, ...]) -> bool:
+    """Whether the peer address `remote` is in one of `networks` (remembered per address)."""
+    try:
+        address = ipaddress.ip_address(remote.partition("%")[0])
+    except ValueError:  # a Unix socket's peer, say
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 peer on a dual-stack socket
+    return any(address in network for network in networks)
+
+
+def _last_value(values: list[str] | None) -> str:
+    if not values:
+        return ""
+    return values[-1].rpartition(",")[2].strip()
+
+
+def _valid_forwarded_host(host: str) -> bool:
+    """`host` (lowercased) is a name or an address, with a port from 1 to 65535 or none."""
+    if not host or len(host) > 261 or _FORWARDED_HOST.fullmatch(host) is None:
+        return False
+    name, port = _split_host(host)
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(name)
+        except ValueError:
+            return False
+    return port is None or 0 < port <= 65535
+
+
+def _split_host(host: str) -> tuple[str, int | None]:
+    """`example.com:8443` -> ("example.com", 8443); `[::1]` -> ("::1", None)."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        port = rest[1:]
+    else:
+        name, _, port = host.partition(":")
+    return name, int(port) if port else None
 
 
 @web.middleware

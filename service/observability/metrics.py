@@ -1,9 +1,27 @@
 """Prometheus metrics, one registry per process (`/metrics` on the API; `METRICS_PORT` for a
-consumer running alone)."""
+consumer or a webhook worker running alone, service.observability.liveness).
+
+Named as Prometheus asks (https://prometheus.io/docs/practices/naming/): `medevents_` first,
+base units spelled out at the end (`_seconds`), `_total` on counters and only there.
+Counters and histograms export no `_created` series (prometheus_client adds one per label
+set by default: a timestamp that doubles the series and that no dashboard or alert reads);
+`tests/integration/test_metrics_conventions.py` runs `promtool check metrics` on what the API
+and a consumer serve.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# Process-wide, read at each exposition: no `_created` series, whatever the environment says.
+disable_created_metrics()
 
 HTTP_REQUESTS = Counter(
     "medevents_http_requests_total",
