@@ -39,7 +39,8 @@ INVALID_SIGNATURE = "Invalid signed content"
 NOT_BASE64 = "Not a base64 string"
 NOT_JSON = "Malformed encoded content. Probably, you have encoded corrupted JSON."
 # DSTU 4145 (the Ukrainian standard) and its hash, GOST 34.311: no Python library verifies
-# them; a deployment that takes them verifies in front of this service (docs/operations.md, "Signatures").
+# them; a deployment that takes them verifies in front of this service (docs/operations.md,
+# "Signatures").
 DSTU_4145_OID_PREFIX = "1.2.804.2.1.1.1.1.3.1"
 
 # What a hostile or broken SignedData can make the parsers raise, besides a refusal.

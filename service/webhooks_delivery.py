@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import ipaddress
 import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import structlog
@@ -59,8 +60,16 @@ OUTAGE_BACKOFF_SECONDS = 1.0
 OUTAGE_BACKOFF_MAX_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 RETENTION_EVERY_SECONDS = 3600.0
-# What `WebhookWorker._until_done` answers when the message went back to the queue.
-_SETTLED = object()
+
+
+class _Settled(enum.Enum):
+    """What `WebhookWorker._until_done` answers when the message went back to the queue (an
+    enum member, so that `is _SETTLED` narrows the answer's type)."""
+
+    SETTLED = enum.auto()
+
+
+_SETTLED = _Settled.SETTLED
 T = TypeVar("T")
 
 
@@ -287,7 +296,7 @@ class WebhookWorker:
 
     async def _until_done(
         self, message: AbstractIncomingMessage, step: Callable[[], Awaitable[T]]
-    ) -> T | object:
+    ) -> T | Literal[_Settled.SETTLED]:
         """`step()`, again and again while MongoDB or the broker is unavailable (a pause that
         doubles, up to `OUTAGE_BACKOFF_MAX_SECONDS`), the message kept; `_SETTLED` when it went
         back to the queue instead: the worker stops, its channel closed (the broker delivers
@@ -384,16 +393,17 @@ async def _start_when_broker_answers(worker: WebhookWorker, stop: asyncio.Event)
         try:
             await worker.start()
             return
-        except (TimeoutError, BrokerUnavailable, OSError, *_connection_errors()) as exc:
+        except _broker_start_errors() as exc:
             log.warning("webhooks_broker_unavailable", error=repr(exc)[:200], retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
+def _broker_start_errors() -> tuple[type[BaseException], ...]:
+    """What a start meets while the broker does not answer (retried, not raised)."""
     from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-    return tuple(CONNECTION_EXCEPTIONS)
+    return (TimeoutError, BrokerUnavailable, OSError, *CONNECTION_EXCEPTIONS)
 
 
 @contextlib.asynccontextmanager

@@ -1,10 +1,10 @@
 """structlog set-up: one event per line, JSON in production, console in development.
 
 The project's own events are rendered by structlog and written straight to the stream: the
-standard library's logging machinery cost more than the rest of a poll's logging (docs/benchmarks.md,
-"Polling"). The lines of aiohttp, PyMongo and aio-pika go through the standard library's root
-handler, rendered by the same processors, so they come out in the same format and carry the
-same context variables (`request_id` above all).
+standard library's logging machinery cost more than the rest of a poll's logging
+(docs/benchmarks.md, "Polling"). The lines of aiohttp, PyMongo and aio-pika go through the
+standard library's root handler, rendered by the same processors, so they come out in the
+same format and carry the same context variables (`request_id` above all).
 """
 
 from __future__ import annotations

@@ -79,8 +79,8 @@ class JobStore:
     async def get_for_client(self, job_id: str, client_id: str) -> dict[str, Any] | None:
         """The fields a response needs, or None when the job does not exist or is another
         client's: the caller cannot tell the two apart, by design."""
-        # The hottest read there is (docs/benchmarks.md, "Polling"): the `find` command itself, without
-        # `find_one`'s cursor around it, by `_id` alone with the client compared here (the
+        # The hottest read there is (docs/benchmarks.md, "Polling"): the `find` command itself,
+        # without `find_one`'s cursor around it, by `_id` alone with the client compared here (the
         # same answer; a filter on two fields cost the server 15% more per poll).
         command: dict[str, Any] = {"find": self._jobs.name, "filter": {"_id": job_id}}
         if self._read_projection is not None:

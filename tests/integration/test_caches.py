@@ -144,8 +144,8 @@ def test_what_a_kept_job_counts_is_what_it_costs_in_memory() -> None:
 async def test_a_finished_job_is_kept_five_minutes_then_read_again(
     api, store, db, monkeypatch
 ) -> None:
-    """docs/operations.md: "An API process keeps a finished job it served in memory for 5 minutes ... a
-    job may still be answered for up to 5 minutes after its removal"."""
+    """docs/operations.md: "An API process keeps a finished job it served in memory for 5
+    minutes ... a job may still be answered for up to 5 minutes after its removal"."""
     job, _ = await store.create_pending(new_job())
     await store.finish(job["_id"], JobOutcome.failed(404, "not_found", "Patient not found"))
     url = f"/api/jobs/{job['_id']}"

@@ -14,9 +14,9 @@ from service.storage.jobs import JobStore
 from tests.conftest import bearer, new_job
 from tests.integration.conftest import app_for
 
-# How long the API takes at most to answer while MongoDB is down: what docs/configuration.md documents for
-# `MONGODB_TIMEOUT_MS` (one operation may take five times as long as finding a server), and
-# slack for a loaded machine. Far below a hanging request.
+# How long the API takes at most to answer while MongoDB is down: what docs/configuration.md
+# documents for `MONGODB_TIMEOUT_MS` (one operation may take five times as long as finding a
+# server), and slack for a loaded machine. Far below a hanging request.
 SLACK_SECONDS = 2.0
 # How long the driver takes to find the server again once it is back.
 RECOVERY_SECONDS = 15

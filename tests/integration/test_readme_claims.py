@@ -1,5 +1,6 @@
-"""Claims of the docs (api.md, operations.md, job-types.md) that no other test would catch if they were false, one test each (each
-was checked by breaking the code it covers and watching it fail):
+"""Claims of the docs (api.md, operations.md, job-types.md) that no other test would catch if
+they were false, one test each (each was checked by breaking the code it covers and watching
+it fail):
 
 - a submission the broker does not take is a 503, and its job ends at once (500, submit it
   again; not removed: another API's identical request may have been handed it), so an
