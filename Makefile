@@ -19,27 +19,22 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml requirements/dev.txt
 	$(BIN)/python -m pip check
 	touch $@
 
-# The lock files, recomputed from pyproject.toml and requirements/*.in, keeping every pin that
-# still satisfies them (`make lock-upgrade`: the newest versions allowed). The image's lock takes
-# the development lock's versions, so the image runs what the tests ran.
-LOCK := $(BIN)/uv pip compile --quiet --generate-hashes --universal --python-version 3.11 \
-	--no-emit-package medevents --no-emit-package medevents-client
-# uv alone, where no virtualenv is yet (the lock is what the virtualenv is made from).
+# The lock files (scripts/lock), recomputed from pyproject.toml and requirements/*.in, keeping
+# every pin that still satisfies them (`make lock-upgrade`: the newest versions allowed).
+# uv alone is installed first where no virtualenv is yet (the lock is what it is made from).
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet uv
 
 lock: $(BIN)/uv
-	$(LOCK) $(UPGRADE) requirements/dev.in -o requirements/dev.txt
-	$(LOCK) requirements/service.in --constraint requirements/dev.txt -o requirements/service.txt
-	$(LOCK) requirements/build.in --constraint requirements/dev.txt -o requirements/build.txt
+	UV=$(BIN)/uv scripts/lock
 
-lock-upgrade:
-	$(MAKE) lock UPGRADE=--upgrade
+lock-upgrade: $(BIN)/uv
+	UV=$(BIN)/uv scripts/lock --upgrade
 
 # Fails when a lock no longer matches pyproject.toml or requirements/*.in (run `make lock`).
 lock-check: $(BIN)/uv
-	scripts/check-lock
+	UV=$(BIN)/uv scripts/lock --check
 
 # Once, the lowest versions pyproject.toml allows for each direct dependency (transitive ones
 # the newest), in a virtualenv of their own: the unit tests prove the floors (CI runs it).
@@ -117,7 +112,7 @@ lint: install
 	$(BIN)/deptry .
 	cd client && ../$(BIN)/deptry src
 	$(BIN)/hadolint Dockerfile
-	scripts/check-lock
+	UV=$(BIN)/uv scripts/lock --check
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -14,8 +14,6 @@ import structlog
 
 from consumers.consumer import JobConsumer
 from service.bootstrap import Services
-from service.config import Settings
-from service.observability.liveness import serve_probes
 from service.observability.metrics import QUEUE_DEPTH
 from service.usecases.running import pause, stop_on_signals
 
@@ -46,7 +44,7 @@ async def run_consumer(services: Services, stop: asyncio.Event | None = None) ->
     what the bootstrap opened."""
     stop = stop if stop is not None else stop_on_signals()
     async with services:
-        await serve_metrics(services)  # first: alive while MongoDB or the broker is not
+        await services.serve_probes()  # first: alive while MongoDB or the broker is not
         # Messages wait while MongoDB is down; the indexes are made as soon as it is up.
         await services.prepare_storage()
         services.start_retention()  # stopped after the consumer: closers run in reverse
@@ -94,18 +92,6 @@ def _stop_process_if_failed(task: asyncio.Task) -> None:
         return
     app_log.error("consumer_failed_to_start", exc_info=task.exception())
     os.kill(os.getpid(), signal.SIGTERM)
-
-
-async def serve_metrics(services: Services) -> None:
-    """`/metrics` and `/health/live` of a consumer running alone, on `METRICS_PORT` (0: none;
-    taken by another process of the host: none, with a warning), stopped when `services`
-    close (last: they answer while the rest stops). `medevents webhooks` serves the same."""
-    settings: Settings = services.settings
-    probes = await serve_probes(
-        settings.http_host, settings.metrics_port, settings.liveness_stall_seconds
-    )
-    if probes is not None:
-        services.on_close(probes.aclose)
 
 
 async def _track_queue_depth(consumer: JobConsumer, stop: asyncio.Event) -> None:

@@ -31,6 +31,7 @@ from service.messaging.job_events import JobEvents
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
 from service.messaging.webhooks import WebhookBroker, WebhookDeadLetters, WebhookTopology
+from service.observability.liveness import serve_probes
 from service.signatures import Base64JsonDecoder, CmsSignatureVerifier, SignatureDecoder
 from service.storage.consumer_stats import ConsumerStats
 from service.storage.embedded import EmbeddedMongo
@@ -90,6 +91,17 @@ class Services:
         if self._closed:
             raise RuntimeError("these services are closed: build new ones")
         self._closers.append(closer)
+
+    async def serve_probes(self) -> None:
+        """`/metrics` and `/health/live` of a worker process (`medevents consumer`,
+        `medevents webhooks`) on `METRICS_PORT` (0: none; taken by another process of the
+        host: none, with a warning), closed last: they answer while the rest stops."""
+        settings = self.settings
+        probes = await serve_probes(
+            settings.http_host, settings.metrics_port, settings.liveness_stall_seconds
+        )
+        if probes is not None:
+            self.on_close(probes.aclose)
 
     async def aclose(self) -> None:
         """Close everything registered, the last registered first, each part once. A second

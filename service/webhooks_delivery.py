@@ -42,7 +42,6 @@ from service.domain.clock import utcnow
 from service.messaging.broker import BrokerUnavailable
 from service.messaging.job_queue import channel_closed, handle_shielded
 from service.messaging.webhooks import WebhookMessage
-from service.observability.liveness import serve_probes
 from service.storage.mongo import StoreUnavailable
 from service.usecases.running import pause, stop_on_signals
 from service.usecases.webhooks import (
@@ -370,12 +369,7 @@ async def run_webhooks(services: Services, stop: asyncio.Event | None = None) ->
     `medevents consumer` (service.observability.liveness)."""
     stop = stop if stop is not None else stop_on_signals()
     async with services:
-        settings = services.settings
-        probes = await serve_probes(
-            settings.http_host, settings.metrics_port, settings.liveness_stall_seconds
-        )
-        if probes is not None:
-            services.on_close(probes.aclose)  # closed last: it answers while the rest stops
+        await services.serve_probes()  # first, closed last: alive while the rest is not
         await services.prepare_storage()
         worker = build_worker(services)
         starting = asyncio.create_task(_start_when_broker_answers(worker, stop))

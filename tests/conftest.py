@@ -18,6 +18,7 @@ from service.api.auth import mint_token
 from service.cli.demo import DEMO_CLIENT
 from service.domain.jobs import NewJob, new_job_id
 from service.observability.logs import configure_logging
+from service.storage.embedded import EmbeddedMongo
 
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 # The demo MIS: its legal entity owns the doctor, division and episode the examples name.
@@ -139,3 +140,15 @@ def pytest_terminal_summary(terminalreporter) -> None:
             ", ".join(f"{kind}: {count}" for kind, count in sorted(cases.items()))
             + f" (total {sum(cases.values())})"
         )
+
+
+@pytest.fixture(scope="session")
+def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The MongoDB server of the suite: the one MONGODB_URL names, or an embedded one on
+    loopback (the image's containers, on the host's network, reach it there too)."""
+    configured = os.environ.get("MONGODB_URL")
+    if configured:
+        yield configured
+        return
+    with EmbeddedMongo(tmp_path_factory.mktemp("embedded-mongo")) as url:
+        yield url

@@ -216,8 +216,13 @@ def examples_hint(examples: Path = EXAMPLES) -> str:
     example = examples / "encounter_package.json"
     if not example.is_file():
         return EXAMPLES_ELSEWHERE
-    command = Path(sys.executable).parent / "medevents"  # this virtualenv's: .venv/bin/...
-    return f"{_shown(command)} publish {_shown(example)} --wait"
+    return f"{medevents_command()} publish {_shown(example)} --wait"
+
+
+def medevents_command() -> str:
+    """This virtualenv's `medevents`, as the banner shows it (`.venv/bin/medevents` in a
+    checkout)."""
+    return _shown(Path(sys.executable).parent / "medevents")
 
 
 def _shown(path: Path) -> str:
@@ -231,7 +236,7 @@ def banner(settings: Settings) -> str:
 medevents {__version__}: API on {api}, consumer on {settings.amqp_url.rsplit("@", 1)[-1]}
   queue:   {Topology(settings.amqp_prefix).queue} (AMQP_PREFIX={settings.amqp_prefix})
   submit:  {examples_hint()}
-  token:   TOKEN=$(.venv/bin/medevents token --demo)   # the demo MIS, every scope
+  token:   TOKEN=$({medevents_command()} token --demo)   # the demo MIS, every scope
   poll:    curl -s -H "Authorization: Bearer $TOKEN" "{api}/api/jobs/JOB_ID?wait=30"
   operate: {api}/dashboard with that token (it holds jobs:admin)
   demo patients: {", ".join(f"{p} ({s})" for p, s in DEMO_PATIENTS.items())}

@@ -95,6 +95,9 @@ def probe_app(heartbeat: Heartbeat, registry: Collector = REGISTRY) -> WsgiApp:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # A connection that sends nothing is closed after this, instead of keeping its thread.
+    timeout = 10
+
     def log_message(self, format: str, *args: Any) -> None:
         """Nothing per request: probes and scrapes come every few seconds."""
 

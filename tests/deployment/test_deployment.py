@@ -235,6 +235,9 @@ def test_compose_api_believes_forwarded_headers_from_nginx_alone() -> None:
         document["services"]["lb"]["networks"]["default"]["ipv4_address"]
     )
     assert lb_address in network
+    # The others' addresses come from ip_range: nginx's can never be handed to one of them.
+    assert lb_address not in ipaddress.ip_network(subnet["ip_range"])
+    assert ipaddress.ip_network(subnet["ip_range"]).subnet_of(network)
     trusted = document["services"]["api"]["environment"]["TRUSTED_PROXIES"]
     assert [ipaddress.ip_address(part.strip()) for part in trusted.split(",")] == [lb_address]
 
@@ -834,6 +837,34 @@ def test_api_pods_have_a_disruption_budget() -> None:
     for name, template in pod_templates().items():
         if name != "medevents-api":
             assert not selects(budget["spec"]["selector"], template["metadata"]["labels"])
+
+
+def test_only_the_ingress_controller_and_prometheus_reach_the_api() -> None:
+    """TRUSTED_PROXIES names the pod network (pod addresses are not fixed): a NetworkPolicy on
+    the API pods is what keeps every other pod from setting the forwarded headers."""
+    by_kind = k8s_by_kind()
+    api = by_kind["Deployment"]["medevents-api"]
+    labels = api["spec"]["template"]["metadata"]["labels"]
+    policies = [
+        policy
+        for policy in by_kind["NetworkPolicy"].values()
+        if selects(policy["spec"]["podSelector"], labels)
+    ]
+    (policy,) = policies
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    # Whole namespaces by their immutable name label, no pod or IP block that would widen it.
+    sources = [peer["namespaceSelector"]["matchLabels"] for peer in rule["from"]]
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
+    assert sources == [
+        {"kubernetes.io/metadata.name": "ingress-nginx"},
+        {"kubernetes.io/metadata.name": "monitoring"},
+    ]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    declared = {port["name"] for port in container["ports"]}
+    assert [port["port"] for port in rule["ports"]] == ["http"] and "http" in declared
+    config = by_kind["ConfigMap"]["medevents"]["data"]
+    assert config["TRUSTED_PROXIES"]  # set, and only safe because of this policy
 
 
 def test_ingress_routes_the_public_api_only() -> None:

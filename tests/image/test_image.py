@@ -34,7 +34,7 @@ from service.cli.demo import DEMO_CLIENT, DEMO_USER, write_demo_records
 from service.cli.publish import with_new_ids
 from service.config import Settings
 from service.domain.entities import ALL_ENTITY_KINDS
-from service.storage.embedded import EmbeddedMongo, free_port
+from service.storage.embedded import free_port
 from service.storage.entities import EntityStore
 from service.storage.patients import PatientStore
 from service.storage.registries import RegistryStore
@@ -92,19 +92,6 @@ def images() -> Iterator[BuiltImages]:
         yield BuiltImages(api, consumer, version, seconds)
     finally:
         remove_images(api, consumer)
-
-
-@pytest.fixture(scope="module")
-def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An embedded MongoDB server on the host's loopback (the containers share the host's
-    network, `--network host`, and reach it there), or the server MONGODB_URL names, as for the
-    rest of the suite."""
-    configured = os.environ.get("MONGODB_URL")
-    if configured:
-        yield configured
-        return
-    with EmbeddedMongo(tmp_path_factory.mktemp("image-mongo")) as url:
-        yield url
 
 
 async def _write_demo_records(url: str, database: str) -> None:

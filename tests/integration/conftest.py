@@ -30,7 +30,6 @@ from service.messaging.broker import Topology, delete_topology
 from service.messaging.job_queue import JobQueue
 from service.messaging.publisher import SubmissionPublisher
 from service.signatures import Base64JsonDecoder
-from service.storage.embedded import EmbeddedMongo
 from service.storage.entities import EntityStore
 from service.storage.jobs import JobStore
 from service.storage.patients import PatientStore
@@ -42,16 +41,6 @@ from tests.harness import RawPublisher
 from tests.integration.webhook_harness import delete_test_topologies
 from tests.rabbitmq_node import RabbitMQNode, RabbitMQUnavailable
 from tests.rabbitmq_node import rabbitmq_node as start_node
-
-
-@pytest.fixture(scope="session")
-def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    configured = os.environ.get("MONGODB_URL")
-    if configured:
-        yield configured
-        return
-    with EmbeddedMongo(tmp_path_factory.mktemp("embedded-mongo")) as url:
-        yield url
 
 
 @pytest.fixture
