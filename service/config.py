@@ -55,6 +55,9 @@ class Settings:
     http_keepalive_timeout_seconds: int = 75
     # The finished jobs' responses an API process keeps (service.usecases.finished_jobs).
     finished_job_cache_bytes: int = 64 * 1024 * 1024
+    # How long an API process answers a pending job from memory after reading it, in
+    # milliseconds (service.usecases.pending_polls).
+    pending_job_cache_ms: int = 1000
     data_dir: Path = Path(".data")
     signature_mode: str = "cms"
     signature_ca_file: Path | None = None
@@ -127,6 +130,9 @@ class Settings:
             ),
             finished_job_cache_bytes=reader.integer(
                 "FINISHED_JOB_CACHE_BYTES", defaults.finished_job_cache_bytes, 0, 1 << 40
+            ),
+            pending_job_cache_ms=reader.integer(
+                "PENDING_JOB_CACHE_MS", defaults.pending_job_cache_ms, 0, 10_000
             ),
             data_dir=Path(reader.text("DATA_DIR") or defaults.data_dir),
             signature_mode=reader.choice(
@@ -432,6 +438,14 @@ ENVIRONMENT = (
         "FINISHED_JOB_CACHE_BYTES",
         "finished_job_cache_bytes",
         "the finished jobs' responses an API process keeps, in bytes (0: none)",
+        _API,
+    ),
+    Variable(
+        "PENDING_JOB_CACHE_MS",
+        "pending_job_cache_ms",
+        "how long an API process answers a pending job from memory after reading it, in"
+        " milliseconds (0: never): the longest a finished job can still be seen pending when"
+        " its event is lost",
         _API,
     ),
     Variable(

@@ -26,10 +26,12 @@ from service.api.keys import (
 from service.api.middlewares import MIDDLEWARES
 from service.api.openapi import openapi_document
 from service.api.routes import setup_routes
+from service.api.views.jobs import PENDING_POLLS
 from service.bootstrap import Services
 from service.config import Settings
 from service.messaging.broker import BrokerUnavailable
 from service.usecases.finished_jobs import FinishedJobs
+from service.usecases.pending_polls import PendingPolls
 
 log = structlog.get_logger("medevents.app")
 
@@ -51,6 +53,10 @@ def create_app(services: Services) -> web.Application:
     app[OPENAPI_DOCUMENT] = openapi_document(services.registry)
     app[JOB_SERVICE] = services.job_service
     services.job_service.finished_jobs = FinishedJobs(settings.finished_job_cache_bytes)
+    # Pending jobs answered from memory, for a bounded time, while the finish events are heard.
+    pending = PendingPolls(settings.pending_job_cache_ms / 1000)
+    services.job_events.listen(pending)
+    app[PENDING_POLLS] = pending
     app[OPERATOR_SERVICE] = services.operator_service
     app[ENTITY_STORE] = services.entities
     app[ENTITY_READS] = services.entity_reads

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import random
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from yarl import URL
 
 from service.api.errors import (
     ApiError,
@@ -42,7 +43,7 @@ from service.api.responses import error_response
 from service.domain.principal import ScopeDenied
 from service.domain.request_ids import REQUEST_ID_HEADER, is_sane_request_id
 from service.messaging.broker import BrokerUnavailable
-from service.observability.metrics import HTTP_LATENCY, HTTP_REQUESTS
+from service.observability.metrics import HTTP_METRICS
 from service.storage.mongo import StoreUnavailable
 
 log = structlog.get_logger("medevents.http")
@@ -70,10 +71,13 @@ def requires_scope(scope: str | ScopeOf) -> Callable[[HandlerFunction], HandlerF
 
 
 def request_id_from(request: web.Request) -> str:
-    candidate = request.headers.get(REQUEST_ID_HEADER, "")
-    if is_sane_request_id(candidate):
+    """The caller's sane `x-request-id`, else a new one: 32 random hex digits, as
+    `uuid.uuid4().hex` writes them, from `random` (seeded from the OS, reseeded in a forked
+    child) rather than a system call per request: a request id names, it guards nothing."""
+    candidate = request.headers.get(REQUEST_ID_HEADER)
+    if candidate and is_sane_request_id(candidate):
         return candidate
-    return uuid.uuid4().hex
+    return f"{random.getrandbits(128):032x}"
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -93,9 +97,14 @@ def request_url(request: web.Request) -> str:
             host, port = _split_host(forwarded_host)
             scheme, path = proto or request.scheme, request.rel_url.raw_path
         else:
-            url = request.url
-            host, port, path = url.raw_host, url.explicit_port, url.raw_path
-            scheme = proto or url.scheme
+            relative = request.rel_url
+            path = relative.raw_path
+            if relative.absolute or not path.startswith("/") or "." in path:
+                url = request.url  # what `request.url` joins differs from the path as sent
+                host, port, path = url.raw_host, url.explicit_port, url.raw_path
+            else:  # the path as sent, and the Host header parsed once
+                host, port = _authority(request.scheme, request.host)
+            scheme = proto or request.scheme
         if not host:
             raise ValueError("no host")
         host = f"[{host}]" if ":" in host else host  # an IPv6 address
@@ -106,6 +115,14 @@ def request_url(request: web.Request) -> str:
             return request.rel_url.raw_path
         except (ValueError, UnicodeError):
             return ""
+
+
+@functools.lru_cache(maxsize=256)
+def _authority(scheme: str, authority: str) -> tuple[str | None, int | None]:
+    """The host and the explicit port of `request.url` for this scheme and `Host` header
+    (what `request.url` builds, for each request, with the path joined)."""
+    url = URL.build(scheme=scheme, authority=authority)
+    return url.raw_host, url.explicit_port
 
 
 # X-Forwarded-Host: a DNS name (RFC 1123 labels), an IPv4 address or a bracketed IPv6
@@ -190,27 +207,35 @@ def _split_host(host: str) -> tuple[str, int | None]:
     return name, int(port) if port else None
 
 
+# The context variable behind structlog's `request_id` key (what `bound_contextvars` sets),
+# set and reset directly: `bound_contextvars` copies the whole context twice a request.
+_REQUEST_ID_VAR = structlog.contextvars.bind_contextvars(request_id=...)["request_id"].var
+
+
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request_id_from(request)
     request[REQUEST_ID] = request_id
     request[REQUEST_URL] = request_url(request)
     started = time.perf_counter()
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
+    bound = _REQUEST_ID_VAR.set(request_id)
+    try:
         response = await handler(request)
         response.headers[REQUEST_ID_HEADER] = request_id
         elapsed = time.perf_counter() - started
+        method = request.method
+        status = response.status
         log.info(
             "request_finished",
-            method=request.method,
+            method=method,
             path=request.path,
-            status=response.status,
+            status=status,
             duration_ms=round(elapsed * 1000, 2),
         )
         route = route_pattern(request)
-        method = request.method if request.method in KNOWN_METHODS else "other"
-        HTTP_REQUESTS.labels(route, method, str(response.status)).inc()
-        HTTP_LATENCY.labels(route, method).observe(elapsed)
+        HTTP_METRICS.observe(route, method if method in KNOWN_METHODS else "other", status, elapsed)
+    finally:
+        _REQUEST_ID_VAR.reset(bound)
     return response
 
 

@@ -8,6 +8,11 @@ subscribes with a queue of its own (exclusive, deleted with its connection) and 
 requests waiting for those jobs. Events are a hint, never the truth: a woken request reads the
 job from MongoDB, and a request whose event is lost (the broker was down) answers when its wait
 runs out, with the job as it is then.
+
+Listeners (`JobEvents.listen`, the API's pending-poll memory) hear the same finishes, and
+whether events are being received: `events_interrupted` when the subscription's channel or
+connection closes, `events_resumed` once it is subscribed again (aio-pika has then declared
+the queue anew and consumes from it; an event published in between was lost).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import aio_pika
 import orjson
@@ -94,6 +101,16 @@ class FinishedEvents:
             await self._sending
 
 
+class FinishListener(Protocol):
+    """Told what `JobEvents` hears (called in the event loop, synchronously)."""
+
+    def jobs_finished(self, job_ids: Iterable[str]) -> None: ...
+
+    def events_interrupted(self) -> None: ...
+
+    def events_resumed(self) -> None: ...
+
+
 class JobEvents:
     """The API's subscription, and the requests waiting on it."""
 
@@ -105,6 +122,13 @@ class JobEvents:
         self._retrying: asyncio.Task | None = None
         # Where `announce` publishes: the events exchange, on the subscription's channel.
         self._exchange: aio_pika.abc.AbstractExchange | None = None
+        self._listeners: list[FinishListener] = []
+
+    def listen(self, listener: FinishListener) -> None:
+        """`listener` hears every job id this process hears finished (events, and its own
+        `announce`), and when events may have been lost (`events_interrupted`) and are
+        received again (`events_resumed`, also at the first subscription)."""
+        self._listeners.append(listener)
 
     async def start(self) -> None:
         """Subscribe now if the broker answers, else keep trying in the background (long
@@ -126,12 +150,19 @@ class JobEvents:
             await queue.bind(exchange)
             await queue.consume(self._on_event, no_ack=True)
             self._exchange = exchange
+            # aio-pika restores the channel (queue, binding, consumer) after a broker restart
+            # or a dropped connection; what was published in between is lost.
+            channel.close_callbacks.add(self._interrupted)
+            connection.close_callbacks.add(self._interrupted)
+            channel.reopen_callbacks.add(self._resumed)
+            connection.reconnect_callbacks.add(self._resumed)
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
             log.warning("job_events_unavailable", error=repr(exc))
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await connection.close()
             return False
         self._connection = connection
+        self._resumed()
         return True
 
     async def _subscribe_eventually(self) -> None:
@@ -147,7 +178,16 @@ class JobEvents:
     def subscribed(self) -> bool:
         return self._connection is not None and not self._connection.is_closed
 
+    def _interrupted(self, *_: Any) -> None:
+        for listener in self._listeners:
+            listener.events_interrupted()
+
+    def _resumed(self, *_: Any) -> None:
+        for listener in self._listeners:
+            listener.events_resumed()
+
     async def close(self) -> None:
+        self._interrupted()
         if self._retrying is not None:
             self._retrying.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +232,10 @@ class JobEvents:
         self._wake(job_ids if isinstance(job_ids, list) else [])
 
     def _wake(self, job_ids: list[object]) -> None:
+        if self._listeners:
+            ended = [job_id for job_id in job_ids if isinstance(job_id, str)]
+            for listener in self._listeners:
+                listener.jobs_finished(ended)
         for job_id in job_ids:
             for finished in self._waiters.get(job_id, ()) if isinstance(job_id, str) else ():
                 finished.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.api.keys import JOB_SERVICE
 from service.domain.entities import ALL_ENTITY_KINDS, READABLE_KINDS
 from service.domain.jobs import JobOutcome, new_job_id
 from tests.conftest import bearer, new_job
@@ -104,6 +105,9 @@ async def test_job_responses_carry_an_etag_and_answer_304(api, store) -> None:
     assert (await api.get(url, headers={**READ_ALL, "If-None-Match": '"other", *'})).status == 304
 
     await store.finish(job["_id"], JobOutcome.failed(404, "not_found", "Patient not found"))
+    # The finish is announced, as the consumer does: a pending job's answer is kept in memory
+    # until its finish event (test_poll_from_memory.py has the lost-event bound).
+    await api.app[JOB_SERVICE].events.announce(job["_id"])
     changed = await api.get(url, headers={**READ_ALL, "If-None-Match": tag})
     assert changed.status == 200 and changed.headers["ETag"] != tag
 

@@ -31,7 +31,11 @@ async def test_store_outage_answers_503_then_recovers(aiohttp_client, settings, 
     server = EmbeddedMongo(tmp_path / "own-server", port=free_port())
     url = server.start()
     try:
-        fast = settings.with_changes(mongodb_url=url, mongodb_timeout_ms=500)
+        # Every poll reads MongoDB: a pending job polled again within PENDING_JOB_CACHE_MS
+        # would be answered from memory, outage or not (test_poll_from_memory.py).
+        fast = settings.with_changes(
+            mongodb_url=url, mongodb_timeout_ms=500, pending_job_cache_ms=0
+        )
         client = await aiohttp_client(app_for(fast))
         direct = AsyncMongoClient(url, tz_aware=True)
         job, _ = await JobStore(direct[fast.mongodb_db]).create_pending(new_job())

@@ -5,6 +5,8 @@ poll), `GET /api/jobs` (its own jobs, newest first) and `POST /api/jobs/{job_id}
 from __future__ import annotations
 
 import math
+import time
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -25,35 +27,62 @@ from service.api.keys import (
 )
 from service.api.middlewares import requires_scope
 from service.api.requests import read_json_object
-from service.api.responses import conditional_json_response, entity_tag, json_response
+from service.api.responses import (
+    conditional_json_response,
+    entity_tag,
+    envelope,
+    json_response,
+)
 from service.domain.eta import retry_after
 from service.domain.jobs import VALIDATION_FAILED_MESSAGE, JobStatus
 from service.domain.principal import ScopeDenied
 from service.usecases.jobs import JobAlreadyFinished, JobNotFound
+from service.usecases.pending_polls import PendingPolls
 
 ALREADY_FINISHED = "The job has already finished"
+
+
+# Pending jobs answered from memory (`PendingPolls`; set by `create_app`).
+PENDING_POLLS = web.AppKey("pending_polls", PendingPolls)
 
 
 @requires_scope("job:read")
 async def get_job(request: web.Request) -> web.Response:
     """The job; with `?wait=N` or `Prefer: wait=N` (N <= 30 s), a pending job is answered as
-    soon as it finishes, or after N seconds as it is then (long poll)."""
+    soon as it finishes, or after N seconds as it is then (long poll).
+
+    A job this process has just read pending is answered from memory for at most
+    PENDING_JOB_CACHE_MS after that read, unless its finish is heard first
+    (`service.usecases.pending_polls`); a long poll always reads."""
     job_id, client_id = request.match_info["job_id"], principal_of(request).client_id
-    service = request.app[JOB_SERVICE]
     wait, preferred = long_poll_seconds(request)
     request[LONG_POLL] = bool(wait)
-    try:
-        job = await service.job_for_client(job_id, client_id, wait=wait)
-    except JobNotFound:
-        raise NotFound("Job not found") from None
-    # A finished job's `data` and its ETag never change: made once, wrapped per request.
-    status, data, tag = service.rendered(job_id, client_id, job, _rendered)
-    body = dump_envelope(data, Meta(status, request[REQUEST_URL], request[REQUEST_ID]))
+    pending = request.app[PENDING_POLLS]
+    kept = None if wait else pending.get(job_id, client_id)
+    eta: datetime | None
+    if kept is not None:
+        status, data, tag, eta = kept
+    else:
+        service = request.app[JOB_SERVICE]
+        read_at = time.monotonic()
+        # A finished job kept (what `job_for_client` would look up first), else a read.
+        job = service.finished_jobs.get(job_id, client_id)
+        if job is None:
+            try:
+                job = await service.job_for_client(job_id, client_id, wait=wait)
+            except JobNotFound:
+                raise NotFound("Job not found") from None
+        # A finished job's `data` and its ETag never change: made once, wrapped per request.
+        status, data, tag = service.rendered(job_id, client_id, job, _rendered)
+        eta = job["eta"] if job["status"] == JobStatus.PENDING else None
+        if eta is not None:
+            pending.keep(job_id, client_id, read_at, (status, data, tag), eta)
+    body = envelope(data, status, request[REQUEST_URL], request[REQUEST_ID])
     response = conditional_json_response(request, body, status, tag)
     if preferred:
         response.headers["Preference-Applied"] = f"wait={wait:g}"
-    if job["status"] == JobStatus.PENDING:
-        response.headers["Retry-After"] = str(retry_after(job["eta"]))
+    if eta is not None:
+        response.headers["Retry-After"] = str(retry_after(eta))
     return response
 
 
@@ -113,6 +142,8 @@ def _rendered(job: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
 
 def long_poll_seconds(request: web.Request) -> tuple[float, bool]:
     """How long to wait for a pending job (0: not at all), and whether `Prefer` asked."""
+    if not request.query_string and "Prefer" not in request.headers:
+        return 0.0, False  # a plain poll: nothing to parse
     asked = request.query.get("wait")
     preferred = False
     if asked is None:
