@@ -1,8 +1,11 @@
 """Cost per call, in microseconds: dumping each response variant, loading and validating the
-example package (its envelope, its unsigned `signed_data` decoded, its content checked with the
-demo dictionaries), building a 422 with 50 errors. No network: pure CPU, median of repeats.
+example package and the largest one the contract allows (50 observations: its envelope, its
+unsigned `signed_data` decoded, its content checked with the demo dictionaries), by the
+schemas' compiled loads as the service runs them and by marshmallow alone (what they replace
+on the happy path; every 422 is still marshmallow's), the cost per observation of each, and
+building a 422 with 50 errors. No network: pure CPU, median of repeats.
 
-    .venv/bin/python bench/costs.py [--repeats 7]
+    .venv/bin/python bench/costs.py [--quick] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from schemas.encounter_package import PackageCreateRequestSchema
 from schemas.envelope import Meta, dump_envelope
 from schemas.jobs import dump_job, dump_job_data
-from schemas.package_content import PACKAGE_CREATE_CONTENT
-from schemas.rules import use_dictionaries
+from schemas.package_content import MAX_ENTITIES, PACKAGE_CREATE_CONTENT
+from schemas.rules import marshmallow_load, use_dictionaries
 from schemas.validation import invalid_entries
 from service.cli.demo import DEMO_DICTIONARIES
 from service.cli.publish import with_new_ids
@@ -96,16 +99,35 @@ def fifty_errors() -> bytes:
     return orjson.dumps(submission)
 
 
-def load_package(data: dict) -> dict:
-    """What a create's consumer loads: the envelope, then the content it carries."""
-    request = ENVELOPE.load(data)
+def biggest_package() -> dict:
+    """The example with `MAX_ENTITIES` observations, the most a valid package holds."""
+    submission = copy.deepcopy(EXAMPLE)
+    content = decode_unsigned(submission["data"]["signed_data"])
+    observation = content["observations"][0]  # kept: the package's condition refers to it
+    content["observations"] = [observation] + [
+        {**observation, "id": str(uuid.uuid4())} for _ in range(MAX_ENTITIES - 1)
+    ]
+    submission["data"]["signed_data"] = encode_unsigned(content)
+    return submission
+
+
+def load_package(data: dict, *, compiled: bool = True) -> dict:
+    """What a create's consumer loads: the envelope, then the content it carries; by the
+    compiled loads as the service runs, or by marshmallow alone."""
+    load = (lambda schema, value: schema.load(value)) if compiled else marshmallow_load
+    request = load(ENVELOPE, data)
     content = SIGNATURES.decode(request["signed_data"]).content
     with use_dictionaries(DICTIONARIES):
-        return PACKAGE_CREATE_CONTENT.load(content)
+        return load(PACKAGE_CREATE_CONTENT, content)
 
 
-def per_call(call: Callable[[], object], repeats: int, minimum_seconds: float = 0.2) -> float:
+# The time a measurement takes at least, in all its batches (--quick: 0.1 s).
+MEASURE_SECONDS = 0.5
+
+
+def per_call(call: Callable[[], object], repeats: int) -> float:
     """Median microseconds per call over `repeats` timed batches."""
+    minimum_seconds = MEASURE_SECONDS
     call()
     count, elapsed = 1, 0.0
     while elapsed < minimum_seconds / repeats:
@@ -124,11 +146,29 @@ def per_call(call: Callable[[], object], repeats: int, minimum_seconds: float = 
 
 
 def line(name: str, microseconds: float) -> None:
-    print(f"  {name:40s} {microseconds:8.1f}")
+    print(f"  {name:58s} {microseconds:9.1f}")
 
 
 def main(repeats: int) -> None:
     print(f"microseconds per call, median of {repeats} batches")
+    loads: dict[tuple[str, bool], float] = {}
+    packages = {
+        "the example package": EXAMPLE["data"],
+        "50 observations": biggest_package()["data"],
+    }
+    for compiled in (True, False):
+        how = "compiled" if compiled else "marshmallow alone"
+        for name, package in packages.items():
+            us = per_call(lambda p=package, c=compiled: load_package(p, compiled=c), repeats)
+            loads[name, compiled] = us
+            line(f"load+validate {name} ({how})", us)
+        per_observation = (
+            loads["50 observations", compiled] - loads["the example package", compiled]
+        ) / (MAX_ENTITIES - 1)
+        line(f"  per observation ({how})", per_observation)
+    for name in packages:
+        line(f"  {name}: marshmallow alone / compiled", loads[name, False] / loads[name, True])
+
     for name, outcome in OUTCOMES.items():
         job = stored_job(outcome)
         us = per_call(lambda job=job: dump_job(job, URL, REQUEST_ID), repeats)
@@ -141,14 +181,12 @@ def main(repeats: int) -> None:
 
     body = orjson.dumps(EXAMPLE)
     line("parse the example message (JSON, keys)", per_call(lambda: parse_body(body), repeats))
-    data = EXAMPLE["data"]
-    line("load+validate the example package", per_call(lambda: load_package(data), repeats))
 
     invalid = orjson.loads(fifty_errors())["data"]
 
-    def build_422() -> list:
+    def build_422(compiled: bool = True) -> list:
         try:
-            load_package(invalid)
+            load_package(invalid, compiled=compiled)
         except ValidationError as exc:
             entries = invalid_entries(exc.messages)
             JobOutcome.validation_failed(entries)
@@ -157,9 +195,17 @@ def main(repeats: int) -> None:
 
     assert len(build_422()) == 50
     line("a 422 with 50 errors (load+build)", per_call(build_422, repeats))
+    line(
+        "a 422 with 50 errors (marshmallow alone)",
+        per_call(lambda: build_422(compiled=False), repeats),
+    )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    main(parser.parse_args().repeats)
+    parser.add_argument("--quick", action="store_true", help="3 batches of 0.1 s (a few seconds)")
+    parser.add_argument("--repeats", type=int)
+    args = parser.parse_args()
+    if args.quick:
+        MEASURE_SECONDS = 0.1
+    main(args.repeats or (3 if args.quick else 7))

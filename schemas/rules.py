@@ -22,6 +22,10 @@ Business rules (in the job types) use `invalid`, and `oneOf` for "exactly one of
 
 marshmallow reports errors as messages; every field and validator here raises a `Rule`
 instead of a string, and `schemas.validation` turns the error tree into the `invalid` list.
+
+A `StrictSchema` loads a valid value by a compiled load made from its own fields, ten times
+faster than marshmallow's machinery, and leaves any other value to marshmallow, which alone
+refuses and says why (`Compiled loads` below).
 """
 
 from __future__ import annotations
@@ -35,7 +39,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validates_schema
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    missing,
+    pre_load,
+    validates_schema,
+)
+from marshmallow.decorators import PRE_LOAD, VALIDATES_SCHEMA
 from marshmallow.schema import SCHEMA
 from marshmallow.types import ErrorMessages, StrSequenceOrSet
 
@@ -106,6 +119,31 @@ class StrictSchema(Schema):
 
     class Meta:
         unknown = EXCLUDE  # reported by `no_additional_properties`, as the original does
+
+    def load(
+        self,
+        data: Any,
+        *,
+        many: bool | None = None,
+        partial: bool | StrSequenceOrSet | None = None,
+        unknown: str | None = None,
+    ) -> Any:
+        """marshmallow's load, with a compiled happy path (`_compiled_load`): a value the
+        compiled load takes is loaded as marshmallow loads it, in a tenth of the time; any
+        other is loaded by marshmallow from the start, which alone says what is wrong."""
+        if many is None and partial is None and unknown is None and not _FULL_LOAD.get():
+            taken, loaded = compiled_load(self, data)
+            if taken:
+                return loaded
+            if _compiled_load(self) is not None:
+                # Its nested schemas too are loaded by marshmallow alone: the compiled load
+                # of each would give up again on the same error.
+                token = _FULL_LOAD.set(True)
+                try:
+                    return super().load(data)
+                finally:
+                    _FULL_LOAD.reset(token)
+        return super().load(data, many=many, partial=partial, unknown=unknown)  # type: ignore[arg-type]
 
     @pre_load
     def an_object(self, data: Any, **_: Any) -> Any:
@@ -440,6 +478,253 @@ class JsonObject(_Typed, fields.Dict):
 
     def _accepts(self, value: Any) -> bool:
         return isinstance(value, dict)
+
+
+# --- Compiled loads ----------------------------------------------------------------------------
+# marshmallow spends most of a load in its own machinery: per nested object a schema load with
+# its hooks, an error store, a validator wrapper per field (about 20 us per object, 190
+# objects in the example package). A `StrictSchema` is compiled once, from its own fields, into
+# plain functions that load a valid value as marshmallow does (the same output, key for key and
+# in the same order; the same validators, called on the same values) and give up at the first
+# thing they do not take as it is. Given up, the value is loaded by marshmallow from the start:
+# what a load accepts, refuses and says (every 422) stays marshmallow's. What is not compiled
+# (a field class or a hook not listed here) is left to marshmallow, field by field.
+
+
+class _NotFast(Exception):
+    """The compiled load does not take this value as it is: marshmallow loads it."""
+
+
+# Set while marshmallow loads a value the compiled load gave up: its nested schemas are loaded
+# by marshmallow too (their compiled loads would give up again, at every level).
+_FULL_LOAD: ContextVar[bool] = ContextVar("full_load", default=False)
+_ABSENT = object()
+# The hooks of a `StrictSchema`, the compiled load does their work.
+_STRICT_HOOKS = {PRE_LOAD: ["an_object"], VALIDATES_SCHEMA: ["no_additional_properties"]}
+# A compiled field: (the value, the object it is a property of) -> what marshmallow loads.
+_Load = Callable[[Any, Any], Any]
+
+
+@contextmanager
+def marshmallow_only() -> Iterator[None]:
+    """Within: every load by marshmallow alone, the compiled loads left out (what they are
+    checked and measured against)."""
+    token = _FULL_LOAD.set(True)
+    try:
+        yield
+    finally:
+        _FULL_LOAD.reset(token)
+
+
+def marshmallow_load(schema: Schema, data: Any) -> Any:
+    """`schema.load(data)` by marshmallow alone."""
+    with marshmallow_only():
+        return schema.load(data)
+
+
+def compiled_load(schema: Schema, data: Any) -> tuple[bool, Any]:
+    """`(True, schema.load(data))` when the compiled load of `schema` takes `data` (a valid
+    value, loaded as marshmallow loads it), else `(False, None)`: marshmallow is then to load
+    it, and to say what is wrong with it."""
+    if _FULL_LOAD.get():
+        return False, None
+    budget = _ERROR_BUDGET.get()
+    if budget is not None and budget.spent():
+        return False, None  # marshmallow leaves arrays unchecked now (`List`): its load
+    fast = _compiled_load(schema)
+    if fast is None:
+        return False, None
+    # A valid value fails no item: the budget is not spent by it, and not spent now, so that
+    # it does not change what is loaded. Set aside, so that what the compiled load leaves to
+    # marshmallow (a field class it does not know) counts nothing twice when it gives up.
+    token = _ERROR_BUDGET.set(None)
+    try:
+        return True, fast(data, None)
+    except Exception:  # not taken as it is: marshmallow decides
+        return False, None
+    finally:
+        _ERROR_BUDGET.reset(token)
+
+
+def is_compiled(schema: Schema) -> bool:
+    """Whether `schema` loads a valid value by its compiled load."""
+    return _compiled_load(schema) is not None
+
+
+def _compiled_load(schema: Schema) -> _Load | None:
+    """The compiled load of `schema` (made at its first load), None where it has none."""
+    cached = schema.__dict__.get("_compiled_load")
+    if cached is not None and cached[0] is schema:  # a copy compiles its own (`Nested`)
+        return cached[1]
+    schema.__dict__["_compiled_load"] = (schema, None)  # a schema nested in itself: marshmallow
+    compiled = _compile_schema(schema)
+    schema.__dict__["_compiled_load"] = (schema, compiled)
+    return compiled
+
+
+def _compile_schema(schema: Schema) -> _Load | None:
+    if not isinstance(schema, StrictSchema) or schema.many or schema.partial:
+        return None
+    if schema.unknown != EXCLUDE or schema.dict_class is not dict:
+        return None
+    hooks = {
+        tag: [name for name, *_ in entries] for tag, entries in schema._hooks.items() if entries
+    }
+    cls = type(schema)
+    if (
+        hooks != _STRICT_HOOKS
+        or cls.an_object is not StrictSchema.an_object
+        or cls.no_additional_properties is not StrictSchema.no_additional_properties
+    ):
+        return None
+    plan: list[tuple[str, str, _Load, bool]] = []
+    for name, field_obj in schema.load_fields.items():
+        key = field_obj.data_key if field_obj.data_key is not None else name
+        attribute = field_obj.attribute or name
+        if (
+            "." in attribute  # marshmallow would nest it
+            or key != (field_obj.data_key or name)  # named otherwise by the unknown check
+            or field_obj.load_default is not missing
+            or field_obj.pre_load
+            or field_obj.post_load
+        ):
+            return None
+        plan.append((key, attribute, _compile_field(field_obj, key), field_obj.required))
+    # By the key a client sends: (its place among the fields, where it is loaded, how).
+    steps = {
+        key: (index, attribute, load_field)
+        for index, (key, attribute, load_field, _) in enumerate(plan)
+    }
+    attributes = tuple(attribute for _, attribute, *_ in plan)
+    required_keys = frozenset(key for key, *_, needed in plan if needed)
+
+    def load(data: Any, parent: Any = None) -> dict[str, Any]:
+        if type(data) is not dict:
+            raise _NotFast
+        loaded: dict[str, Any] = {}
+        last = -1
+        in_order = True
+        for key, value in data.items():
+            step = steps.get(key)
+            if step is None:  # a property the schema does not name
+                raise _NotFast
+            index, attribute, load_field = step
+            loaded[attribute] = load_field(value, data)
+            if index < last:
+                in_order = False
+            last = index
+        if required_keys and not required_keys <= data.keys():
+            raise _NotFast
+        if in_order:
+            return loaded
+        # In the order of the schema's fields, as marshmallow loads them.
+        return {attribute: loaded[attribute] for attribute in attributes if attribute in loaded}
+
+    return load
+
+
+def _compile_field(field_obj: fields.Field, key: str | None) -> _Load:
+    """`field_obj.deserialize` of a value of the object `parent` as marshmallow calls it, for
+    the field classes listed; marshmallow's own call for any other."""
+    kind = type(field_obj)
+    validators = tuple(field_obj.validators)
+    allow_none = field_obj.allow_none
+    typed: _Load | None = None
+    if (kind is String or kind is UUIDString) and not allow_none:
+        return _string(validators)  # the most common: one closure, the validators inlined
+    if kind is String or kind is UUIDString:
+
+        def typed(value: Any, parent: Any) -> Any:
+            if type(value) is not str:
+                raise _NotFast
+            return value
+
+    elif kind is DateTime or kind is Date:
+        parse = field_obj._deserialize
+
+        def typed(value: Any, parent: Any) -> Any:
+            if type(value) is not str:
+                raise _NotFast
+            return parse(value, key, parent)
+
+    elif kind is Boolean and True in field_obj.truthy and False in field_obj.falsy:  # type: ignore[attr-defined]
+
+        def typed(value: Any, parent: Any) -> Any:
+            if type(value) is not bool:
+                raise _NotFast
+            return value
+
+    elif kind is Number:
+
+        def typed(value: Any, parent: Any) -> Any:
+            if type(value) is not int and (type(value) is not float or not math.isfinite(value)):
+                raise _NotFast
+            return value
+
+    elif kind is Nested and not field_obj.many and field_obj.unknown is None:  # type: ignore[attr-defined]
+        # The nested schema's compiled load, when it has one (it takes the parent too).
+        typed = _compiled_load(field_obj.schema)  # type: ignore[attr-defined]
+
+    elif kind is List:
+        load_item = _compile_field(field_obj.inner, None)  # type: ignore[attr-defined]
+
+        def typed(value: Any, parent: Any) -> Any:
+            if type(value) is not list or len(value) > MAX_ITEMS:
+                raise _NotFast
+            return [load_item(item, None) for item in value]
+
+    if typed is None:
+        deserialize = field_obj.deserialize
+
+        def delegated(value: Any, parent: Any) -> Any:
+            return deserialize(value, key, parent)
+
+        return delegated
+    if not validators and not allow_none:
+        return typed  # `None` is refused by the type check
+
+    def checked(value: Any, parent: Any) -> Any:
+        if value is None:
+            if allow_none:
+                return None
+            raise _NotFast
+        loaded = typed(value, parent)
+        for validator in validators:
+            validator(loaded)
+        return loaded
+
+    return checked
+
+
+def _string(validators: tuple[Validator, ...]) -> _Load:
+    """A string that may not be null: as it is, once its validators passed."""
+    if not validators:
+
+        def any_string(value: Any, parent: Any) -> Any:
+            if type(value) is not str:
+                raise _NotFast
+            return value
+
+        return any_string
+    if len(validators) == 1:
+        (validator,) = validators
+
+        def one_check(value: Any, parent: Any) -> Any:
+            if type(value) is not str:
+                raise _NotFast
+            validator(value)
+            return value
+
+        return one_check
+
+    def checks(value: Any, parent: Any) -> Any:
+        if type(value) is not str:
+            raise _NotFast
+        for validator in validators:
+            validator(value)
+        return value
+
+    return checks
 
 
 def _as_list(validate: Any) -> list[Any]:

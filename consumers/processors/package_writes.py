@@ -5,11 +5,12 @@ never an insert that fails as a 500), and ids another job wrote reported as the 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from typing import Any
 
 import bson
 from bson.errors import InvalidDocument
+from bson.raw_bson import RawBSONDocument
 
 from schemas.rules import invalid
 from schemas.validation import invalid_entry
@@ -35,12 +36,13 @@ async def write_package(
     another job's ("<Kind> with id '<id>' already exists", or "<Kind> with such id already
     exists" for the kinds of `such_id`, in the original's words). When the root is taken,
     nothing else is tried; what was written is removed by the job type's undo."""
-    if unstorable := list(_unstorable(written, path_of)):
+    unstorable, encoded = _encoded(written, path_of)
+    if unstorable:
         raise JobFailed(JobOutcome.validation_failed(unstorable))
     taken: list[dict[str, Any]] = []
-    for position, (kind, documents) in enumerate(written):
+    for position, ((kind, documents), raw) in enumerate(zip(written, encoded, strict=True)):
         ids = [document["_id"] for document in documents]
-        for entity_id in await context.entities.insert(kind, documents, context.job_id):
+        for entity_id in await context.entities.insert(kind, raw, context.job_id):
             said = (
                 f"{kind.title} with such id already exists"
                 if kind in such_id
@@ -54,16 +56,25 @@ async def write_package(
         raise JobFailed(JobOutcome.validation_failed(taken))
 
 
-def _unstorable(written: Written, path_of: PathOf) -> Iterator[dict[str, Any]]:
-    """An entry for each document MongoDB would refuse, whatever the schema let through (a key
-    with a NUL in the items of a diagnostic report's category after the first, which the
-    original's schema does not check)."""
+def _encoded(
+    written: Written, path_of: PathOf
+) -> tuple[list[dict[str, Any]], list[list[RawBSONDocument]]]:
+    """Each document as BSON, and an entry for each one MongoDB would refuse, whatever the
+    schema let through (a key with a NUL in the items of a diagnostic report's category after
+    the first, which the original's schema does not check). The driver sends the BSON as it
+    is: each document is encoded once (about 7 us per observation)."""
+    unstorable: list[dict[str, Any]] = []
+    encoded: list[list[RawBSONDocument]] = []
     for kind, documents in written:
+        raw: list[RawBSONDocument] = []
         for index, document in enumerate(documents):
             try:
-                bson.encode(document)
+                raw.append(RawBSONDocument(bson.encode(document)))
             except (InvalidDocument, OverflowError, ValueError) as exc:
-                yield invalid_entry(path_of(kind, index), invalid(f"cannot be stored: {exc}"))
+                entry = invalid_entry(path_of(kind, index), invalid(f"cannot be stored: {exc}"))
+                unstorable.append(entry)
+        encoded.append(raw)
+    return unstorable, encoded
 
 
 def leave_nothing_of(root: EntityKind) -> Undo:

@@ -8,7 +8,7 @@ conflict removes exactly what it wrote.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING
@@ -54,11 +54,12 @@ class EntityStore:
 
     @unavailable_on_outage
     async def insert(
-        self, kind: EntityKind, documents: list[dict[str, Any]], job_id: str
+        self, kind: EntityKind, documents: Sequence[Mapping[str, Any]], job_id: str
     ) -> list[str]:
         """Insert what is not there yet; returns the ids that belong to another job.
 
-        Documents this job wrote before (a redelivery) are left as they are.
+        Documents this job wrote before (a redelivery) are left as they are. A document may
+        be BSON already (`RawBSONDocument`, with its `_id`): the driver sends it as it is.
         """
         if not documents:
             return []
