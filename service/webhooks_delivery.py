@@ -6,7 +6,10 @@ consumer), its own queue: a slow endpoint never delays job processing. `WEBHOOK_
 deliveries run at once, each bounded by `WEBHOOK_TIMEOUT_SECONDS`, at most
 `WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT` of them to one endpoint, and a failed one goes to a delay
 queue instead of being held: a slow or failing endpoint takes at most its cap of the slots,
-for at most the timeout, and the other endpoints keep the rest.
+for at most the timeout, and the other endpoints keep the rest. A burst for an endpoint that
+answers promptly waits a moment for its slots (rather than 5 s in a delay queue); the messages
+of one that hangs come back from the delay queues ever more rarely (the first step, then the
+second, ...), so that they do not go round and round the first step's queue while it hangs.
 
 The sender connects only to addresses it checked itself: aiohttp's connector asks
 `VettingResolver` for a name's addresses (resolved by `BoundedResolver`, on threads of its own
@@ -26,7 +29,7 @@ import enum
 import ipaddress
 import socket
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import Any, Literal, TypeVar
@@ -59,6 +62,9 @@ OUTAGE_BACKOFF_SECONDS = 1.0
 OUTAGE_BACKOFF_MAX_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 15.0
 RETENTION_EVERY_SECONDS = 3600.0
+# How long a message may wait for a slot of an endpoint at its cap that answers promptly
+# (`WebhookWorker._slot_soon`) before it is deferred.
+SLOT_WAIT_SECONDS = 0.5
 
 
 class _Settled(enum.Enum):
@@ -218,8 +224,11 @@ class WebhookWorker:
     what follows it is queued.
 
     At most `WEBHOOK_MAX_IN_FLIGHT_PER_ENDPOINT` attempts to one endpoint at once: a message
-    for an endpoint at its cap goes, unsent and as the same attempt, to the first delay queue
-    (held until a slot frees when the schedule is empty), so that one slow client cannot take
+    for an endpoint at its cap waits for one of its slots if the endpoint answers promptly
+    (`_slot_soon`: at most `SLOT_WAIT_SECONDS`, at most `_most_waiting` messages), else goes,
+    unsent and as the same attempt, to a delay queue (`WebhookDeliveries.defer`: the first
+    step's, or for an endpoint whose attempts are old, the step of the times it was deferred;
+    held until a slot frees when the schedule is empty), so that one slow client cannot take
     every one of the `WEBHOOK_PREFETCH` slots. MongoDB or the broker unavailable: the message
     is kept and its step retried in place, with a growing pause, until they answer (a
     requeue would count toward the queue's delivery limit and dead-letter it); only a bug
@@ -237,6 +246,13 @@ class WebhookWorker:
         )
         self._per_endpoint = settings.webhook_max_in_flight_per_endpoint
         self._sending: Counter[str] = Counter()  # endpoint id: attempts being sent
+        # endpoint id: when each of them began (oldest first); messages waiting for a slot
+        self._started: defaultdict[str, list[float]] = defaultdict(list)
+        self._waiting: Counter[str] = Counter()
+        # Messages that may wait for one prompt endpoint's slots: its cap, or a quarter of the
+        # prefetch (8 of the default 32) if more; a prompt endpoint holds at most that many
+        # slots more than its cap, for at most `SLOT_WAIT_SECONDS` each.
+        self._most_waiting = max(self._per_endpoint, settings.webhook_prefetch // 4)
         self._slot_freed = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
@@ -266,24 +282,41 @@ class WebhookWorker:
             await _settle(message, requeue=False)  # dead-lettered by the queue
             return
         endpoint_id = webhook.endpoint_id
+        started: float | None = None  # when this attempt took its slot
         if self._sending[endpoint_id] >= self._per_endpoint:
-            deferred = await self._until_done(message, lambda: self._deliveries.defer(webhook))
+            started = await self._slot_soon(endpoint_id)
+        if self._sending[endpoint_id] >= self._per_endpoint and started is None:
+            stuck = not self._prompt(endpoint_id)
+            deferred = await self._until_done(
+                message, lambda: self._deliveries.defer(webhook, stuck=stuck)
+            )
             if deferred is _SETTLED:
                 return
-            if deferred:
-                log.info("webhook_deferred", endpoint_id=endpoint_id, webhook_id=webhook.webhook_id)
+            if deferred is not None:
+                log.info(
+                    "webhook_deferred",
+                    endpoint_id=endpoint_id,
+                    webhook_id=webhook.webhook_id,
+                    deferrals=webhook.deferrals + 1,
+                    wait_s=deferred,
+                )
                 await _ack(message)
                 return
-        async with self._slot_freed:  # no delay queue (an empty schedule): wait for a slot
-            await self._slot_freed.wait_for(lambda: self._sending[endpoint_id] < self._per_endpoint)
-            self._sending[endpoint_id] += 1
+        if started is None:
+            async with self._slot_freed:  # no delay queue (an empty schedule): wait for a slot
+                await self._slot_freed.wait_for(
+                    lambda: self._sending[endpoint_id] < self._per_endpoint
+                )
+                started = self._take_slot(endpoint_id)
         try:
             attempt = await self._until_done(message, lambda: self._deliveries.attempt(webhook))
         finally:
             async with self._slot_freed:
                 self._sending[endpoint_id] -= 1
+                self._started[endpoint_id].remove(started)
                 if not self._sending[endpoint_id]:
                     del self._sending[endpoint_id]
+                    del self._started[endpoint_id]
                 self._slot_freed.notify_all()
         if attempt is _SETTLED:
             return
@@ -292,6 +325,43 @@ class WebhookWorker:
             if concluded is _SETTLED:
                 return
         await _ack(message)
+
+    def _take_slot(self, endpoint_id: str) -> float:
+        """One of the endpoint's slots taken; when."""
+        now = time.monotonic()
+        self._sending[endpoint_id] += 1
+        self._started[endpoint_id].append(now)
+        return now
+
+    def _prompt(self, endpoint_id: str) -> bool:
+        """Whether every attempt the endpoint has in flight began less than
+        `SLOT_WAIT_SECONDS` ago."""
+        started = self._started.get(endpoint_id)
+        return started is not None and started[0] >= time.monotonic() - SLOT_WAIT_SECONDS
+
+    async def _slot_soon(self, endpoint_id: str) -> float | None:
+        """Wait for one of the endpoint's slots, and take it (when: `_take_slot`), if it should
+        free soon: the endpoint answers promptly (every attempt it has in flight began less than
+        `SLOT_WAIT_SECONDS` ago), fewer than `_most_waiting` messages wait for it already, and
+        one frees within `SLOT_WAIT_SECONDS`. Else None at once (or after that wait): the
+        message is deferred. So a fast endpoint's burst is sent as its slots free, not sent
+        to the delay queue for 5 s; a hanging or slow one holds no more slots than before
+        (its attempts are old: nothing waits for it), but for its first `SLOT_WAIT_SECONDS`."""
+        if self._waiting[endpoint_id] >= self._most_waiting or not self._prompt(endpoint_id):
+            return None
+        self._waiting[endpoint_id] += 1
+        try:
+            async with asyncio.timeout(SLOT_WAIT_SECONDS), self._slot_freed:
+                await self._slot_freed.wait_for(
+                    lambda: self._sending[endpoint_id] < self._per_endpoint
+                )
+                return self._take_slot(endpoint_id)
+        except TimeoutError:
+            return None
+        finally:
+            self._waiting[endpoint_id] -= 1
+            if not self._waiting[endpoint_id]:
+                del self._waiting[endpoint_id]
 
     async def _until_done(
         self, message: AbstractIncomingMessage, step: Callable[[], Awaitable[T]]

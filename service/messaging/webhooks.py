@@ -85,9 +85,11 @@ class WebhookMessage:
     event_type: str
     attempt: int
     body: bytes
+    # Times this attempt was deferred, its endpoint at its cap (`WebhookDeliveries.defer`).
+    deferrals: int = 0
 
     def headers(self) -> dict[str, Any]:
-        return {
+        headers: dict[str, Any] = {
             "x-webhook-id": self.webhook_id,
             "x-endpoint-id": self.endpoint_id,
             "x-client-id": self.client_id,
@@ -95,13 +97,18 @@ class WebhookMessage:
             "x-event-type": self.event_type,
             "x-attempt": self.attempt,
         }
+        if self.deferrals:
+            headers["x-deferrals"] = self.deferrals
+        return headers
 
     @classmethod
     def of(cls, message: AbstractIncomingMessage) -> WebhookMessage | None:
         """The message's webhook; None when its headers are not ours."""
         headers = message.headers or {}
         attempt = headers.get("x-attempt", 1)
-        if not isinstance(attempt, int | float | str | bytes | bytearray | Decimal):
+        deferrals = headers.get("x-deferrals", 0)
+        counts = int | float | str | bytes | bytearray | Decimal
+        if not isinstance(attempt, counts) or not isinstance(deferrals, counts):
             return None  # what `int` refuses (None, a date, an array, a table)
         try:
             return cls(
@@ -112,15 +119,19 @@ class WebhookMessage:
                 event_type=str(headers["x-event-type"]),
                 attempt=max(1, int(attempt)),
                 body=message.body,
+                deferrals=max(0, int(deferrals)),
             )
         except (KeyError, TypeError, ValueError):
             return None
 
     def next_attempt(self) -> WebhookMessage:
-        return replace(self, attempt=self.attempt + 1)
+        return replace(self, attempt=self.attempt + 1, deferrals=0)
 
     def first_attempt(self) -> WebhookMessage:
-        return replace(self, attempt=1)
+        return replace(self, attempt=1, deferrals=0)
+
+    def deferred(self) -> WebhookMessage:
+        return replace(self, deferrals=self.deferrals + 1)
 
 
 def _amqp_message(webhook: WebhookMessage, expiration_ms: int | None = None) -> aio_pika.Message:

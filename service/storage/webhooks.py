@@ -16,19 +16,28 @@ per-process counter: two processes may give the same) then `_id` (unique) order 
 attempts, newest first, served by `{endpoint_id, seq}`; a page's cursor is the last
 attempt's `(seq, _id)`, so equal `seq`s never make a page skip an attempt. `at` serves the
 retention (`remove_deliveries_before`).
+
+The webhook process reads an endpoint and records an attempt for every delivery: the reads
+(`get`) made while one is in progress go together into the next (one `$in` query), and so do
+the records (`record_attempt`, one `insert_many`), a group commit with no timer: a call waits
+for the round trip that holds its own item, which starts after the call (so no read is older
+than its call, no attempt is acked before its record), and one round trip serves every call
+made during the previous one (`_Grouped`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
 from service.storage.mongo import unavailable_on_outage
 
@@ -40,16 +49,83 @@ MAX_ENDPOINTS_PER_CLIENT = 20
 _sequence = itertools.count()
 
 
+# Items of one grouped round trip at most (the webhook prefetch is 32 by default).
+GROUP_LIMIT = 256
+
+Item = TypeVar("Item")
+Answer = TypeVar("Answer")
+
+
+class _Grouped(Generic[Item, Answer]):
+    """`await grouped(item)`: the items asked while a round trip is in progress go together in
+    the next one (`run(items)`, one answer per item, an exception instance to raise to that
+    caller alone), started as soon as the previous one ends. One round trip at a time: a
+    caller waits at most for the one in progress, then its own."""
+
+    def __init__(self, run: Callable[[list[Item]], Awaitable[list[Answer | Exception]]]) -> None:
+        self._run = run
+        self._waiting: list[tuple[Item, asyncio.Future[Answer]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: Item) -> Answer:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        draining = self._draining
+        if draining is not None and (draining.done() or draining.get_loop() is not loop):
+            # A loop closed during a round trip (tests): what waited there waits no more.
+            self._waiting = [(i, f) for i, f in self._waiting if f.get_loop() is loop]
+            draining = None
+        self._waiting.append((item, future))
+        if draining is None:
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[:GROUP_LIMIT]
+                del self._waiting[:GROUP_LIMIT]
+                try:
+                    answers = await self._run([item for item, _ in batch])
+                except asyncio.CancelledError:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                except Exception as exc:  # StoreUnavailable, a bug: each caller raises it
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), answer in zip(batch, answers, strict=True):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(answer, Exception):
+                        future.set_exception(answer)
+                    else:
+                        future.set_result(answer)
+        finally:
+            if self._draining is asyncio.current_task():
+                self._draining = None
+
+
 def _next_seq() -> int:
     # Nanoseconds, with a per-process counter in the last digits: attempts recorded in one
     # process within one tick still sort apart (two processes may collide: `_id` breaks ties).
     return time.time_ns() // 1000 * 1000 + next(_sequence) % 1000
 
 
+def _copy(endpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+    if endpoint is None:
+        return None
+    return {**endpoint, "secrets": [dict(s) for s in endpoint.get("secrets", [])]}
+
+
 class WebhookStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self._endpoints = db[ENDPOINTS]
         self._deliveries = db[DELIVERIES]
+        self._reads: _Grouped[str, dict[str, Any] | None] = _Grouped(self._get_many)
+        self._records: _Grouped[dict[str, Any], None] = _Grouped(self._insert_attempts)
 
     async def ensure_indexes(self) -> None:
         await self._ensure_indexes()
@@ -106,9 +182,22 @@ class WebhookStore:
     async def get_for_client(self, endpoint_id: str, client_id: str) -> dict[str, Any] | None:
         return await self._endpoints.find_one({"_id": endpoint_id, "client_id": client_id})
 
-    @unavailable_on_outage
     async def get(self, endpoint_id: str) -> dict[str, Any] | None:
-        return await self._endpoints.find_one({"_id": endpoint_id})
+        """The endpoint as it is once this call is made (a read grouped with the others made
+        meanwhile: one query for them)."""
+        return await self._reads(endpoint_id)
+
+    @unavailable_on_outage
+    async def _get_many(self, endpoint_ids: list[str]) -> list[dict[str, Any] | Exception | None]:
+        wanted = list(dict.fromkeys(endpoint_ids))
+        if len(wanted) == 1:
+            found = await self._endpoints.find_one({"_id": wanted[0]})
+            by_id = {} if found is None else {found["_id"]: found}
+        else:
+            cursor = self._endpoints.find({"_id": {"$in": wanted}})
+            by_id = {endpoint["_id"]: endpoint async for endpoint in cursor}
+        # Each caller its own copy: one may change what it got without the others seeing it.
+        return [_copy(by_id.get(endpoint_id)) for endpoint_id in endpoint_ids]
 
     @unavailable_on_outage
     async def delete_for_client(self, endpoint_id: str, client_id: str) -> bool:
@@ -140,9 +229,23 @@ class WebhookStore:
 
     # --- delivery attempts ---
 
-    @unavailable_on_outage
     async def record_attempt(self, attempt: dict[str, Any]) -> None:
-        await self._deliveries.insert_one({"_id": uuid.uuid4().hex, "seq": _next_seq(), **attempt})
+        """Recorded once this returns (an insert grouped with the others made meanwhile)."""
+        await self._records({"_id": uuid.uuid4().hex, "seq": _next_seq(), **attempt})
+
+    @unavailable_on_outage
+    async def _insert_attempts(self, attempts: list[dict[str, Any]]) -> list[Exception | None]:
+        if len(attempts) == 1:
+            await self._deliveries.insert_one(attempts[0])
+            return [None]
+        try:
+            await self._deliveries.insert_many(attempts, ordered=False)
+        except BulkWriteError as exc:  # each failed insert raised to its own caller only
+            answers: list[Exception | None] = [None] * len(attempts)
+            for error in exc.details.get("writeErrors", []):
+                answers[error["index"]] = WriteError(error.get("errmsg", ""), error.get("code"))
+            return answers
+        return [None] * len(attempts)
 
     @unavailable_on_outage
     async def deliveries(

@@ -538,15 +538,19 @@ class WebhookDeliveries:
             log.warning("webhook_attempt_unrecorded", error=str(exc)[:200])
         return status
 
-    async def defer(self, message: WebhookMessage) -> bool:
+    async def defer(self, message: WebhookMessage, *, stuck: bool = False) -> float | None:
         """Not sent now (its endpoint has as many deliveries in flight as it may): the same
-        attempt into the first step's delay queue, with its jitter. False when the schedule
-        has no step (the caller holds it instead)."""
+        attempt into a delay queue, with its jitter; the step it waits (seconds), or None when
+        the schedule has no step (the caller holds it instead). The first step's queue,
+        unless the endpoint is `stuck` (its attempts in flight are not answered promptly):
+        then the step of the times this message was deferred already (the first, the
+        second, ... the last), so that the messages of a hanging endpoint come back ever
+        more rarely rather than go round the first step's queue for as long as it hangs."""
         if not self._schedule:
-            return False
-        step = self._schedule[0]
-        await self._broker.retry_later(message, step, _jittered_ms(step))
-        return True
+            return None
+        step = self._schedule[min(message.deferrals, len(self._schedule) - 1) if stuck else 0]
+        await self._broker.retry_later(message.deferred(), step, _jittered_ms(step))
+        return step
 
 
 @dataclass(frozen=True, slots=True)
