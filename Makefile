@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install lock lock-upgrade lock-check lowest image run test test-unit lint format services test-tools bench compose-up compose-down clean
+.PHONY: install lock lock-upgrade lock-check lowest image run test test-unit lint format services test-tools bench bench-quick bench-tools compose-up compose-down clean
 
 install: $(VENV)/.installed
 
@@ -66,16 +66,20 @@ test-tools:
 image:
 	scripts/build-image
 
-# Processing and polling against bare baselines measured in the same run, cost per call, 60 s
-# of load, the dashboard with 1,000 and 100,000 jobs, then memory over a million polls (about
-# 12 minutes): about 25 minutes in all.
-bench: install services
-	$(BIN)/python bench/consumer_throughput.py
-	$(BIN)/python bench/polling.py --seconds 10
-	$(BIN)/python bench/costs.py
-	$(BIN)/python bench/load.py
-	$(BIN)/python bench/dashboard.py
-	$(BIN)/python bench/memory.py
+# Every benchmark (docs/benchmarks.md): each prints its figures and its ratios to baselines
+# measured in the same run, interleaved. HTTP load comes from wrk (scripts/ensure-bench-tools).
+# `make bench` takes long (about an hour); `make bench-quick` runs a short version of each, in
+# under 5 minutes. BENCH_ARGS is passed to every script.
+BENCHMARKS := consumer_throughput polling costs load peers webhooks scale dashboard memory
+bench: install services bench-tools
+	set -e; for name in $(BENCHMARKS); do \
+	  echo "== bench/$$name.py"; $(BIN)/python bench/$$name.py $(BENCH_ARGS); done
+
+bench-quick:
+	$(MAKE) bench BENCH_ARGS="--quick $(BENCH_ARGS)"
+
+bench-tools:
+	scripts/ensure-bench-tools
 
 # pytest exits 5 when it collected no test: that is a failed suite, not a pass.
 test: install services test-tools
