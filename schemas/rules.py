@@ -585,8 +585,9 @@ def _compile_schema(schema: Schema) -> _Load | None:
             "." in attribute  # marshmallow would nest it
             or key != (field_obj.data_key or name)  # named otherwise by the unknown check
             or field_obj.load_default is not missing
-            or field_obj.pre_load
-            or field_obj.post_load
+            # Field-level hooks (marshmallow 4.3 and later; none before).
+            or getattr(field_obj, "pre_load", None)
+            or getattr(field_obj, "post_load", None)
         ):
             return None
         plan.append((key, attribute, _compile_field(field_obj, key), field_obj.required))

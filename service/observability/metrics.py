@@ -62,9 +62,9 @@ class HttpMetrics(Collector):
         requests[key] = requests.get(key, 0) + 1
         series = (route, method)
         buckets = self._latency.get(series)
-        if buckets is None:
-            buckets = self._latency[series] = [0] * (len(HTTP_LATENCY_BUCKETS) + 1)
+        if buckets is None:  # the sum first: a scrape that sees the buckets finds it
             self._sums[series] = 0.0
+            buckets = self._latency[series] = [0] * (len(HTTP_LATENCY_BUCKETS) + 1)
         buckets[bisect_left(HTTP_LATENCY_BUCKETS, seconds)] += 1
         self._sums[series] += seconds
 

@@ -39,7 +39,7 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, WriteError
 
-from service.storage.mongo import unavailable_on_outage
+from service.storage.mongo import StoreUnavailable, unavailable_on_outage
 
 ENDPOINTS = "webhook_endpoints"
 DELIVERIES = "webhook_deliveries"
@@ -96,6 +96,8 @@ class _Grouped(Generic[Item, Answer]):
                         if not future.done():
                             future.set_exception(exc)
                     continue
+                if len(answers) != len(batch):  # a bug: no caller left waiting for ever
+                    answers = [RuntimeError("grouped call answered wrong")] * len(batch)
                 for (_, future), answer in zip(batch, answers, strict=True):
                     if future.done():  # its caller was cancelled
                         continue
@@ -106,6 +108,10 @@ class _Grouped(Generic[Item, Answer]):
         finally:
             if self._draining is asyncio.current_task():
                 self._draining = None
+                # Cancelled mid-round: those queued meanwhile are cancelled, not left waiting.
+                for _, future in self._waiting:
+                    future.cancel()
+                self._waiting.clear()
 
 
 def _next_seq() -> int:
@@ -241,9 +247,14 @@ class WebhookStore:
         try:
             await self._deliveries.insert_many(attempts, ordered=False)
         except BulkWriteError as exc:  # each failed insert raised to its own caller only
+            if exc.timeout or exc.details.get("writeConcernErrors"):
+                # Not known written: every caller hears an outage, as from insert_one.
+                unavailable = StoreUnavailable(str(exc)[:200])
+                return [unavailable] * len(attempts)
             answers: list[Exception | None] = [None] * len(attempts)
             for error in exc.details.get("writeErrors", []):
-                answers[error["index"]] = WriteError(error.get("errmsg", ""), error.get("code"))
+                kind = DuplicateKeyError if error.get("code") == 11000 else WriteError
+                answers[error["index"]] = kind(error.get("errmsg", ""), error.get("code"), error)
             return answers
         return [None] * len(attempts)
 
