@@ -230,7 +230,21 @@ class System:
         raise NotImplementedError
 
     def submit(self, submissions: list[dict[str, Any]], rate: float | None) -> dict[str, float]:
-        """Send the submissions, at once or at `rate` per second; job id -> time sent."""
+        """Send the submissions, at once or at `rate` per second; job id -> time sent. (The
+        peers' way: a task each, with our job id; ours overrides it.)"""
+        sent: dict[str, float] = {}
+
+        def send(submission: dict[str, Any]) -> None:
+            job_id = new_job_id()
+            body = orjson.dumps(submission).decode()
+            sent[job_id] = time.time()
+            self.send_task(job_id, body)
+
+        paced(submissions, rate, send)
+        return sent
+
+    def send_task(self, job_id: str, body: str) -> None:
+        """A peer's task for one submission."""
         raise NotImplementedError
 
     def ended(self, ids: list[str]) -> dict[str, float]:
@@ -485,17 +499,8 @@ class Celery(System):
         self.processes = [self.worker]
         self.wait_ended(self.submit(fresh_submissions(1), None), limit=60)  # warm-up
 
-    def submit(self, submissions: list[dict[str, Any]], rate: float | None) -> dict[str, float]:
-        sent: dict[str, float] = {}
-
-        def send(submission: dict[str, Any]) -> None:
-            job_id = new_job_id()
-            body = orjson.dumps(submission).decode()
-            sent[job_id] = time.time()
-            self.app.send_task(self.task, args=[job_id, body], task_id=job_id)
-
-        paced(submissions, rate, send)
-        return sent
+    def send_task(self, job_id: str, body: str) -> None:
+        self.app.send_task(self.task, args=[job_id, body], task_id=job_id)
 
     def ended(self, ids: list[str]) -> dict[str, float]:
         found = self.mongo[self.db_name]["celery_taskmeta"].find(
@@ -570,17 +575,8 @@ class Dramatiq(System):
         self.processes = [self.worker]
         self.wait_ended(self.submit(fresh_submissions(1), None), limit=60)  # warm-up
 
-    def submit(self, submissions: list[dict[str, Any]], rate: float | None) -> dict[str, float]:
-        sent: dict[str, float] = {}
-
-        def send(submission: dict[str, Any]) -> None:
-            job_id = new_job_id()
-            body = orjson.dumps(submission).decode()
-            sent[job_id] = time.time()
-            self.messages[job_id] = self.actor.send(job_id, body)
-
-        paced(submissions, rate, send)
-        return sent
+    def send_task(self, job_id: str, body: str) -> None:
+        self.messages[job_id] = self.actor.send(job_id, body)
 
     def ended(self, ids: list[str]) -> dict[str, float]:
         from dramatiq.results import ResultMissing
