@@ -1,7 +1,7 @@
 """Load: steady submissions and wrk's polls against one API process and one consumer process.
 
     .venv/bin/python bench/load.py [--quick] [--duration 60] [--rate 10] [--connections 50]
-                                   [--no-pin]
+                                   [--no-pin] [--busy 0]
 
 Starts its own embedded MongoDB, `medevents api` and `medevents consumer` (each a process of
 its own, on exchanges and queues of their own; the example's packages are unsigned: the
@@ -25,7 +25,9 @@ Every job the benchmark created must be found: a poll answered 404 (or anything 
 more through the API, with a long poll until it ends (a minute at most): a job the API does
 not find, or that is still pending then, is reported as lost. The job times (the server's
 `inserted_at` to `updated_at`) are read from MongoDB in one query once every job has ended.
-Prints the figures; exits 1 on any failure. `--quick`: 10 s of load.
+Prints the figures; exits 1 on any failure. `--quick`: 10 s of load. `--busy N`: N processes
+spinning on the service's CPUs throughout (an overloaded machine: with 3, the API, the consumer
+and MongoDB share a quarter of their CPU); a refused submission (503) is then what to look for.
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ def report(args: argparse.Namespace, result: dict[str, Any], outcome: dict, time
     print(
         f"{args.duration} s of load: {args.rate:g} submissions/s (this process), polls by wrk "
         f"(1 thread, {args.connections} connections)"
+        + (f", {args.busy} busy processes on the service's CPUs" if args.busy else "")
     )
     print(
         f"  submissions            {len(latencies)} sent, {len(accepted)} accepted (202), "
@@ -280,6 +283,12 @@ def main() -> int:
     parser.add_argument(
         "--no-pin", action="store_true", help="leave the processes on every CPU (no taskset)"
     )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="busy processes sharing the service's CPUs (an overloaded machine)",
+    )
     args = parser.parse_args()
     args.duration = args.duration or (10 if args.quick else 60)
 
@@ -314,6 +323,12 @@ def main() -> int:
                 )
                 for command, log in logs.items()
             ]
+            # Spinning on the service's CPUs (inherited, as MongoDB's, the API's and the
+            # consumer's): the service gets a share of them, as on a machine running more.
+            busy = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                for _ in range(args.busy)
+            ]
             try:
                 if client_cpus:  # this process and wrk, off the service's CPUs
                     os.sched_setaffinity(0, client_cpus)
@@ -332,6 +347,8 @@ def main() -> int:
                 outcome = asyncio.run(final_states(base, result["accepted"], token))
                 times = asyncio.run(job_times(mongodb_url, db_name, result["accepted"]))
             finally:
+                for spinner in busy:
+                    spinner.kill()
                 stop_processes(processes, timeout=60)
                 asyncio.run(delete_topology(AMQP_URL, Topology(prefix)))
             warnings = {command: warning_lines(log) for command, log in logs.items()}

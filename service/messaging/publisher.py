@@ -20,6 +20,7 @@ from service.messaging.broker import (
     ready_messages,
 )
 from service.messaging.headers import submission_message
+from service.messaging.loop_thread import LoopThread
 
 log = structlog.get_logger("medevents.broker")
 
@@ -29,6 +30,10 @@ class SubmissionPublisher:
 
     The connection is opened on first use and re-opened by aio-pika's robust connection
     after a broker restart, so the API starts, and answers 503, while the broker is down.
+
+    The connection lives on an event loop of its own (`LoopThread`): a publish and its
+    confirm do not wait behind the caller's loop, however busy polls keep it, and
+    `PUBLISH_TIMEOUT_SECONDS` measures the broker, not the caller's queue of work.
     """
 
     def __init__(self, amqp_url: str, topology: Topology) -> None:
@@ -37,7 +42,8 @@ class SubmissionPublisher:
         self._connection: AbstractRobustConnection | None = None
         self._exchange: AbstractExchange | None = None
         self._queue: AbstractQueue | None = None
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # used on the publisher's loop only
+        self._io = LoopThread("medevents-publisher")
 
     async def _ensure_exchange(self) -> AbstractExchange:
         async with self._lock:
@@ -55,6 +61,9 @@ class SubmissionPublisher:
             return self._exchange
 
     async def connect(self) -> None:
+        await self._io.run(self._connect())
+
+    async def _connect(self) -> None:
         try:
             await self._ensure_exchange()
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
@@ -69,12 +78,23 @@ class SubmissionPublisher:
         data_root: str | None = None,
     ) -> None:
         body = orjson.dumps(submission)
+        routing_key = str(submission.get("type", "unknown"))
+        await self._io.run(self._publish(body, routing_key, job_id, request_id, data_root))
+
+    async def _publish(
+        self,
+        body: bytes,
+        routing_key: str,
+        job_id: str,
+        request_id: str | None,
+        data_root: str | None,
+    ) -> None:
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 exchange = await self._ensure_exchange()
                 confirmation = await exchange.publish(
                     submission_message(body, job_id, request_id, data_root),
-                    routing_key=str(submission.get("type", "unknown")),
+                    routing_key=routing_key,
                     mandatory=True,
                 )
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
@@ -84,7 +104,9 @@ class SubmissionPublisher:
             raise BrokerUnavailable(f"the broker did not confirm the message: {confirmation!r}")
 
     async def queue_depth(self) -> int | None:
-        return await ready_messages(self._queue)
+        if self._queue is None:
+            return None
+        return await self._io.run(ready_messages(self._queue))
 
     async def ready(self) -> bool:
         """Whether a message could be published now: connected (a robust connection that is
@@ -98,6 +120,12 @@ class SubmissionPublisher:
         return True
 
     async def close(self) -> None:
+        if self._io.running:
+            await self._io.run(self._close())
+        await self._io.stop()
+        self._lock = asyncio.Lock()  # a loop started later is another loop
+
+    async def _close(self) -> None:
         if self._connection is not None:
             await self._connection.close()
         self._connection = None
