@@ -297,7 +297,7 @@ class WebhookWorker:
                     "webhook_deferred",
                     endpoint_id=endpoint_id,
                     webhook_id=webhook.webhook_id,
-                    deferrals=webhook.deferrals + 1,
+                    deferrals=webhook.deferrals + stuck,  # a stuck endpoint's, counted
                     wait_s=deferred,
                 )
                 await _ack(message)

@@ -543,12 +543,18 @@ class WebhookDeliveries:
         attempt into a delay queue, with its jitter; the step it waits (seconds), or None when
         the schedule has no step (the caller holds it instead). The first step's queue,
         unless the endpoint is `stuck` (its attempts in flight are not answered promptly):
-        then the step of the times this message was deferred already (the first, the
-        second, ... the last), so that the messages of a hanging endpoint come back ever
-        more rarely rather than go round the first step's queue for as long as it hangs."""
+        then the step of the times this message was deferred already by a stuck endpoint
+        (the first, the second, ... the last), so that the messages of a hanging endpoint
+        come back ever more rarely rather than go round the first step's queue for as long as
+        it hangs. Only those deferrals count: a message that waited often for a busy but
+        prompt endpoint starts at the first step when that endpoint starts to hang."""
         if not self._schedule:
             return None
-        step = self._schedule[min(message.deferrals, len(self._schedule) - 1) if stuck else 0]
+        if not stuck:
+            step = self._schedule[0]
+            await self._broker.retry_later(message, step, _jittered_ms(step))
+            return step
+        step = self._schedule[min(message.deferrals, len(self._schedule) - 1)]
         await self._broker.retry_later(message.deferred(), step, _jittered_ms(step))
         return step
 
