@@ -9,10 +9,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from service.api.auth import build_authenticator
-from service.api.errors import ApiError
 from service.api.keys import (
     AUTHENTICATOR,
     ENTITY_READS,
@@ -44,9 +42,7 @@ def create_app(services: Services) -> web.Application:
     submissions and their OpenAPI operations come from the job types of `services.registry`.
     """
     settings = services.settings
-    app = web.Application(
-        middlewares=(*MIDDLEWARES, body_deadline), client_max_size=settings.max_request_bytes
-    )
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_request_bytes)
     app[SERVICES] = services
     app[SETTINGS] = settings
     app[AUTHENTICATOR] = build_authenticator(settings)
@@ -93,7 +89,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
       previous response without a request arriving. A proxy that keeps upstream connections
       must drop them sooner (ingress-nginx and AWS ALB: 60 s), or it reuses one just as the API
       closes it (a 502). A request being answered (a long poll) is never cut.
-    - The body: `body_deadline` (a middleware) answers 408 when a body the handler reads goes
+    - The body: the middleware's body deadline (`middlewares.with_body_deadline`) answers
+      408 when a body the handler reads goes
       `HTTP_BODY_TIMEOUT_SECONDS` without a byte, or is not whole within that plus a second
       per `BODY_MIN_RATE` bytes declared; a body no handler reads (the request was refused
       first) is read and dropped for at most `lingering_time`, then the connection is closed.
@@ -110,7 +107,8 @@ class HeadDeadline(web.RequestHandler):
 
     A timer starts at a head's first byte (a new connection's: when it opens) and is cancelled
     when the parser completes the head; when it fires, the connection is closed (no answer:
-    the client has not finished asking). Bytes of a body are not a head's: after a head, the
+    the client has not finished asking). A head that arrives whole in one read is never timed
+    (it has nothing left to wait for). Bytes of a body are not a head's: after a head, the
     next head begins once that request's body is whole. Idle keep-alive (no byte since the
     previous answer) is left to aiohttp's `keepalive_timeout`, whose timer a head's first
     byte cancels (public `keep_alive(True)`): a head begun just before it would fire is timed
@@ -137,11 +135,7 @@ class HeadDeadline(web.RequestHandler):
         self._start_head_timer()  # a new connection's first head: timed from its opening
 
     def data_received(self, data: bytes) -> None:
-        if data and self._awaiting_head:
-            self._start_head_timer()  # no-op while it runs: timed from the head's first byte
-            # No longer idle: aiohttp's keep-alive timer (which would close the connection
-            # while the head arrives) is cancelled; it is armed again after the answer.
-            self.keep_alive(True)
+        head_begins = bool(data) and self._awaiting_head
         already = len(self._messages)
         super().data_received(data)
         if len(self._messages) > already:  # heads completed by these bytes
@@ -152,6 +146,16 @@ class HeadDeadline(web.RequestHandler):
             # rest of a head received together with the end of the one before waits until more
             # bytes come, or for the keep-alive timeout.)
             payload.on_eof(self._body_complete)
+        elif head_begins:
+            # A head begun and not whole: timed from now (a no-op while the timer runs, from
+            # the head's first bytes). No longer idle: aiohttp's keep-alive timer (which would
+            # close the connection while the head arrives) is cancelled; it is armed again
+            # after the answer. A head whole in the bytes that begin it (nearly every request)
+            # needs neither: no timer is made and cancelled for it, and aiohttp's keep-alive
+            # timer, which does not close a connection with a request in hand, is left to
+            # aiohttp, which moves its deadline after the answer without making a new one.
+            self._start_head_timer()
+            self.keep_alive(True)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
@@ -190,7 +194,8 @@ async def serve(app: web.Application, settings: Settings, sockets: list[socket.s
         assert manager is not None
 
         def connection() -> HeadDeadline:
-            # The request logs are the request_context middleware's, not aiohttp's access log.
+            # The request logs are the API middleware's `request_finished` events, not
+            # aiohttp's access log.
             return HeadDeadline(manager, loop=loop, access_log=None, **options)
 
         for sock in sockets:
@@ -200,61 +205,3 @@ async def serve(app: web.Application, settings: Settings, sockets: list[socket.s
         for server in servers:  # as `runner.cleanup()` stops its sites: no new connections
             server.close()
         await runner.cleanup()
-
-
-# The lowest average rate a request body may arrive at, in bytes a second, past its first
-# HTTP_BODY_TIMEOUT_SECONDS: 128 kbit/s, a slow mobile link.
-BODY_MIN_RATE = 16 * 1024
-
-
-class BodyTimedOut(ApiError, TimeoutError):
-    """The request's body did not arrive in time. Also a `TimeoutError`, so that aiohttp,
-    finding it while it drops the rest of the body after the answer, closes the connection
-    quietly."""
-
-    status = 408
-    error_type = "request_timeout"
-
-
-@web.middleware
-async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A body the handler is waiting for makes its read fail with `BodyTimedOut` (408 in the
-    error envelope; the connection is then closed) once no byte of it has arrived for
-    `HTTP_BODY_TIMEOUT_SECONDS` (idle), or once it is not whole that long plus a second per
-    `BODY_MIN_RATE` bytes of its `Content-Length` (`MAX_REQUEST_BYTES` when chunked) after
-    the handler began: 94 s for 1 MiB at the defaults. Progress is looked at every
-    `min(1, idle / 4)` seconds, so an idle body is cut within that much past the timeout."""
-    if not request.body_exists or request.content.is_eof():
-        return await handler(request)
-    settings = request.app[SETTINGS]
-    idle = settings.http_body_timeout_seconds
-    size = request.content_length
-    total = idle + (settings.max_request_bytes if size is None else size) / BODY_MIN_RATE
-    tick = min(1.0, idle / 4)
-    content = request.content
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    received, progressed = content.total_bytes, started
-    timer: asyncio.TimerHandle | None = None
-
-    def check() -> None:
-        nonlocal received, progressed, timer
-        if content.is_eof() or content.exception() is not None:
-            return
-        now = loop.time()
-        if content.total_bytes != received:
-            received, progressed = content.total_bytes, now
-        if now - progressed >= idle:
-            message = f"No byte of the request body arrived for {idle} s"
-        elif now - started >= total:
-            message = f"The request body was not received within {total:.0f} s"
-        else:
-            timer = loop.call_at(min(now + tick, progressed + idle, started + total), check)
-            return
-        content.set_exception(BodyTimedOut(message, headers={"Connection": "close"}))
-
-    timer = loop.call_at(started + tick, check)
-    try:
-        return await handler(request)
-    finally:
-        timer.cancel()

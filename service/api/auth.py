@@ -88,22 +88,24 @@ class JwtAuthenticator:
         self._algorithms = algorithms
         self._audience = audience
         self._issuer = issuer
-        # Tokens already verified, with their expiry: a poller sends the same token again and
-        # again, and verifying a signature is a tenth of a poll's cost.
+        # Tokens already verified, with their expiry, by the `Authorization` header that
+        # carried them: a poller sends the same header again and again, and verifying a
+        # signature is a tenth of a poll's cost (parsing the header again, a hundredth).
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
-        token = bearer_token(headers.get("Authorization"))
-        known = self._verified.get(token)
+        header = headers.get("Authorization", "")  # "": refused as missing, never kept
+        known = self._verified.get(header)
         if known is not None:
             principal, expires = known
             if time.time() <= expires + CLOCK_LEEWAY_SECONDS:
-                self._verified.move_to_end(token)
+                self._verified.move_to_end(header)
                 return principal
-            del self._verified[token]
+            del self._verified[header]
             raise Unauthorized("The access token has expired")
+        token = bearer_token(header)
         principal, expires = self._verify(token)
-        self._verified[token] = (principal, expires)
+        self._verified[header] = (principal, expires)
         if len(self._verified) > VERIFIED_TOKENS_KEPT:
             self._verified.popitem(last=False)
         return principal

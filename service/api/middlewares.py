@@ -1,23 +1,32 @@
-"""Cross-cutting work for every request, outermost first:
+"""Cross-cutting work for every request, in one middleware (`api_middleware`), in this order:
 
-1. `request_context`: the request id (bound into every log line, echoed in `x-request-id`),
-   `meta.url` (`request_url`, with the scheme and host a trusted reverse proxy gives) and
-   one `request_finished` event per request.
-2. `error_envelope`: every error, raised by us or by aiohttp, becomes the error envelope;
-   an unexpected exception is logged with its traceback and answered 500 without it.
-3. `body_limit`: a declared body over `MAX_REQUEST_BYTES` is refused before anything reads it.
-4. `authorization`: for handlers marked with `requires_scope`, who is calling and whether
-   their scope allows it.
+1. the request context: the request id (bound into every log line, echoed in
+   `x-request-id`), `meta.url` (`request_url`, with the scheme and host a trusted reverse
+   proxy gives) and one `request_finished` event per request;
+2. the error envelope: every error, raised by us or by aiohttp, becomes the error envelope;
+   an unexpected exception is logged with its traceback and answered 500 without it;
+3. the body limit: a declared body over `MAX_REQUEST_BYTES` is refused before anything reads
+   it;
+4. authorization: for handlers marked with `requires_scope`, who is calling and whether
+   their scope allows it;
+5. the body deadline (`with_body_deadline`): a request body the handler reads must keep
+   arriving.
+
+One middleware rather than one each: aiohttp calls each through a `functools.partial` and a
+coroutine of its own, and those frames were a tenth of a poll answered from memory
+(docs/benchmarks.md, "Polling"). Each step is still a function of its own below.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -102,14 +111,10 @@ def request_url(request: web.Request) -> str:
             if relative.absolute or not path.startswith("/") or "." in path:
                 url = request.url  # what `request.url` joins differs from the path as sent
                 host, port, path = url.raw_host, url.explicit_port, url.raw_path
-            else:  # the path as sent, and the Host header parsed once
-                host, port = _authority(request.scheme, request.host)
+            else:  # the path as sent, after the origin made once per scheme and Host header
+                return _origin(proto or request.scheme, request.scheme, request.host) + path
             scheme = proto or request.scheme
-        if not host:
-            raise ValueError("no host")
-        host = f"[{host}]" if ":" in host else host  # an IPv6 address
-        netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
-        return f"{scheme}://{netloc}{path}"
+        return _joined(scheme, host, port) + path
     except (ValueError, UnicodeError):
         try:
             return request.rel_url.raw_path
@@ -118,11 +123,21 @@ def request_url(request: web.Request) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _authority(scheme: str, authority: str) -> tuple[str | None, int | None]:
-    """The host and the explicit port of `request.url` for this scheme and `Host` header
-    (what `request.url` builds, for each request, with the path joined)."""
-    url = URL.build(scheme=scheme, authority=authority)
-    return url.raw_host, url.explicit_port
+def _origin(scheme: str, connection_scheme: str, authority: str) -> str:
+    """`scheme://host[:port]` for the host and the explicit port of `request.url` for this
+    connection's scheme and `Host` header (what `request.url` builds, for each request, with
+    the path joined). ValueError (never kept) for a malformed or an empty host."""
+    url = URL.build(scheme=connection_scheme, authority=authority)
+    return _joined(scheme, url.raw_host, url.explicit_port)
+
+
+def _joined(scheme: str, host: str | None, port: int | None) -> str:
+    """`scheme://host[:port]`, without the scheme's default port; ValueError without a host."""
+    if not host:
+        raise ValueError("no host")
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address
+    netloc = host if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{port}"
+    return f"{scheme}://{netloc}"
 
 
 # X-Forwarded-Host: a DNS name (RFC 1123 labels), an IPv4 address or a bracketed IPv6
@@ -147,14 +162,14 @@ def forwarded_origin(request: web.Request) -> tuple[str, str]:
 
     Nothing is cloned or parsed for a request without these headers, nor at all while
     TRUSTED_PROXIES is empty (the default); the peer's address is parsed once per address."""
+    headers = request.headers
+    if "X-Forwarded-Proto" not in headers and "X-Forwarded-Host" not in headers:
+        return _NOTHING_FORWARDED  # the common case, told apart without the settings
     networks = request.app[SETTINGS].trusted_proxies
     if not networks:
         return _NOTHING_FORWARDED
-    headers = request.headers
     proto_header = headers.getall("X-Forwarded-Proto", None)
     host_header = headers.getall("X-Forwarded-Host", None)
-    if proto_header is None and host_header is None:
-        return _NOTHING_FORWARDED
     remote = request.remote
     if remote is None or not peer_is_trusted(remote, networks):
         return _NOTHING_FORWARDED
@@ -213,30 +228,71 @@ _REQUEST_ID_VAR = structlog.contextvars.bind_contextvars(request_id=...)["reques
 
 
 @web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The module docstring's steps, in its order. An exception the error envelope lets
+    through (a redirect raised as `HTTPException`, a cancellation) leaves without a
+    `request_finished` event, metrics or `x-request-id`, as aiohttp answers it itself."""
     request_id = request_id_from(request)
     request[REQUEST_ID] = request_id
     request[REQUEST_URL] = request_url(request)
     started = time.perf_counter()
     bound = _REQUEST_ID_VAR.set(request_id)
     try:
-        response = await handler(request)
+        try:
+            refuse_large_body(request)
+            authorize(request)
+            if request.body_exists and not request.content.is_eof():
+                response = await with_body_deadline(request, handler)
+            else:  # nothing to wait for: no frame of its own
+                response = await handler(request)
+        except ApiError as exc:
+            response = _error(
+                request, exc.status, exc.error_type, exc.message, exc.headers, exc.invalid
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _http_error(request, exc)
+        except (StoreUnavailable, BrokerUnavailable) as exc:
+            response = _outage(request, exc)
+        except Exception:
+            log.exception("request_failed")
+            response = _error(request, 500, "internal_error", "Internal server error")
         response.headers[REQUEST_ID_HEADER] = request_id
-        elapsed = time.perf_counter() - started
-        method = request.method
-        status = response.status
-        log.info(
-            "request_finished",
-            method=method,
-            path=request.path,
-            status=status,
-            duration_ms=round(elapsed * 1000, 2),
-        )
-        route = route_pattern(request)
-        HTTP_METRICS.observe(route, method if method in KNOWN_METHODS else "other", status, elapsed)
+        _request_finished(request, response.status, time.perf_counter() - started)
     finally:
         _REQUEST_ID_VAR.reset(bound)
     return response
+
+
+def _request_finished(request: web.Request, status: int, elapsed: float) -> None:
+    """The request's one `request_finished` event, and its metrics."""
+    method = request.method
+    (_KEPT_LOG[0] if _KEPT_LOG else _kept_log()).info(
+        "request_finished",
+        method=method,
+        path=request.path,
+        status=status,
+        duration_ms=round(elapsed * 1000, 2),
+    )
+    route = route_pattern(request)
+    HTTP_METRICS.observe(route, method if method in KNOWN_METHODS else "other", status, elapsed)
+
+
+# `log` as the logger it stands for, once structlog keeps that one (`_kept_log`).
+_KEPT_LOG: list[Any] = []
+
+
+def _kept_log() -> Any:
+    """The logger `log` stands for. Once configured (`configure_logging`), structlog keeps
+    the logger of its first use (`cache_logger_on_first_use`), and `log.info` finds that one
+    at every call through the lazy proxy (`__getattr__`, then `bind`): a tenth of the cost of
+    a `request_finished` event, saved by keeping it here too. Until then, a new one each time,
+    as the proxy makes."""
+    bound = log.bind()
+    if bound is log.bind():  # kept by structlog: the same logger from now on
+        _KEPT_LOG.append(bound)
+    return bound
 
 
 def route_pattern(request: web.Request) -> str:
@@ -248,28 +304,20 @@ def route_pattern(request: web.Request) -> str:
     return resource.canonical + ("?wait" if request.get(LONG_POLL) else "")
 
 
-@web.middleware
-async def error_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return _error(request, exc.status, exc.error_type, exc.message, exc.headers, exc.invalid)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
-        return _error(request, exc.status, error_type_for(exc.status), exc.reason, headers)
-    except (StoreUnavailable, BrokerUnavailable) as exc:
-        what = "job store" if isinstance(exc, StoreUnavailable) else "message broker"
-        log.warning("dependency_unavailable", dependency=what, error=str(exc)[:300])
-        outage = ServiceUnavailable(
-            f"The {what} is unavailable, retry later",
-            headers={"Retry-After": RETRY_AFTER_OUTAGE_SECONDS},
-        )
-        return _error(request, outage.status, outage.error_type, outage.message, outage.headers)
-    except Exception:
-        log.exception("request_failed")
-        return _error(request, 500, "internal_error", "Internal server error")
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """An error aiohttp raised (no route, a method not allowed, a body too large)."""
+    headers = {name: exc.headers[name] for name in ("Allow",) if name in exc.headers}
+    return _error(request, exc.status, error_type_for(exc.status), exc.reason, headers)
+
+
+def _outage(request: web.Request, exc: StoreUnavailable | BrokerUnavailable) -> web.Response:
+    what = "job store" if isinstance(exc, StoreUnavailable) else "message broker"
+    log.warning("dependency_unavailable", dependency=what, error=str(exc)[:300])
+    outage = ServiceUnavailable(
+        f"The {what} is unavailable, retry later",
+        headers={"Retry-After": RETRY_AFTER_OUTAGE_SECONDS},
+    )
+    return _error(request, outage.status, outage.error_type, outage.message, outage.headers)
 
 
 def _error(
@@ -285,27 +333,87 @@ def _error(
     )
 
 
-@web.middleware
-async def body_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
-    limit = request.app[SETTINGS].max_request_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"The request body is larger than the limit of {limit} bytes")
-    return await handler(request)
+def refuse_large_body(request: web.Request) -> None:
+    """`RequestTooLarge` for a declared body over `MAX_REQUEST_BYTES`, before anything reads
+    it."""
+    length = request.content_length
+    if length is not None:
+        limit = request.app[SETTINGS].max_request_bytes
+        if length > limit:
+            raise RequestTooLarge(f"The request body is larger than the limit of {limit} bytes")
 
 
-@web.middleware
-async def authorization(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authorize(request: web.Request) -> None:
+    """For a handler marked with `requires_scope`: the caller (`PRINCIPAL`), whose scope must
+    allow it (`Unauthorized`, `Forbidden` otherwise)."""
     scope = getattr(request.match_info.handler, _SCOPE_ATTRIBUTE, None)
     if callable(scope):
         scope = scope(request)
-    if scope is not None:
-        principal = request.app[AUTHENTICATOR].authenticate(request.headers)
+    if scope is None:
+        return
+    principal = request.app[AUTHENTICATOR].authenticate(request.headers)
+    if scope not in principal.scopes:  # `require` for the one scope, without a list made
         try:
             principal.require(scope)
         except ScopeDenied as denied:
             raise Forbidden(str(denied)) from None
-        request[PRINCIPAL] = principal
-    return await handler(request)
+    request[PRINCIPAL] = principal
 
 
-MIDDLEWARES = (request_context, error_envelope, body_limit, authorization)
+# The lowest average rate a request body may arrive at, in bytes a second, past its first
+# HTTP_BODY_TIMEOUT_SECONDS: 128 kbit/s, a slow mobile link.
+BODY_MIN_RATE = 16 * 1024
+
+
+class BodyTimedOut(ApiError, TimeoutError):
+    """The request's body did not arrive in time. Also a `TimeoutError`, so that aiohttp,
+    finding it while it drops the rest of the body after the answer, closes the connection
+    quietly."""
+
+    status = 408
+    error_type = "request_timeout"
+
+
+async def with_body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`handler(request)` for a request with a body still to arrive: a read of it fails with
+    `BodyTimedOut` (408 in the error envelope; the connection is then closed) once no byte of
+    it has arrived for `HTTP_BODY_TIMEOUT_SECONDS` (idle), or once it is not whole that long
+    plus a second per `BODY_MIN_RATE` bytes of its `Content-Length` (`MAX_REQUEST_BYTES` when
+    chunked) after the handler began: 94 s for 1 MiB at the defaults. Progress is looked at
+    every `min(1, idle / 4)` seconds, so an idle body is cut within that much past the
+    timeout."""
+    settings = request.app[SETTINGS]
+    idle = settings.http_body_timeout_seconds
+    size = request.content_length
+    total = idle + (settings.max_request_bytes if size is None else size) / BODY_MIN_RATE
+    tick = min(1.0, idle / 4)
+    content = request.content
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    received, progressed = content.total_bytes, started
+    timer: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal received, progressed, timer
+        if content.is_eof() or content.exception() is not None:
+            return
+        now = loop.time()
+        if content.total_bytes != received:
+            received, progressed = content.total_bytes, now
+        if now - progressed >= idle:
+            message = f"No byte of the request body arrived for {idle} s"
+        elif now - started >= total:
+            message = f"The request body was not received within {total:.0f} s"
+        else:
+            timer = loop.call_at(min(now + tick, progressed + idle, started + total), check)
+            return
+        content.set_exception(BodyTimedOut(message, headers={"Connection": "close"}))
+
+    timer = loop.call_at(started + tick, check)
+    try:
+        return await handler(request)
+    finally:
+        timer.cancel()
+
+
+MIDDLEWARES = (api_middleware,)

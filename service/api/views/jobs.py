@@ -57,13 +57,14 @@ async def get_job(request: web.Request) -> web.Response:
     job_id, client_id = request.match_info["job_id"], principal_of(request).client_id
     wait, preferred = long_poll_seconds(request)
     request[LONG_POLL] = bool(wait)
-    pending = request.app[PENDING_POLLS]
+    app = request.app
+    pending = app[PENDING_POLLS]
     kept = None if wait else pending.get(job_id, client_id)
     eta: datetime | None
     if kept is not None:
         status, data, tag, eta = kept
     else:
-        service = request.app[JOB_SERVICE]
+        service = app[JOB_SERVICE]
         read_at = time.monotonic()
         # A finished job kept (what `job_for_client` would look up first), else a read.
         job = service.finished_jobs.get(job_id, client_id)
