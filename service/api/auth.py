@@ -263,7 +263,7 @@ def signing_secret(settings: Settings) -> str:
 def build_authenticator(settings: Settings) -> Authenticator:
     if settings.auth_mode == "gateway":
         return GatewayAuthenticator()
-    checks = {"audience": settings.jwt_audience, "issuer": settings.jwt_issuer}
+    checks = token_checks(settings)
     if settings.jwt_public_key is not None:  # checked by Settings: RSA, or EC on P-256
         key = load_pem_public_key(settings.jwt_public_key.read_bytes())
         if isinstance(key, rsa.RSAPublicKey):
@@ -281,14 +281,27 @@ def mint_token(
     user_id: str,
     expires_in: int,
     algorithm: str = "HS256",
+    *,
+    audience: str | None = None,
+    issuer: str | None = None,
 ) -> str:
-    """A token as the service expects it; used by `medevents token` and the tests."""
+    """A token as the service expects it; used by `medevents token` and the tests. With the
+    `aud` and `iss` claims when given (`token_checks`: those the API requires)."""
     now = int(time.time())
-    claims = {
+    claims: dict[str, object] = {
         "sub": user_id,
         "client_id": client_id,
         "scope": " ".join(scopes),
         "iat": now,
         "exp": now + expires_in,
     }
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
     return jwt.encode(claims, secret_or_key, algorithm=algorithm)
+
+
+def token_checks(settings: Settings) -> dict[str, str | None]:
+    """The audience and the issuer a token must name (`JWT_AUDIENCE`, `JWT_ISSUER`)."""
+    return {"audience": settings.jwt_audience, "issuer": settings.jwt_issuer}

@@ -25,7 +25,7 @@ from medevents_client import (
     Unauthorized,
 )
 
-from service.api.auth import mint_token, signing_secret
+from service.api.auth import mint_token, signing_secret, token_checks
 from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import job_href, new_job_id
@@ -144,6 +144,15 @@ async def publish_submission(
     api_url: str,
     wait_seconds: float,
 ) -> int:
+    if wait and services.settings.jwt_public_key is not None:
+        # Before anything is published: waiting needs a token the API accepts, which a key
+        # pair's public half cannot sign.
+        print(
+            "medevents publish: --wait signs its polls with JWT_SECRET; with JWT_PUBLIC_KEY "
+            "set, publish without --wait and poll with a token of your issuer",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if isinstance(submission.get("data"), dict):
         # Dates always (an example's encounter must be recent), ids when asked to.
         submission = with_new_ids(submission, new_ids=new_ids)
@@ -169,7 +178,14 @@ async def _wait_for(
     the submission's client; print the final response."""
     requested_by = submission.get("requested_by") or {}
     client_id = str(requested_by.get("client_id", ""))
-    token = mint_token(signing_secret(settings), client_id, ["job:read"], "medevents-cli", 600)
+    token = mint_token(
+        signing_secret(settings),
+        client_id,
+        ["job:read"],
+        "medevents-cli",
+        600,
+        **token_checks(settings),
+    )
     url = f"{api_url.rstrip('/')}{job_href(job_id)}"
     deadline = time.monotonic() + wait_seconds
     pause = 0.1

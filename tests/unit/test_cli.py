@@ -45,6 +45,51 @@ def test_token_uses_the_configured_secret(tmp_path, monkeypatch, capsys) -> None
     assert not (tmp_path / "data" / "jwt_secret").exists()
 
 
+def test_token_names_the_audience_and_issuer_the_api_requires(tmp_path, monkeypatch, capsys):
+    """With JWT_AUDIENCE and JWT_ISSUER set, a token the API's own authenticator accepts."""
+    from service.api.auth import build_authenticator
+    from service.config import Settings
+
+    secret = "configured-secret-configured-secret-0123"
+    monkeypatch.setenv("JWT_SECRET", secret)
+    monkeypatch.setenv("JWT_AUDIENCE", "medical-events")
+    monkeypatch.setenv("JWT_ISSUER", "https://auth.example")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    assert main(["token", "--client-id", "c", "--scope", "job:read"]) == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, secret, algorithms=["HS256"], audience="medical-events")
+    assert claims["aud"] == "medical-events" and claims["iss"] == "https://auth.example"
+    authenticator = build_authenticator(Settings.from_env())
+    principal = authenticator.authenticate({"Authorization": f"Bearer {token}"})  # type: ignore[arg-type]
+    assert principal.client_id == "c"
+
+
+def test_publish_wait_with_a_public_key_is_refused_before_publishing(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """It could only sign a token the API refuses: exit 2, nothing published (no broker is
+    needed to see it: the refusal comes before any connection)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    monkeypatch.setenv("JWT_PUBLIC_KEY", str(public))
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MONGODB_URL", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100")
+    monkeypatch.setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")
+    submission = tmp_path / "s.json"
+    submission.write_text('{"type": "encounter_package", "data": {}}')
+    assert main(["publish", str(submission), "--wait"]) == 2
+    assert "JWT_PUBLIC_KEY" in capsys.readouterr().err
+
+
 def test_a_bad_configuration_is_a_clear_error(monkeypatch, capsys) -> None:
     monkeypatch.setenv("HTTP_PORT", "eighty")
     assert main(["token", "--client-id", "c"]) == 2
