@@ -263,7 +263,7 @@ def signing_secret(settings: Settings) -> str:
 def build_authenticator(settings: Settings) -> Authenticator:
     if settings.auth_mode == "gateway":
         return GatewayAuthenticator()
-    checks = token_checks(settings)
+    checks = {"audience": settings.jwt_audience, "issuer": settings.jwt_issuer}
     if settings.jwt_public_key is not None:  # checked by Settings: RSA, or EC on P-256
         key = load_pem_public_key(settings.jwt_public_key.read_bytes())
         if isinstance(key, rsa.RSAPublicKey):
@@ -286,7 +286,7 @@ def mint_token(
     issuer: str | None = None,
 ) -> str:
     """A token as the service expects it; used by `medevents token` and the tests. With the
-    `aud` and `iss` claims when given (`token_checks`: those the API requires)."""
+    `aud` and `iss` claims when given (those the API requires: `JWT_AUDIENCE`, `JWT_ISSUER`)."""
     now = int(time.time())
     claims: dict[str, object] = {
         "sub": user_id,
@@ -300,8 +300,3 @@ def mint_token(
     if issuer is not None:
         claims["iss"] = issuer
     return jwt.encode(claims, secret_or_key, algorithm=algorithm)
-
-
-def token_checks(settings: Settings) -> dict[str, str | None]:
-    """The audience and the issuer a token must name (`JWT_AUDIENCE`, `JWT_ISSUER`)."""
-    return {"audience": settings.jwt_audience, "issuer": settings.jwt_issuer}

@@ -39,7 +39,7 @@ from consumers.processors import builtin_registry
 from consumers.worker import consumer_in_background, run_consumer
 from service import __version__
 from service.api.app import create_app, serve
-from service.api.auth import mint_token, signing_secret, token_checks
+from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services, mongodb_configured
 from service.cli.demo import (
     DEMO_CLIENT,
@@ -322,7 +322,14 @@ def print_token(settings: Settings, args: argparse.Namespace) -> int:
         key, algorithm = signing_secret(settings), "HS256"
     user_id = user_id or str(uuid.uuid4())
     token = mint_token(
-        key, client_id, scopes, user_id, args.expires_in, algorithm, **token_checks(settings)
+        key,
+        client_id,
+        scopes,
+        user_id,
+        args.expires_in,
+        algorithm,
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
     print(token)
     return 0

@@ -25,7 +25,7 @@ from medevents_client import (
     Unauthorized,
 )
 
-from service.api.auth import mint_token, signing_secret, token_checks
+from service.api.auth import mint_token, signing_secret
 from service.bootstrap import Services
 from service.config import Settings
 from service.domain.jobs import job_href, new_job_id
@@ -184,7 +184,8 @@ async def _wait_for(
         ["job:read"],
         "medevents-cli",
         600,
-        **token_checks(settings),
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
     )
     url = f"{api_url.rstrip('/')}{job_href(job_id)}"
     deadline = time.monotonic() + wait_seconds
