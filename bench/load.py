@@ -349,6 +349,7 @@ def main() -> int:
             finally:
                 for spinner in busy:
                     spinner.kill()
+                    spinner.wait()
                 stop_processes(processes, timeout=60)
                 asyncio.run(delete_topology(AMQP_URL, Topology(prefix)))
             warnings = {command: warning_lines(log) for command, log in logs.items()}

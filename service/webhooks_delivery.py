@@ -297,7 +297,8 @@ class WebhookWorker:
                     "webhook_deferred",
                     endpoint_id=endpoint_id,
                     webhook_id=webhook.webhook_id,
-                    deferrals=webhook.deferrals + stuck,  # a stuck endpoint's, counted
+                    # A stuck endpoint's deferrals, counted; a prompt one's start over.
+                    deferrals=webhook.deferrals + 1 if stuck else 0,
                     wait_s=deferred,
                 )
                 await _ack(message)

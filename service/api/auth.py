@@ -91,6 +91,9 @@ class JwtAuthenticator:
         # Tokens already verified, with their expiry, by the `Authorization` header that
         # carried them: a poller sends the same header again and again, and verifying a
         # signature is a tenth of a poll's cost (parsing the header again, a hundredth).
+        # Only the header as written, "Bearer <token>": the spellings `bearer_token` also
+        # takes (case, spaces) are verified each time, so that one token cannot fill the
+        # cache with variants of itself.
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
     def authenticate(self, headers: CIMultiDictProxy[str]) -> Principal:
@@ -105,9 +108,10 @@ class JwtAuthenticator:
             raise Unauthorized("The access token has expired")
         token = bearer_token(header)
         principal, expires = self._verify(token)
-        self._verified[header] = (principal, expires)
-        if len(self._verified) > VERIFIED_TOKENS_KEPT:
-            self._verified.popitem(last=False)
+        if len(header) == len(token) + 7 and header.startswith("Bearer "):
+            self._verified[header] = (principal, expires)
+            if len(self._verified) > VERIFIED_TOKENS_KEPT:
+                self._verified.popitem(last=False)
         return principal
 
     def _verify(self, token: str) -> tuple[Principal, float]:

@@ -144,7 +144,8 @@ async def publish_submission(
     api_url: str,
     wait_seconds: float,
 ) -> int:
-    if wait and services.settings.jwt_public_key is not None:
+    settings = services.settings
+    if wait and settings.auth_mode == "jwt" and settings.jwt_public_key is not None:
         # Before anything is published: waiting needs a token the API accepts, which a key
         # pair's public half cannot sign.
         print(

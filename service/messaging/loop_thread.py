@@ -21,6 +21,10 @@ import uvloop
 T = TypeVar("T")
 
 
+class LoopStopped(RuntimeError):
+    """The loop was stopped while it ran the coroutine (which was cancelled there)."""
+
+
 class LoopThread:
     """A uvloop loop on a daemon thread, started at the first `run` and stopped by `stop`.
 
@@ -55,11 +59,18 @@ class LoopThread:
             loop.close()
 
     async def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        """The coroutine's result, run on this thread's loop."""
+        """The coroutine's result, run on this thread's loop; `LoopStopped` when `stop`
+        cancelled it there (the caller itself was not cancelled)."""
         # run_coroutine_threadsafe schedules the task with a copy of this context; the wrapped
         # future passes a cancellation on to that task.
         future = asyncio.run_coroutine_threadsafe(coroutine, self._started())
-        return await asyncio.wrap_future(future)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            caller = asyncio.current_task()
+            if caller is not None and caller.cancelling() == 0:
+                raise LoopStopped(f"{self._name} stopped") from None
+            raise
 
     async def stop(self) -> None:
         """Cancel what still runs on the loop (a library's background tasks), stop it and wait

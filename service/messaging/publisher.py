@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiormq
 import orjson
@@ -20,9 +21,11 @@ from service.messaging.broker import (
     ready_messages,
 )
 from service.messaging.headers import submission_message
-from service.messaging.loop_thread import LoopThread
+from service.messaging.loop_thread import LoopStopped, LoopThread
 
 log = structlog.get_logger("medevents.broker")
+
+T = TypeVar("T")
 
 
 class SubmissionPublisher:
@@ -44,9 +47,22 @@ class SubmissionPublisher:
         self._queue: AbstractQueue | None = None
         self._lock = asyncio.Lock()  # used on the publisher's loop only
         self._io = LoopThread("medevents-publisher")
+        self._closed = False
+
+    async def _on_io_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """`coroutine` on the publisher's loop; `BrokerUnavailable` once closed."""
+        if self._closed:
+            coroutine.close()
+            raise BrokerUnavailable("the publisher is closed")
+        try:
+            return await self._io.run(coroutine)
+        except LoopStopped as exc:  # closed while it ran
+            raise BrokerUnavailable(str(exc)) from None
 
     async def _ensure_exchange(self) -> AbstractExchange:
         async with self._lock:
+            if self._closed:
+                raise BrokerUnavailable("the publisher is closed")
             if self._exchange is None:
                 connection = await connect(self._url)
                 try:
@@ -61,7 +77,7 @@ class SubmissionPublisher:
             return self._exchange
 
     async def connect(self) -> None:
-        await self._io.run(self._connect())
+        await self._on_io_loop(self._connect())
 
     async def _connect(self) -> None:
         try:
@@ -79,7 +95,7 @@ class SubmissionPublisher:
     ) -> None:
         body = orjson.dumps(submission)
         routing_key = str(submission.get("type", "unknown"))
-        await self._io.run(self._publish(body, routing_key, job_id, request_id, data_root))
+        await self._on_io_loop(self._publish(body, routing_key, job_id, request_id, data_root))
 
     async def _publish(
         self,
@@ -104,15 +120,20 @@ class SubmissionPublisher:
             raise BrokerUnavailable(f"the broker did not confirm the message: {confirmation!r}")
 
     async def queue_depth(self) -> int | None:
-        if self._queue is None:
+        queue = self._queue
+        if queue is None or self._closed:
             return None
-        return await self._io.run(ready_messages(self._queue))
+        try:
+            return await self._on_io_loop(ready_messages(queue))
+        except BrokerUnavailable:
+            return None
 
     async def ready(self) -> bool:
         """Whether a message could be published now: connected (a robust connection that is
         reconnecting is not), or connecting works."""
-        if self._connection is not None and not self._connection.is_closed:
-            return self._connection.connected.is_set()
+        connection = self._connection  # set and cleared on the publisher's thread
+        if connection is not None and not connection.is_closed:
+            return connection.connected.is_set()
         try:
             await self.connect()
         except BrokerUnavailable:
@@ -120,13 +141,19 @@ class SubmissionPublisher:
         return True
 
     async def close(self) -> None:
-        if self._io.running:
-            await self._io.run(self._close())
-        await self._io.stop()
-        self._lock = asyncio.Lock()  # a loop started later is another loop
+        """Close the connection and stop the publisher's thread; later calls answer
+        `BrokerUnavailable` (a publish in flight too)."""
+        try:
+            if self._io.running and not self._closed:
+                await self._io.run(self._close())
+        finally:
+            self._closed = True
+            await self._io.stop()
 
     async def _close(self) -> None:
-        if self._connection is not None:
-            await self._connection.close()
-        self._connection = None
-        self._exchange = None
+        async with self._lock:  # after a connect under way, before any other
+            self._closed = True
+            connection, self._connection = self._connection, None
+            self._exchange = self._queue = None
+            if connection is not None:
+                await connection.close()

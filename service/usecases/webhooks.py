@@ -34,7 +34,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -546,13 +546,14 @@ class WebhookDeliveries:
         then the step of the times this message was deferred already by a stuck endpoint
         (the first, the second, ... the last), so that the messages of a hanging endpoint
         come back ever more rarely rather than go round the first step's queue for as long as
-        it hangs. Only those deferrals count: a message that waited often for a busy but
-        prompt endpoint starts at the first step when that endpoint starts to hang."""
+        it hangs. Only those deferrals count, and a deferral by a prompt endpoint starts the
+        count again: a message that waited for a busy but prompt endpoint, or for one that
+        hung before and answers again, starts at the first step when it (again) hangs."""
         if not self._schedule:
             return None
         if not stuck:
             step = self._schedule[0]
-            await self._broker.retry_later(message, step, _jittered_ms(step))
+            await self._broker.retry_later(replace(message, deferrals=0), step, _jittered_ms(step))
             return step
         step = self._schedule[min(message.deferrals, len(self._schedule) - 1)]
         await self._broker.retry_later(message.deferred(), step, _jittered_ms(step))

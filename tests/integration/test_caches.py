@@ -69,6 +69,26 @@ async def test_a_verified_token_is_not_verified_again_until_it_expires(api, monk
     assert (await response.json())["error"]["message"] == "The access token has expired"
 
 
+async def test_only_the_header_as_written_is_kept(api, monkeypatch) -> None:
+    """Other spellings `bearer_token` takes ("bearer", extra spaces) are verified each time:
+    one token cannot fill the verified tokens kept with variants of itself."""
+    decoded = 0
+    original = jwt.decode
+
+    def counting(*args, **kwargs):
+        nonlocal decoded
+        decoded += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    token = bearer(client_id=CLIENT_ID)["Authorization"].removeprefix("Bearer ")
+    for header in (f"bearer {token}", f"Bearer  {token}", f"Bearer {token} "):
+        for _ in range(2):
+            response = await api.get("/api/jobs/unknown", headers={"Authorization": header})
+            assert response.status == 404
+    assert decoded == 6
+
+
 def near_cap_422(entries: int = 400) -> JobOutcome:
     """A 422 whose stored error is near the 10,000-byte cap (the largest a job can hold)."""
     invalid = [

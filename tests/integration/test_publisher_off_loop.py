@@ -8,7 +8,11 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from service.domain.jobs import new_job_id
+from service.messaging.broker import BrokerUnavailable, Topology
+from service.messaging.publisher import SubmissionPublisher
 from tests.harness import example
 
 BUSY_TASKS = 20
@@ -48,14 +52,39 @@ async def test_a_publish_takes_a_few_passes_of_a_busy_loop(publisher) -> None:
     assert taken <= 3, f"the publish took {taken} passes of the busy loop"
 
 
-async def test_the_publisher_thread_ends_with_close(settings) -> None:
-    from service.messaging.broker import Topology
-    from service.messaging.publisher import SubmissionPublisher
-
+async def test_the_publisher_thread_ends_with_close_and_nothing_starts_it_again(
+    settings,
+) -> None:
     publisher = SubmissionPublisher(settings.amqp_url, Topology(settings.amqp_prefix))
+    before = set(threading.enumerate())
     await publisher.connect()
-    assert "medevents-publisher" in {thread.name for thread in threading.enumerate()}
+    (thread,) = (t for t in set(threading.enumerate()) - before if t.name == "medevents-publisher")
     assert await publisher.ready()
     assert await publisher.queue_depth() == 0
     await publisher.close()
-    assert "medevents-publisher" not in {thread.name for thread in threading.enumerate()}
+    assert not thread.is_alive()
+    # Closed for good: no thread or connection is opened again behind the caller's back.
+    with pytest.raises(BrokerUnavailable, match="closed"):
+        await publisher.publish(example("encounter_package"), new_job_id(), request_id=None)
+    assert not await publisher.ready()
+    assert await publisher.queue_depth() is None
+    assert not any(t.name == "medevents-publisher" for t in set(threading.enumerate()) - before)
+
+
+async def test_a_publish_in_flight_when_the_publisher_closes_is_a_broker_outage(
+    settings,
+) -> None:
+    """Its caller answers 503 (`BrokerUnavailable`), not a cancellation it never asked for."""
+    publisher = SubmissionPublisher(settings.amqp_url, Topology(settings.amqp_prefix))
+    await publisher.connect()
+    started = threading.Event()
+
+    async def never_confirmed() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    in_flight = asyncio.create_task(publisher._on_io_loop(never_confirmed()))
+    await asyncio.to_thread(started.wait, 5)
+    await publisher.close()
+    with pytest.raises(BrokerUnavailable, match="stopped"):
+        await in_flight

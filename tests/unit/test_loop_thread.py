@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from service.messaging.loop_thread import LoopThread
+from service.messaging.loop_thread import LoopStopped, LoopThread
 
 REQUEST = contextvars.ContextVar("request", default=None)
 
@@ -107,3 +107,19 @@ async def test_stop_cancels_what_still_runs_there_and_a_later_run_starts_it_agai
 
 async def test_stop_without_a_start_does_nothing() -> None:
     await LoopThread("test-io").stop()
+
+
+async def test_a_coroutine_cancelled_by_stop_is_loop_stopped_for_its_caller() -> None:
+    """Not a CancelledError: the caller was not cancelled, and must not take it for that."""
+    io = LoopThread("test-io")
+    started = threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    caller = asyncio.create_task(io.run(forever()))
+    await asyncio.to_thread(started.wait, 5)
+    await io.stop()
+    with pytest.raises(LoopStopped):
+        await caller
