@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import jwt
 import orjson
+import pytest
 
 from service.api import auth
 from service.api.keys import JOB_SERVICE
@@ -47,20 +48,27 @@ async def test_a_finished_job_is_answered_without_asking_mongodb_again(api, stor
     assert other.status == 404
 
 
-async def test_a_verified_token_is_not_verified_again_until_it_expires(api, monkeypatch) -> None:
-    decoded = 0
+@pytest.fixture
+def decoded(monkeypatch) -> list[int]:
+    """How many times a token was verified (`jwt.decode` called): one count per call."""
+    calls: list[int] = []
     original = jwt.decode
 
     def counting(*args, **kwargs):
-        nonlocal decoded
-        decoded += 1
+        calls.append(1)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(jwt, "decode", counting)
+    return calls
+
+
+async def test_a_verified_token_is_not_verified_again_until_it_expires(
+    api, monkeypatch, decoded
+) -> None:
     headers = bearer(client_id=CLIENT_ID)
     for _ in range(3):
         assert (await api.get("/api/jobs/unknown", headers=headers)).status == 404
-    assert decoded == 1
+    assert len(decoded) == 1
 
     later = time.time() + 3600 + auth.CLOCK_LEEWAY_SECONDS + 1  # past its `exp`
     monkeypatch.setattr(auth.time, "time", lambda: later)
@@ -69,24 +77,15 @@ async def test_a_verified_token_is_not_verified_again_until_it_expires(api, monk
     assert (await response.json())["error"]["message"] == "The access token has expired"
 
 
-async def test_only_the_header_as_written_is_kept(api, monkeypatch) -> None:
+async def test_only_the_header_as_written_is_kept(api, decoded) -> None:
     """Other spellings `bearer_token` takes ("bearer", extra spaces) are verified each time:
     one token cannot fill the verified tokens kept with variants of itself."""
-    decoded = 0
-    original = jwt.decode
-
-    def counting(*args, **kwargs):
-        nonlocal decoded
-        decoded += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(jwt, "decode", counting)
     token = bearer(client_id=CLIENT_ID)["Authorization"].removeprefix("Bearer ")
-    for header in (f"bearer {token}", f"Bearer  {token}", f"Bearer {token} "):
+    for header in (f"bearer {token}", f"Bearer  {token}", f"BEARER {token}"):
         for _ in range(2):
             response = await api.get("/api/jobs/unknown", headers={"Authorization": header})
             assert response.status == 404
-    assert decoded == 6
+    assert len(decoded) == 6
 
 
 def near_cap_422(entries: int = 400) -> JobOutcome:
